@@ -1,0 +1,347 @@
+"""Every wire type of trio-relay, as msgspec Structs, with encoders and decoders built once.
+
+Worker frames travel as newline-delimited JSON on a worker's stdin (broker -> worker) and
+stdout (worker -> broker). Every frame is one JSON object tagged by ``kind``. Unknown fields
+are ignored (so either side may add optional fields); an unknown ``kind``, a wrong type or a
+missing field is a :class:`ProtocolError` naming the field.
+
+- Fire-and-forget frames carry no ``request_id``.
+- A request carries a ``request_id`` minted by the broker; its one answer is a
+  :class:`Response`. The broker sends requests generically (:func:`encode_request`), so a
+  native worker may implement request kinds of its own; the ones defined here are those the
+  PTY worker implements.
+- Worker events (``ready``, ``output``, ...) carry no ``request_id``.
+
+Broker events (what a subscriber watches) are tagged by ``kind`` as well and carry a
+sequence number and a wall-clock time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+
+class Frame(msgspec.Struct, tag_field="kind", omit_defaults=True):
+    """Base of every worker-protocol frame."""
+
+
+class ErrorInfo(msgspec.Struct):
+    """A worker's error answer: a stable machine-readable code and a human message."""
+
+    code: str
+    message: str
+
+
+# ---------------------------------------------------------------- broker -> worker
+
+
+class BrokerHello(Frame, tag="hello"):
+    """The broker's first frame to a worker."""
+
+    protocol: int = PROTOCOL_VERSION
+    broker: str = "trio-relay"
+
+
+class Shutdown(Frame, tag="shutdown"):
+    """Ask the worker to stop its program and exit. Fire-and-forget."""
+
+
+class WriteInput(Frame, tag="write_input"):
+    """Raw keystrokes for the worker's terminal (control keys included).
+
+    Fire-and-forget; with a ``request_id`` it is a request, answered once the bytes reached
+    the terminal.
+    """
+
+    data: str
+    request_id: str | None = None
+
+
+class Resize(Frame, tag="resize"):
+    """Resize the worker's terminal. Fire-and-forget."""
+
+    rows: int
+    cols: int
+
+
+class Deliver(Frame, tag="deliver"):
+    """A message for the agent. The worker dedups by ``delivery_id``. Fire-and-forget."""
+
+    delivery_id: str
+    sender: str = msgspec.field(name="from")
+    body: str
+    thread: str | None = None
+
+
+class Request(Frame):
+    """Base of request frames: each is answered by exactly one :class:`Response`."""
+
+    request_id: str
+
+
+class Ping(Request, tag="ping"):
+    """Liveness check; the answer's payload is ``{"data": data}``."""
+
+    data: Any = None
+
+
+class Snapshot(Request, tag="snapshot"):
+    """The visible screen: payload ``{text, rows, cols, cursor: [row, col], offset}``."""
+
+    ansi: bool = False
+
+
+class Mode(Request, tag="mode"):
+    """Get (``set`` absent) or set the injection mode; payload ``{"mode": ...}``."""
+
+    set: Literal["auto_inject", "hold"] | None = None
+
+
+class Pending(Request, tag="pending"):
+    """Deliveries held in the worker; payload ``{"deliveries": [...]}``."""
+
+
+class Flush(Request, tag="flush"):
+    """Inject what is held; payload ``{"count": n}``."""
+
+
+BrokerFrame = Union[
+    BrokerHello, Shutdown, WriteInput, Resize, Deliver, Ping, Snapshot, Mode, Pending, Flush
+]
+
+#: Kinds that are never requests: :func:`encode_request` refuses them.
+NOT_REQUEST_KINDS = frozenset({"hello", "shutdown", "resize", "deliver", "response"})
+
+
+# ---------------------------------------------------------------- worker -> broker
+
+
+class WorkerHello(Frame, tag="hello"):
+    """The worker's first frame: its protocol version and what it is."""
+
+    protocol: int
+    worker: str = "native"
+    pid: int | None = None
+
+
+class Response(Frame, tag="response"):
+    """The one answer to a request: a payload, or an error."""
+
+    request_id: str
+    payload: Any = None
+    error: ErrorInfo | None = None
+
+
+class Ready(Frame, tag="ready"):
+    """The agent's program has started and settled."""
+
+
+class Output(Frame, tag="output"):
+    """Raw terminal output; ``offset`` is the byte offset of ``data`` in the output stream."""
+
+    offset: int
+    data: str
+
+
+class Idle(Frame, tag="idle"):
+    """The agent has been silent for the idle period with nothing pending."""
+
+
+class Exited(Frame, tag="exited"):
+    """The wrapped program itself exited (a wrapper reports this before it exits)."""
+
+    code: int | None = None
+    signal: int | None = None
+
+
+class DeliveryInjected(Frame, tag="delivery_injected"):
+    delivery_id: str
+
+
+class DeliveryVerified(Frame, tag="delivery_verified"):
+    """``echo``: the text appeared on screen. ``timeout_fallback``: it did not, see reason."""
+
+    delivery_id: str
+    verification: Literal["echo", "timeout_fallback"]
+    reason: str | None = None
+
+
+class DeliveryFailed(Frame, tag="delivery_failed"):
+    delivery_id: str
+    reason: str
+
+
+WorkerFrame = Union[
+    WorkerHello,
+    Response,
+    Ready,
+    Output,
+    Idle,
+    Exited,
+    DeliveryInjected,
+    DeliveryVerified,
+    DeliveryFailed,
+]
+
+
+# ---------------------------------------------------------------- broker events
+
+
+class Event(msgspec.Struct, tag_field="kind", kw_only=True):
+    """Base of broker events. ``seq`` and ``time`` are set by the event log."""
+
+    seq: int = 0
+    time: float = 0.0
+
+
+class AgentEvent(Event, kw_only=True):
+    agent: str
+
+
+class AgentSpawned(AgentEvent, tag="agent_spawned", kw_only=True):
+    pid: int
+    argv: list[str]
+    attempt: int = 0
+
+
+class AgentReady(AgentEvent, tag="agent_ready", kw_only=True):
+    pass
+
+
+class AgentIdle(AgentEvent, tag="agent_idle", kw_only=True):
+    pass
+
+
+class AgentOutput(AgentEvent, tag="agent_output", kw_only=True):
+    offset: int
+    data: str
+
+
+class AgentExited(AgentEvent, tag="agent_exited", kw_only=True):
+    """Terminal: the agent's process is gone and reaped. ``intended`` is true only when the
+    broker asked for the exit (release, shutdown)."""
+
+    code: int | None
+    signal: int | None
+    intended: bool
+    reason: str
+
+
+class SpawnFailedEvent(AgentEvent, tag="spawn_failed", kw_only=True):
+    """Terminal: the agent could not be started; ``error`` carries the OS error."""
+
+    error: str
+    errno: int | None = None
+
+
+class AgentRestarting(AgentEvent, tag="agent_restarting", kw_only=True):
+    attempt: int
+    delay: float
+
+
+class AgentGaveUp(AgentEvent, tag="agent_gave_up", kw_only=True):
+    attempts: int
+    reason: str
+
+
+class WorkerProtocolError(AgentEvent, tag="worker_protocol_error", kw_only=True):
+    error: str
+    excerpt: str
+
+
+class DeliveryInjectedEvent(AgentEvent, tag="delivery_injected", kw_only=True):
+    delivery_id: str
+
+
+class DeliveryVerifiedEvent(AgentEvent, tag="delivery_verified", kw_only=True):
+    delivery_id: str
+    verification: str
+    reason: str | None = None
+
+
+class DeliveryFailedEvent(AgentEvent, tag="delivery_failed", kw_only=True):
+    delivery_id: str
+    reason: str
+
+
+class Gap(Event, tag="gap", kw_only=True):
+    """A subscriber fell behind: events ``first``..``last`` (inclusive) are lost to it."""
+
+    first: int
+    last: int
+
+
+BrokerEvent = Union[
+    AgentSpawned,
+    AgentReady,
+    AgentIdle,
+    AgentOutput,
+    AgentExited,
+    SpawnFailedEvent,
+    AgentRestarting,
+    AgentGaveUp,
+    WorkerProtocolError,
+    DeliveryInjectedEvent,
+    DeliveryVerifiedEvent,
+    DeliveryFailedEvent,
+    Gap,
+]
+
+
+# ---------------------------------------------------------------- codecs, built once
+
+_encoder = msgspec.json.Encoder()
+_worker_frame_decoder = msgspec.json.Decoder(WorkerFrame)
+_broker_frame_decoder = msgspec.json.Decoder(BrokerFrame)
+_event_decoder = msgspec.json.Decoder(BrokerEvent)
+
+
+def encode(obj: Any) -> bytes:
+    """Encode a frame or event as one JSON line, newline included."""
+    return _encoder.encode(obj) + b"\n"
+
+
+def encode_request(kind: str, request_id: str, payload: dict[str, Any] | None) -> bytes:
+    """Encode a request frame of any kind as one JSON line.
+
+    Raises ValueError if ``kind`` is not a request kind or ``payload`` tries to set
+    ``kind`` or ``request_id``.
+    """
+    if kind in NOT_REQUEST_KINDS or not kind:
+        raise ValueError(f"{kind!r} is not a request kind")
+    frame: dict[str, Any] = {"kind": kind, "request_id": request_id}
+    if payload:
+        if "kind" in payload or "request_id" in payload:
+            raise ValueError("a request payload may not set 'kind' or 'request_id'")
+        frame.update(payload)
+    return _encoder.encode(frame) + b"\n"
+
+
+def _decode(decoder: msgspec.json.Decoder, line: bytes) -> Any:
+    try:
+        return decoder.decode(line)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"invalid frame: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+
+
+def decode_worker_frame(line: bytes) -> WorkerFrame:
+    """Decode one line from a worker. Raises ProtocolError naming the problem."""
+    return _decode(_worker_frame_decoder, line)
+
+
+def decode_broker_frame(line: bytes) -> BrokerFrame:
+    """Decode one line from the broker (used by workers). Raises ProtocolError."""
+    return _decode(_broker_frame_decoder, line)
+
+
+def decode_event(data: bytes) -> BrokerEvent:
+    """Decode one broker event. Raises ProtocolError."""
+    return _decode(_event_decoder, data)

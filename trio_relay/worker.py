@@ -1,0 +1,385 @@
+"""One worker child process: spawn, write frames, drain stderr, watch for exit, stop, reap.
+
+Linux only: the child is forked from the Trio thread with ``PR_SET_PDEATHSIG`` (the death
+signal follows the *thread* that forked, which is why this does not use ``trio.to_thread``,
+whose threads exit when idle), its exit is watched through a pidfd, and it runs in its own
+session, so its process group can be signalled as one.
+
+Start a child with :func:`spawn_process`, run its background tasks with
+:meth:`WorkerProcess.start_tasks`, stop it with :meth:`WorkerProcess.stop` (shutdown frame,
+SIGTERM to its group after a grace period, then SIGKILL) and release its pipes with
+:meth:`WorkerProcess.close`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from .errors import ChannelClosed, SpawnFailed
+from .protocol import Shutdown, encode
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn: SIGKILL this child when the broker (the forking thread) dies."""
+
+    def setup() -> None:
+        if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent_pid:  # the broker died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return setup
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """How a process ended: an exit ``code``, or the ``signal`` that killed it."""
+
+    code: int | None
+    signal: int | None
+
+    @classmethod
+    def from_returncode(cls, returncode: int) -> ExitStatus:
+        if returncode < 0:
+            return cls(None, -returncode)
+        return cls(returncode, None)
+
+    @property
+    def failed(self) -> bool:
+        return self.signal is not None or self.code != 0
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            return f"killed by {name}"
+        return f"exited with code {self.code}"
+
+
+class StderrRing:
+    """The last lines a worker wrote to stderr, bounded in lines and in line length."""
+
+    def __init__(self, max_lines: int = 500, max_line: int = 4096) -> None:
+        self._lines: deque[str] = deque(maxlen=max_lines)
+        self._partial = bytearray()
+        self._max_line = max_line
+
+    def feed(self, chunk: bytes) -> None:
+        self._partial += chunk
+        *complete, rest = self._partial.split(b"\n")
+        for line in complete:
+            self._lines.append(line[: self._max_line].decode("utf-8", "replace"))
+        if len(rest) > self._max_line:
+            self._lines.append(rest[: self._max_line].decode("utf-8", "replace") + "...")
+            rest = b""
+        self._partial = bytearray(rest)
+
+    def lines(self) -> list[str]:
+        tail = [self._partial.decode("utf-8", "replace")] if self._partial else []
+        return [*self._lines, *tail]
+
+
+class _Batch:
+    __slots__ = ("frames", "done", "error")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+
+class FrameWriter:
+    """Writes whole frames to a pipe, in order, never interleaved or cut.
+
+    :meth:`send` writes at once when the pipe has room and nothing is queued (the common
+    case, no task switch); otherwise the frame joins a batch that :meth:`run` (a task of the
+    worker's nursery, the only other writer of the pipe) writes when the pipe drains.
+    """
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._open = _Batch()
+        self._busy = False
+        self._error: BaseException | None = None
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def send(self, frame: bytes) -> None:
+        """Write one encoded frame; return once it is written.
+
+        Raises ChannelClosed if the pipe is broken or closed before the frame is written.
+        Cancellation: a cancel point. If cancelled while waiting for a full pipe, the frame
+        stays queued and is still written whole; it is never cut.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._error is not None:
+            raise ChannelClosed(f"cannot write to worker: {self._error}")
+        if not self._busy and not self._open.frames:
+            try:
+                written = os.write(self._fd, frame)
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                self._fail(exc)
+                raise ChannelClosed(f"cannot write to worker: {exc}") from exc
+            if written == len(frame):
+                return
+            frame = frame[written:]
+        batch = self._open
+        batch.frames.append(frame)
+        self._lot.unpark_all()
+        await batch.done.wait()
+        if batch.error is not None:
+            raise ChannelClosed(f"cannot write to worker: {batch.error}") from batch.error
+
+    def send_nowait(self, frame: bytes) -> None:
+        """Queue one frame without waiting for it to be written (best effort).
+
+        Raises ChannelClosed if the writer is already closed or broken.
+        """
+        if self._error is not None:
+            raise ChannelClosed(f"cannot write to worker: {self._error}")
+        self._open.frames.append(frame)
+        self._lot.unpark_all()
+
+    async def run(self) -> None:
+        """Write queued batches until closed. Never raises on a broken pipe: the pipe's
+        error is handed to the batch's senders (as ChannelClosed) instead."""
+        try:
+            while self._error is None:
+                if not self._open.frames:
+                    await self._lot.park()
+                    continue
+                batch, self._open = self._open, _Batch()
+                self._busy = True
+                try:
+                    await self._write_all(b"".join(batch.frames))
+                except (OSError, trio.ClosedResourceError) as exc:
+                    batch.error = exc
+                    self._fail(exc)
+                finally:
+                    self._busy = False
+                    batch.done.set()
+        finally:
+            self._fail(ChannelClosed("writer stopped"))
+
+    async def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._fd)
+            else:
+                view = view[written:]
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        batch, self._open = self._open, _Batch()
+        batch.error = self._error
+        batch.done.set()
+        self._lot.unpark_all()
+
+    def close(self) -> None:
+        """Fail what is queued with ChannelClosed and close the pipe. Idempotent."""
+        self._fail(ChannelClosed("worker stdin closed"))
+        if self._fd >= 0:
+            trio.lowlevel.notify_closing(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+class WorkerProcess:
+    """A running worker child. Created by :func:`spawn_process`."""
+
+    def __init__(
+        self, name: str, popen: subprocess.Popen[bytes], stdin: int, stdout: int, stderr: int
+    ) -> None:
+        self.name = name
+        self.pid = popen.pid
+        self.pgid = popen.pid  # start_new_session: the child leads its own group
+        self.argv = [os.fsdecode(a) for a in popen.args]  # type: ignore[union-attr]
+        self._popen = popen
+        self.writer = FrameWriter(stdin)
+        self.stdout = trio.lowlevel.FdStream(stdout)
+        self._stderr = trio.lowlevel.FdStream(stderr)
+        self.stderr_ring = StderrRing()
+        self._pidfd = os.pidfd_open(self.pid)
+        self.status: ExitStatus | None = None
+        self.stderr_closed = False
+        self.started_at = trio.current_time()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._io_scopes: list[trio.CancelScope] = []
+
+    # -- notifications
+
+    def poke(self) -> None:
+        """Wake every :meth:`wait_until` waiter to re-check its condition."""
+        self._lot.unpark_all()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` is true, re-checking it at each :meth:`poke`."""
+        while not predicate():
+            await self._lot.park()
+        await trio.lowlevel.checkpoint()
+
+    @property
+    def has_exited(self) -> bool:
+        return self.status is not None
+
+    # -- background tasks
+
+    def start_tasks(self, nursery: trio.Nursery) -> None:
+        """Start the exit watcher, the stdin writer and the stderr drain in ``nursery``.
+        Reading stdout is the caller's job (``self.stdout``), best run with
+        :meth:`start_io_task` too."""
+        for task in (self._watch_exit, self.writer.run, self._drain_stderr):
+            self.start_io_task(nursery, task)
+
+    def start_io_task(self, nursery: trio.Nursery, task: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``task(*args)`` in ``nursery`` shielded from outside cancellation until
+        :meth:`cancel_io_tasks`: stopping the child on the way out of a cancelled scope
+        needs its writer and its exit watcher alive."""
+        scope = trio.CancelScope(shield=True)
+        self._io_scopes.append(scope)
+
+        async def shielded() -> None:
+            with scope:
+                await task(*args)
+
+        nursery.start_soon(shielded)
+
+    def cancel_io_tasks(self) -> None:
+        """End the tasks started by :meth:`start_io_task` (after the child is reaped)."""
+        for scope in self._io_scopes:
+            scope.cancel()
+
+    async def _watch_exit(self) -> None:
+        await trio.lowlevel.wait_readable(self._pidfd)
+        # The leader is a zombie until reaped, so its group id cannot be reused yet:
+        # kill whatever it left behind in its group, then reap it.
+        self.signal_group(signal.SIGKILL)
+        returncode = self._popen.poll()
+        assert returncode is not None, "pidfd readable but the child is not reapable"
+        self.status = ExitStatus.from_returncode(returncode)
+        self.poke()
+
+    async def _drain_stderr(self) -> None:
+        while chunk := await self._stderr.receive_some(65536):
+            self.stderr_ring.feed(chunk)
+        self.stderr_closed = True
+        self.poke()
+
+    # -- control
+
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the worker's process group, if anything is left in it."""
+        if self.status is not None:
+            return
+        try:
+            os.killpg(self.pgid, sig)
+        except ProcessLookupError:
+            pass  # the group is already empty: nothing to signal
+
+    async def stop(self, grace: float, kill_grace: float) -> ExitStatus:
+        """Stop the worker and wait until it is reaped: a shutdown frame; after ``grace``
+        seconds SIGTERM to its group; after ``kill_grace`` more, SIGKILL.
+
+        Returns at once if it has already exited. Cancellation: not safe to cancel midway
+        if the child must not outlive the call; callers shield it.
+        """
+        if self.status is None:
+            try:
+                self.writer.send_nowait(encode(Shutdown()))
+            except ChannelClosed:
+                pass  # its stdin is gone; the signals below still apply
+            with trio.move_on_after(grace):
+                await self.wait_until(self._has_status)
+        if self.status is None:
+            log.info("%s: no exit %.1fs after shutdown; sending SIGTERM", self.name, grace)
+            self.signal_group(signal.SIGTERM)
+            with trio.move_on_after(kill_grace):
+                await self.wait_until(self._has_status)
+        if self.status is None:
+            log.warning("%s: ignored SIGTERM for %.1fs; sending SIGKILL", self.name, kill_grace)
+            self.signal_group(signal.SIGKILL)
+            await self.wait_until(self._has_status)
+        assert self.status is not None
+        return self.status
+
+    def _has_status(self) -> bool:
+        return self.status is not None
+
+    async def close(self) -> None:
+        """Release the pipes and the pidfd, killing and reaping the child first if it is
+        somehow still there. Idempotent. Run it shielded, after the background tasks ended."""
+        if self.status is None:
+            self.signal_group(signal.SIGKILL)
+            self.status = ExitStatus.from_returncode(self._popen.wait())  # SIGKILL: prompt
+        self.writer.close()
+        await self.stdout.aclose()
+        await self._stderr.aclose()
+        if self._pidfd >= 0:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+def spawn_process(
+    name: str,
+    argv: Sequence[str],
+    *,
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> WorkerProcess:
+    """Start the child now (synchronously: a fork takes about 2 ms on the Trio thread).
+
+    Raises SpawnFailed with the OS error for a missing binary, one that is not executable,
+    or a bad working directory.
+    """
+    if not argv:
+        raise SpawnFailed(name, "empty command")
+    fds = [*os.pipe(), *os.pipe(), *os.pipe()]
+    stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w = fds
+    try:
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=stdin_r,
+            stdout=stdout_w,
+            stderr=stderr_w,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        where = "working directory" if cwd is not None and exc.filename == cwd else "command"
+        raise SpawnFailed(
+            name, f"{where} {exc.filename or argv[0]!r}: {exc.strerror}", exc.errno
+        ) from exc
+    except subprocess.SubprocessError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise SpawnFailed(name, f"child set-up failed: {exc}") from exc
+    for fd in (stdin_r, stdout_w, stderr_w):
+        os.close(fd)
+    return WorkerProcess(name, popen, stdin_w, stdout_r, stderr_r)

@@ -11,9 +11,9 @@ import click
 import trio
 
 from . import __version__
-from .broker import open_broker
+from .broker import Broker, open_broker
 from .errors import RelayError
-from .protocol import encode
+from .protocol import Event, Gap, encode
 from .supervisor import RestartPolicy
 
 REFERENCE_WORKER = [sys.executable, "-m", "trio_relay.reference_worker"]
@@ -82,8 +82,9 @@ async def _serve(
     log = logging.getLogger("trio_relay")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_broker() as broker:
+            printer = _EventPrinter(events_json)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_print_events, broker, events_json)
+                nursery.start_soon(printer.follow, broker)
                 for name, argv in agents:
                     try:
                         info = await broker.spawn(name, argv, restart=restart)
@@ -94,17 +95,36 @@ async def _serve(
                 log.info("broker running with %d agent(s); Ctrl-C to stop", len(broker.agents()))
                 async for signum in signals:
                     log.info("%s: shutting down", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
                     break
-            await broker.shutdown()
+                await broker.shutdown()
+                nursery.cancel_scope.cancel()
+            printer.print_since(broker)  # the last events, emitted during the shutdown
     log.info("broker stopped")
 
 
-async def _print_events(broker, events_json: bool) -> None:  # type: ignore[no-untyped-def]
-    log = logging.getLogger("trio_relay.events")
-    async for event in broker.events.subscribe(since=0):
-        if events_json:
+class _EventPrinter:
+    """Prints broker events to stdout (JSON lines) or to the log, each exactly once."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.seq = 0
+        self.log = logging.getLogger("trio_relay.events")
+
+    async def follow(self, broker: Broker) -> None:
+        async for event in broker.events.subscribe(since=self.seq):
+            self.show(event)
+
+    def print_since(self, broker: Broker) -> None:
+        for event in broker.events.since(self.seq):
+            self.show(event)
+
+    def show(self, event: Event) -> None:
+        if isinstance(event, Gap):
+            self.log.warning("missed events %d..%d", event.first, event.last)
+        else:
+            self.seq = event.seq
+        if self.as_json:
             sys.stdout.buffer.write(encode(event))
             sys.stdout.flush()
         else:
-            log.info("%r", event)
+            self.log.info("%r", event)

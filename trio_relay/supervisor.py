@@ -180,7 +180,9 @@ class Agent:
 class _Run:
     """What the frame reader learned during one run of an agent's child."""
 
+    attempt: int = 0
     hello: WorkerHello | None = None
+    failure: str | None = None
     eof: bool = False
     attached: bool = False
     reported_exit: Exited | None = None
@@ -353,7 +355,7 @@ class Supervisor:
         agent.state = "starting"
         proc = spawn_process(name, spec.argv, cwd=spec.cwd, env=spec.env)
         agent.proc = proc
-        run = _Run()
+        run = _Run(attempt=attempt)
         failure: str | None = None
         cancelled = False
         try:
@@ -363,14 +365,6 @@ class Supervisor:
                 try:
                     failure = await self._greet(agent, proc, run)
                     if failure is None:
-                        self._correlator.attach(name, proc.writer.send)
-                        run.attached = True
-                        agent.state, agent.started_at = "running", time.time()
-                        self._events.emit(
-                            AgentSpawned(
-                                agent=name, pid=proc.pid, argv=list(spec.argv), attempt=attempt
-                            )
-                        )
                         if task_status is not None:
                             task_status.started(agent)
                         await proc.wait_until(
@@ -402,28 +396,44 @@ class Supervisor:
         return proc.status, agent.stop_requested
 
     async def _greet(self, agent: Agent, proc: WorkerProcess, run: _Run) -> str | None:
-        """Exchange hellos. Returns None on success, else why the worker did not start."""
-        spec = agent.spec
+        """Send our hello and wait for the reader to accept the worker's. Returns None on
+        success, else why the worker did not start."""
         try:
             await proc.writer.send(encode(BrokerHello()))
         except ChannelClosed:
             pass  # it is already gone; the wait below sees how
-        with trio.move_on_after(spec.hello_timeout):
+        with trio.move_on_after(agent.spec.hello_timeout):
             await proc.wait_until(
-                lambda: run.hello is not None or proc.has_exited or run.eof
-                or agent.stop_requested
+                lambda: run.attached or run.failure is not None or proc.has_exited
+                or run.eof or agent.stop_requested
             )
-        if run.hello is None:
-            if agent.stop_requested:
-                return "released before it said hello"
-            return self._no_hello(proc, run, spec)
-        if run.hello.protocol != PROTOCOL_VERSION:
-            return (
-                f"speaks worker protocol {run.hello.protocol}; "
-                f"this broker speaks {PROTOCOL_VERSION}"
+        if run.attached:
+            return None
+        if run.failure is not None:
+            return run.failure
+        if agent.stop_requested:
+            return "released before it said hello"
+        return self._no_hello(proc, run, agent.spec)
+
+    def _accept_hello(self, agent: Agent, proc: WorkerProcess, run: _Run, hello: WorkerHello) -> None:
+        """Called by the reader on the worker's hello, before it reads the next frame, so
+        ``agent_spawned`` precedes every event of the run."""
+        run.hello = hello
+        proc.poke()
+        if hello.protocol != PROTOCOL_VERSION:
+            run.failure = (
+                f"speaks worker protocol {hello.protocol}; this broker speaks {PROTOCOL_VERSION}"
             )
-        agent.hello = run.hello
-        return None
+            return
+        agent.hello = hello
+        self._correlator.attach(agent.name, proc.writer.send)
+        run.attached = True
+        agent.state, agent.started_at = "running", time.time()
+        self._events.emit(
+            AgentSpawned(
+                agent=agent.name, pid=proc.pid, argv=list(agent.spec.argv), attempt=run.attempt
+            )
+        )
 
     def _report_exit(self, agent: Agent, proc: WorkerProcess, run: _Run, cancelled: bool) -> None:
         """The failure handler: the one terminal event of a run that got past its hello,
@@ -479,10 +489,12 @@ class Supervisor:
                     continue
                 if type(frame) is Response:
                     resolve(name, frame.request_id, frame.payload, frame.error)
-                elif type(frame) is WorkerHello and run.hello is None:
-                    run.hello = frame
-                    proc.poke()
-                else:
+                elif run.hello is None:
+                    if type(frame) is WorkerHello:
+                        self._accept_hello(agent, proc, run, frame)
+                    else:
+                        self._protocol_error(agent, f"{type(frame).__name__} before hello", line)
+                elif run.attached:
                     self._on_event(agent, run, frame)
         run.eof = True
         proc.poke()

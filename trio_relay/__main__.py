@@ -1,0 +1,5 @@
+"""``python -m trio_relay`` is the ``trio-relay`` command."""
+
+from .cli import main
+
+main()

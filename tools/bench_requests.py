@@ -13,7 +13,9 @@ For each level of concurrency (requests in flight) it measures, in the same run:
   ``response`` frames, keeping N requests outstanding (write N, then write a new one for
   each answer that arrives);
 - broker: N Trio tasks, each looping ``await broker.request_worker("w", "ping", ...)``
-  against the same reference worker, spawned by the broker.
+  against the same reference worker, spawned by the broker;
+- no-I/O: the same clients against the correlator alone, answered in-process: the ceiling
+  Trio's per-request machinery leaves, whatever the pipes and the worker cost.
 
 Each request's round trip is timed with ``time.perf_counter`` from just before its frame is
 written (baseline) or the call is made (broker) to when its answer is in hand. Each
@@ -248,6 +250,57 @@ def run_broker(levels: list[int], duration: float, warmup: float) -> dict[int, R
     return results
 
 
+# ---------------------------------------------------------------- the correlator alone
+
+
+def run_floor(levels: list[int], duration: float, warmup: float) -> dict[int, Result]:
+    """The same clients against the correlator alone: its route queues frames and a task in
+    the same process answers each scheduler tick. No pipe, no worker, no broker I/O: the
+    ceiling that Trio's per-request machinery (cancel scope, channel, task switch) leaves."""
+    import trio
+
+    from trio_relay.correlator import Correlator
+
+    results: dict[int, Result] = {}
+    marker = b'"request_id":"'
+
+    async def main() -> None:
+        correlator = Correlator()
+        queued: list[bytes] = []
+
+        async def route(frame: bytes) -> None:
+            queued.append(frame)
+
+        async def answer_forever() -> None:
+            while True:
+                await trio.sleep(0)
+                batch = queued[:]
+                queued.clear()
+                for frame in batch:
+                    start = frame.index(marker) + len(marker)
+                    rid = frame[start : frame.index(b'"', start)].decode()
+                    data = msgspec.json.decode(frame)["data"]
+                    correlator.resolve("w", rid, {"data": data}, None)
+
+        class Facade:
+            request_worker = staticmethod(
+                lambda name, kind, payload, timeout: correlator.request(
+                    name, kind, payload, timeout=timeout
+                )
+            )
+
+        correlator.attach("w", route)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_forever)
+            for n in levels:
+                await _broker_level(Facade, n, warmup)
+                results[n] = await _broker_level(Facade, n, duration)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return results
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -255,7 +308,9 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e6:,.0f} us"
 
 
-def report(base: dict[int, Result], brok: dict[int, Result]) -> bool:
+def report(
+    base: dict[int, Result], brok: dict[int, Result], floor: dict[int, Result]
+) -> bool:
     levels = sorted(set(base) | set(brok))
     header = (
         f"{'in flight':>9}  {'side':<8} {'requests':>9} {'req/s':>10} "
@@ -264,7 +319,8 @@ def report(base: dict[int, Result], brok: dict[int, Result]) -> bool:
     print(header)
     print("-" * len(header))
     for n in levels:
-        for side, res in (("baseline", base.get(n)), ("broker", brok.get(n))):
+        rows = (("baseline", base.get(n)), ("broker", brok.get(n)), ("no-I/O", floor.get(n)))
+        for side, res in rows:
             if res is None:
                 continue
             print(
@@ -330,7 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     base = {} if args.only == "broker" else run_baseline(args.levels, args.duration, args.warmup)
     brok = {} if args.only == "baseline" else run_broker(args.levels, args.duration, args.warmup)
-    ok = report(base, brok)
+    floor = {} if args.only else run_floor(args.levels, args.duration, args.warmup)
+    ok = report(base, brok, floor)
+    print(
+        "no-I/O: the correlator alone, answered in-process (no pipe, no worker): the ceiling "
+        "Trio's per-request cancel scope, channel and task switch leave on this machine"
+    )
     return 0 if ok or args.only else 1
 
 

@@ -16,19 +16,37 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import outcome
 import trio
 
 from .errors import ChannelClosed, RelayError, RequestTimeout, WorkerError, WorkerNotFound
 from .protocol import ErrorInfo, encode_request
 
 Route = Callable[[bytes], Awaitable[None]]
+Channel = tuple[trio.MemorySendChannel[Any], trio.MemoryReceiveChannel[Any]]
+
+#: How many idle one-slot channels are kept for reuse (creating one costs ~10 us).
+CHANNEL_POOL_SIZE = 1024
 
 
-@dataclass(slots=True)
+class _Failure:
+    """An error outcome in a request's channel (payloads travel bare)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_NOTHING: Any = object()
+
+
 class _Pending:
-    worker: str
-    send: trio.MemorySendChannel[tuple[bool, outcome.Outcome[Any]]]
+    __slots__ = ("worker", "send", "answered")
+
+    def __init__(self, worker: str, send: trio.MemorySendChannel[Any]) -> None:
+        self.worker = worker
+        self.send = send
+        self.answered = False  # the worker's answer (not a failure we made) was sent
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,7 @@ class Correlator:
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
         self._pending: dict[str, _Pending] = {}
+        self._pool: list[Channel] = []
         self._ids = itertools.count(1)
         self._completed = self._timed_out = self._failed = 0
         self._cancelled = self._late_dropped = 0
@@ -63,8 +82,7 @@ class Correlator:
         self._routes.pop(worker, None)
         doomed = [rid for rid, entry in self._pending.items() if entry.worker == worker]
         for rid in doomed:
-            entry = self._pending.pop(rid)
-            entry.send.send_nowait((False, outcome.Error(make_error())))
+            self._pending.pop(rid).send.send_nowait(_Failure(make_error()))
         return len(doomed)
 
     def is_attached(self, worker: str) -> bool:
@@ -73,7 +91,12 @@ class Correlator:
     # -- requests
 
     async def request(
-        self, worker: str, kind: str, payload: dict[str, Any] | None = None, *, timeout: float
+        self,
+        worker: str,
+        kind: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        timeout: float | None,
     ) -> Any:
         """Send a ``kind`` request to ``worker`` and return the answer's payload.
 
@@ -81,7 +104,8 @@ class Correlator:
 
         - the payload, if the worker answered in time;
         - :class:`WorkerNotFound` if no worker by that name is attached;
-        - :class:`RequestTimeout` if ``timeout`` seconds passed (writing the frame included);
+        - :class:`RequestTimeout` if ``timeout`` seconds passed (writing the frame included;
+          None waits forever);
         - :class:`WorkerError` if the worker answered with an error;
         - :class:`WorkerExited` (whatever :meth:`detach` makes) if the worker went away
           while the request was in flight;
@@ -96,13 +120,15 @@ class Correlator:
             raise WorkerNotFound(worker)
         request_id = format(next(self._ids), "x")
         frame = encode_request(kind, request_id, payload)
-        send, receive = trio.open_memory_channel[tuple[bool, outcome.Outcome[Any]]](1)
-        self._pending[request_id] = _Pending(worker, send)
-        result: outcome.Outcome[Any] | None = None
+        channel = self._pool.pop() if self._pool else trio.open_memory_channel(1)
+        entry = _Pending(worker, channel[0])
+        self._pending[request_id] = entry
+        answer = _NOTHING
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
         try:
-            with trio.move_on_after(math.inf if timeout is None else timeout):
+            with trio.CancelScope(deadline=deadline):
                 await route(frame)
-                _, result = await receive.receive()
+                answer = await channel[1].receive()
         except ChannelClosed:
             self._failed += 1
             raise
@@ -110,22 +136,21 @@ class Correlator:
             self._cancelled += 1
             raise
         finally:
-            self._pending.pop(request_id, None)
-            try:
-                is_answer, _ = receive.receive_nowait()
-            except trio.WouldBlock:
-                pass
-            else:
-                # An answer that reached the channel after its waiter stopped waiting.
-                self._late_dropped += is_answer
-        if result is None:
+            if self._pending.pop(request_id, None) is not None or answer is not _NOTHING:
+                # Nothing is left in the channel: it can serve another request.
+                if len(self._pool) < CHANNEL_POOL_SIZE:
+                    self._pool.append(channel)
+            elif entry.answered:
+                # The answer reached the channel after its waiter stopped waiting.
+                self._late_dropped += 1
+        if answer is _NOTHING:
             self._timed_out += 1
-            raise RequestTimeout(worker, kind, timeout)
-        if isinstance(result, outcome.Error):
+            raise RequestTimeout(worker, kind, math.inf if timeout is None else timeout)
+        if type(answer) is _Failure:
             self._failed += 1
-        else:
-            self._completed += 1
-        return result.unwrap()
+            raise answer.error
+        self._completed += 1
+        return answer
 
     def resolve(
         self, worker: str, request_id: str, payload: Any, error: ErrorInfo | None
@@ -133,16 +158,17 @@ class Correlator:
         """Hand a worker's answer to its waiting caller. An answer that nobody waits for (it
         timed out, was cancelled, is unknown, or came from another worker) is dropped and
         counted; returns whether it was delivered."""
-        entry = self._pending.get(request_id)
+        entry = self._pending.pop(request_id, None)
         if entry is None or entry.worker != worker:
+            if entry is not None:
+                self._pending[request_id] = entry  # not this worker's to answer
             self._late_dropped += 1
             return False
-        del self._pending[request_id]
+        entry.answered = True
         if error is None:
-            answer: outcome.Outcome[Any] = outcome.Value(payload)
+            entry.send.send_nowait(payload)
         else:
-            answer = outcome.Error(WorkerError(error.code, error.message))
-        entry.send.send_nowait((True, answer))
+            entry.send.send_nowait(_Failure(WorkerError(error.code, error.message)))
         return True
 
     def pending_count(self, worker: str | None = None) -> int:

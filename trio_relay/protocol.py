@@ -128,6 +128,9 @@ class WorkerHello(Frame, tag="hello"):
     protocol: int
     worker: str = "native"
     pid: int | None = None
+    #: A wrapper's program (the PTY worker's CMD): its pid, which is also its session and
+    #: process group id, for a sweep of leftover process groups.
+    program_pid: int | None = None
 
 
 class Response(Frame, tag="response"):
@@ -158,6 +161,8 @@ class Exited(Frame, tag="exited"):
 
     code: int | None = None
     signal: int | None = None
+    #: The final screen, as a ``snapshot`` request would answer it (the PTY worker).
+    snapshot: dict[str, Any] | None = None
 
 
 class DeliveryInjected(Frame, tag="delivery_injected"):
@@ -313,14 +318,23 @@ def encode_request(kind: str, request_id: str, payload: dict[str, Any] | None) -
     Raises ValueError if ``kind`` is not a request kind or ``payload`` tries to set
     ``kind`` or ``request_id``.
     """
-    if kind in NOT_REQUEST_KINDS or not kind:
-        raise ValueError(f"{kind!r} is not a request kind")
-    frame: dict[str, Any] = {"kind": kind, "request_id": request_id}
-    if payload:
-        if "kind" in payload or "request_id" in payload:
-            raise ValueError("a request payload may not set 'kind' or 'request_id'")
-        frame.update(payload)
-    return _encoder.encode(frame) + b"\n"
+    prefix = _request_prefixes.get(kind)
+    if prefix is None:
+        if kind in NOT_REQUEST_KINDS or not kind:
+            raise ValueError(f"{kind!r} is not a request kind")
+        prefix = _encoder.encode({"kind": kind, "request_id": ""})[:-3]
+        if len(_request_prefixes) < 256:
+            _request_prefixes[kind] = prefix
+    head = prefix + _encoder.encode(request_id)
+    if not payload:
+        return head + b"}\n"
+    if "kind" in payload or "request_id" in payload:
+        raise ValueError("a request payload may not set 'kind' or 'request_id'")
+    return head + b"," + _encoder.encode(payload)[1:] + b"\n"
+
+
+#: ``{"kind":"<kind>","request_id":`` for each request kind seen: the constant head of a frame.
+_request_prefixes: dict[str, bytes] = {}
 
 
 def _decode(decoder: msgspec.json.Decoder, line: bytes) -> Any:

@@ -82,3 +82,12 @@ async def test_wait_for_returns_the_matching_event_and_raises_on_a_gap(
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError):
         EventLog(capacity=0)
+
+
+async def test_listeners_see_every_event_in_order_even_past_the_ring() -> None:
+    log = EventLog(capacity=2)
+    seen: list[int] = []
+    log.listen(lambda event: seen.append(event.seq))
+    for n in range(10):
+        log.emit(idle(n))
+    assert seen == list(range(1, 11))

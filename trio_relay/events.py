@@ -29,6 +29,7 @@ class EventLog:
         self._ring: list[Event | None] = [None] * capacity
         self._next = 1
         self._lot = trio.lowlevel.ParkingLot()
+        self._listeners: list[Callable[[Event], None]] = []
 
     @property
     def last_seq(self) -> int:
@@ -46,8 +47,16 @@ class EventLog:
         event.time = time.time()
         self._ring[self._next % self.capacity] = event
         self._next += 1
+        for listener in self._listeners:
+            listener(event)
         self._lot.unpark_all()
         return event
+
+    def listen(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener(event)`` synchronously inside every :meth:`emit`, so it sees every
+        event, in order, with no gap. It must be quick and must not raise (hand the event
+        to a task, for example with ``send_nowait`` on an unbounded memory channel)."""
+        self._listeners.append(listener)
 
     def _at(self, seq: int) -> Event:
         event = self._ring[seq % self.capacity]

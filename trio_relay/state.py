@@ -1,0 +1,124 @@
+"""The state directory: one broker per directory, its lock, token, connection file and store.
+
+``.trio-relay/`` under the working directory unless told otherwise. The lock is an
+``flock`` on ``broker.lock``: the kernel drops it when the broker dies, however it dies, so a
+stale lock left by a dead broker is simply taken over.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RelayError
+
+DEFAULT_DIR_NAME = ".trio-relay"
+
+
+class BrokerAlreadyRunning(RelayError):
+    """Another broker holds this state directory's lock."""
+
+    def __init__(self, path: Path, pid: int | None) -> None:
+        who = f"pid {pid}" if pid else "another process"
+        super().__init__(f"a broker ({who}) is already running on {path}")
+        self.path, self.pid = path, pid
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What a client needs to reach a running broker."""
+
+    url: str
+    pid: int
+
+
+class StateDir:
+    """Paths and files of one state directory. Create it with :meth:`open`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None) -> StateDir:
+        """The state directory at ``path`` (default ``./.trio-relay``), created mode 0700.
+        Raises OSError if it cannot be created."""
+        state = cls(Path(path) if path is not None else Path.cwd() / DEFAULT_DIR_NAME)
+        state.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return state
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "broker.lock"
+
+    @property
+    def token_path(self) -> Path:
+        return self.path / "token"
+
+    @property
+    def connection_path(self) -> Path:
+        return self.path / "connection.json"
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / "relay.db"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "broker.log"
+
+    # -- the lock
+
+    def acquire_lock(self) -> None:
+        """Take the one-broker lock and record our pid in it.
+
+        Raises BrokerAlreadyRunning (naming the holder's pid) if a live broker has it.
+        """
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise BrokerAlreadyRunning(self.path, int(holder) if holder.isdigit() else None) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def release_lock(self) -> None:
+        """Drop the lock (also dropped by the kernel when the process dies). Idempotent."""
+        if self._lock_fd is not None:
+            self.connection_path.unlink(missing_ok=True)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- the token and the connection file
+
+    def token(self) -> str:
+        """The broker's token, generated at first use and kept mode 0600."""
+        try:
+            return self.token_path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        token = secrets.token_urlsafe(32)
+        fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token
+
+    def write_connection(self, url: str) -> None:
+        tmp = self.connection_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+        tmp.replace(self.connection_path)
+
+    def read_connection(self) -> Connection | None:
+        """The running broker's url and pid, or None if no connection file is there."""
+        try:
+            data = json.loads(self.connection_path.read_text())
+            return Connection(url=str(data["url"]), pid=int(data["pid"]))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None

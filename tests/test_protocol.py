@@ -52,6 +52,12 @@ EVENTS = [
     p.DeliveryInjectedEvent(agent="a", delivery_id="d"),
     p.DeliveryVerifiedEvent(agent="a", delivery_id="d", verification="echo"),
     p.DeliveryFailedEvent(agent="a", delivery_id="d", reason="r"),
+    p.DeliveryQueuedEvent(agent="a", delivery_id="d", sender="b", thread="t"),
+    p.DeliveryDroppedEvent(agent="a", delivery_id="d", reason="cap", evicted_by="e"),
+    p.DeliveryRequeuedEvent(agent="a", delivery_id="d", reason="killed by SIGKILL"),
+    p.DeliveryRetryingEvent(agent="a", delivery_id="d", attempt=2, error="no ack"),
+    p.DeadLetterEvent(agent="a", delivery_id="d", attempts=5, error="no ack"),
+    p.StoreErrorEvent(operation="queue a delivery", error="database is locked"),
     p.Gap(first=3, last=9),
 ]
 

@@ -1,22 +1,33 @@
-"""The broker: composes the event log, the correlator and the supervisor into the operations
-the control channel exposes. Open one with :func:`open_broker`."""
+"""The broker: composes the event log, the correlator, the supervisor, the store and the
+delivery engine into the operations the control channel exposes. Open one with
+:func:`open_broker`."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
+from . import store as sql
 from .correlator import Correlator, CorrelatorStatistics
+from .delivery import DeliveryEngine, DeliveryPolicy, Receipt
+from .errors import AgentExists, SpawnFailed, WorkerNotFound
 from .events import EventLog
 from .framing import DEFAULT_MAX_LINE
-from .protocol import Resize, WriteInput, encode
+from .protocol import Resize, StoreErrorEvent, WriteInput, encode
+from .state import StateDir
+from .store import DeliveryInfo, Store, open_store
 from .supervisor import Agent, AgentSpec, RestartPolicy, Supervisor
+
+log = logging.getLogger(__name__)
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
 
@@ -45,6 +56,8 @@ class Broker:
         self,
         nursery: trio.Nursery,
         *,
+        store: Store,
+        delivery: DeliveryPolicy | None = None,
         event_capacity: int = 4096,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         max_line: int = DEFAULT_MAX_LINE,
@@ -56,6 +69,16 @@ class Broker:
             nursery, self.correlator, self.events, max_line=max_line, rng=rng
         )
         self.request_timeout = request_timeout
+        self.store = store
+        store.on_error = self._store_failed
+        self.delivery_engine = DeliveryEngine(
+            store, self.events, _SupervisorTransport(self.supervisor), delivery
+        )
+        self.events.listen(self.delivery_engine.on_event)
+        self.supervisor.delivery_reports = self.delivery_engine.on_report
+        #: Extra environment for each agent's child, by agent name (the control channel
+        #: sets it: TRIO_RELAY_URL and the agent's scoped TRIO_RELAY_TOKEN).
+        self.agent_environment: Callable[[str], Mapping[str, str]] | None = None
 
     async def spawn(
         self,
@@ -73,16 +96,143 @@ class Broker:
         the agent's name. ``timing`` may set ``hello_timeout``, ``grace`` and ``kill_grace``
         (seconds). Raises AgentExists, SpawnFailed, or ValueError for a bad name or command.
         """
-        child_env = {**os.environ, **(env or {}), "TRIO_RELAY_AGENT": name}
+        extra = self.agent_environment(name) if self.agent_environment else {}
+        child_env = {**os.environ, **(env or {}), **extra, "TRIO_RELAY_AGENT": name}
         spec = AgentSpec(
             name, tuple(argv), cwd=cwd, env=child_env,
             restart=restart or RestartPolicy(), **timing,
         )
-        return self._info(await self.supervisor.spawn(spec))
+        if self._active(name):
+            await trio.lowlevel.checkpoint()
+            raise AgentExists(name)
+        stored = {
+            "argv": list(argv), "cwd": cwd, "env": dict(env or {}),
+            "restart": dataclasses.asdict(spec.restart), "timing": timing,
+        }
+        now = time.time()
+        mode = await self.store.write(
+            lambda conn: sql.put_agent(conn, name, stored, now), f"record agent {name!r}"
+        )
+        self.delivery_engine.register(name, mode)
+        try:
+            return self._info(await self.supervisor.spawn(spec))
+        except SpawnFailed:
+            await self._forget_agent(name)
+            raise
+
+    async def respawn(self) -> list[AgentInfo]:
+        """Start again every stored agent that was running when the last broker on this
+        store stopped or died (not those released); their queued deliveries follow. An
+        agent that cannot be started gets ``spawn_failed`` and each of its open deliveries
+        a terminal ``delivery_failed``. Returns the agents started. Raises StoreError."""
+        rows = await self.store.read(sql.load_agents, "load agents")
+        started: list[AgentInfo] = []
+
+        async def one(row: sql.AgentRow) -> None:
+            spec = row.spec
+            try:
+                started.append(
+                    await self.spawn(
+                        row.name, spec["argv"], cwd=spec["cwd"], env=spec["env"],
+                        restart=RestartPolicy(**spec["restart"]), **spec["timing"],
+                    )
+                )
+            except (SpawnFailed, AgentExists, ValueError, TypeError, KeyError) as exc:
+                log.error("cannot respawn %s: %s", row.name, exc)
+                self.delivery_engine.agent_gone(row.name, f"could not be respawned: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            for row in rows:
+                if row.running:
+                    nursery.start_soon(one, row)
+        return started
 
     async def release(self, name: str) -> AgentInfo:
-        """Stop agent ``name`` (see :meth:`Supervisor.release`). Raises WorkerNotFound."""
+        """Stop agent ``name`` (see :meth:`Supervisor.release`); it will not be respawned at
+        the next start, and its pending deliveries stay queued for a later spawn.
+        Raises WorkerNotFound, StoreError."""
+        if not self._active(name):
+            await trio.lowlevel.checkpoint()
+            raise WorkerNotFound(name)
+        await self._forget_agent(name)
         return self._info(await self.supervisor.release(name))
+
+    def _active(self, name: str) -> bool:
+        try:
+            return self.supervisor.get(name).active
+        except WorkerNotFound:
+            return False
+
+    async def _forget_agent(self, name: str) -> None:
+        await self.store.write(
+            lambda conn: sql.set_agent_running(conn, name, False), f"mark {name!r} not running"
+        )
+
+    # -- deliveries
+
+    async def send(
+        self, to: str, body: str, *, sender: str, thread: str | None = None
+    ) -> Receipt:
+        """Queue a message for agent ``to`` (running or restarting) from ``sender`` (a
+        person, a program, or another agent's name). Returns once it is committed: its
+        ``delivery_id``, ``state`` (``queued``) and the ids ``evicted`` to respect the cap.
+
+        Raises WorkerNotFound, IntakeClosed (shutting down), ValueError, StoreError (nothing
+        was committed; a ``store_error`` event says why). Cancellation: once the commit is
+        queued the call waits for it, so an accepted message is never unreported.
+        """
+        return await self.delivery_engine.send(to, body, sender=sender, thread=thread)
+
+    async def wait_delivery(self, delivery_id: str, timeout: float = 30.0) -> DeliveryInfo:
+        """Wait until the delivery is verified, unverified (``timeout_fallback``), failed,
+        dropped or dead-lettered. Raises DeliveryNotFound, DeliveryTimeout, StoreError."""
+        return await self.delivery_engine.wait(delivery_id, timeout)
+
+    async def delivery(self, delivery_id: str) -> DeliveryInfo:
+        """Raises DeliveryNotFound, StoreError."""
+        return await self.delivery_engine.get(delivery_id)
+
+    async def deliveries(
+        self, agent: str | None = None, *, states: Sequence[str] | None = None, limit: int = 1000
+    ) -> list[DeliveryInfo]:
+        """The newest ``limit`` deliveries (of one agent, in some states), oldest first."""
+        return await self.delivery_engine.deliveries(
+            agent, tuple(states) if states else None, limit
+        )
+
+    async def dead_letters(self, agent: str | None = None, limit: int = 1000) -> list[DeliveryInfo]:
+        """Deliveries whose retry budget was spent, each with its ``last_error``."""
+        return await self.deliveries(agent, states=("dead_letter",), limit=limit)
+
+    async def redeliver(self, delivery_id: str) -> Receipt:
+        """Queue a dead letter or failed delivery again (same id, fresh retry budget).
+        Raises DeliveryNotFound, DeliveryStateError, WorkerNotFound, StoreError."""
+        return await self.delivery_engine.redeliver(delivery_id)
+
+    async def set_mode(self, agent: str, mode: str) -> str:
+        """``auto_inject`` or ``hold`` (deliveries stay queued until :meth:`flush`); kept in
+        the store. Returns the mode. Raises ValueError, WorkerNotFound, StoreError."""
+        await self.delivery_engine.set_mode(agent, mode)
+        return mode
+
+    def mode(self, agent: str) -> str:
+        """Raises WorkerNotFound."""
+        return self.delivery_engine.mode(agent)
+
+    async def pending(self, agent: str) -> list[DeliveryInfo]:
+        """The agent's deliveries not yet verified (queued, sent, injected), in order.
+        Raises WorkerNotFound."""
+        await trio.lowlevel.checkpoint()
+        return self.delivery_engine.pending(agent)
+
+    async def flush(self, agent: str) -> int:
+        """In hold mode, release every queued delivery for injection; returns how many.
+        Raises WorkerNotFound."""
+        await trio.lowlevel.checkpoint()
+        return self.delivery_engine.flush(agent)
+
+    def _store_failed(self, operation: str, error: str) -> None:
+        self.events.emit(StoreErrorEvent(operation=operation, error=error))
 
     async def request_worker(
         self,
@@ -128,8 +278,10 @@ class Broker:
         return self.correlator.statistics()
 
     async def shutdown(self) -> None:
-        """Release every agent (``agent_exited`` with ``intended: true``); return when all
-        are reaped."""
+        """Stop taking deliveries, release every agent (``agent_exited`` with ``intended:
+        true``); return when all are reaped. Pending deliveries stay in the store, and the
+        agents stay marked to be respawned by the next broker on it. Idempotent."""
+        self.delivery_engine.close_intake()
         await self.supervisor.shutdown()
 
     def _info(self, agent: Agent) -> AgentInfo:
@@ -147,18 +299,83 @@ class Broker:
         )
 
 
+class _SupervisorTransport:
+    """The delivery engine's view of the supervisor."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    def active(self, agent: str) -> bool:
+        record = self._record(agent)
+        return record is not None and record.active
+
+    def deliver(self, agent: str, frame: bytes) -> None:
+        self._supervisor.running(agent).writer.send_nowait(frame)
+
+    def _record(self, agent: str) -> Agent | None:
+        try:
+            return self._supervisor.get(agent)
+        except WorkerNotFound:
+            return None
+
+    def fate(self, agent: str) -> str | None:
+        record = self._record(agent)
+        if record is None:
+            return "it is no longer supervised"
+        if record.active or record.state == "released":
+            return None
+        if record.state == "gave_up":
+            return f"it gave up after {record.restarts} restarts"
+        if record.state == "failed":
+            return f"it could not be restarted ({record.last_reason})"
+        return f"its restart policy is {record.spec.restart.mode!r}"
+
+
 @asynccontextmanager
-async def open_broker(**options: Any) -> AsyncIterator[Broker]:
+async def open_broker(
+    state_dir: StateDir | str | os.PathLike[str] | None = None,
+    *,
+    respawn: bool = True,
+    busy_timeout: float = 5.0,
+    **options: Any,
+) -> AsyncIterator[Broker]:
     """Run a broker for the duration of the block; its worker nursery lives inside.
 
-    Leaving the block, however it is left, releases every agent under a shield, so no
-    child outlives it. ``options`` are :class:`Broker`'s keyword arguments.
+    ``state_dir``: where the store lives (``relay.db``). A path is opened and locked here
+    (BrokerAlreadyRunning if another broker has it); a :class:`StateDir` is used as given
+    (its lock is the caller's). None: an in-memory store, nothing survives the block.
+    On entry, open deliveries are recovered and, with ``respawn``, the agents that were
+    running are started again (pass ``respawn=False`` to call :meth:`Broker.respawn`
+    yourself, e.g. once ``agent_environment`` is set). Raises StoreError.
+
+    Leaving the block, however it is left, stops intake and releases every agent under a
+    shield, so no child outlives it; pending deliveries stay in the store, which is closed
+    last. ``options`` are :class:`Broker`'s keyword arguments.
     """
-    async with trio.open_nursery() as nursery:
-        broker = Broker(nursery, **options)
-        try:
-            yield broker
-        finally:
-            with trio.CancelScope(shield=True):
-                await broker.shutdown()
-            nursery.cancel_scope.cancel()
+    state, owned = _state(state_dir)
+    try:
+        path = ":memory:" if state is None else state.db_path
+        async with open_store(path, busy_timeout=busy_timeout) as store:
+            async with trio.open_nursery() as nursery:
+                broker = Broker(nursery, store=store, **options)
+                try:
+                    await broker.delivery_engine.recover()
+                    nursery.start_soon(broker.delivery_engine.run_timers)
+                    if respawn:
+                        await broker.respawn()
+                    yield broker
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await broker.shutdown()
+                    nursery.cancel_scope.cancel()
+    finally:
+        if owned and state is not None:
+            state.release_lock()
+
+
+def _state(state_dir: StateDir | str | os.PathLike[str] | None) -> tuple[StateDir | None, bool]:
+    if state_dir is None or isinstance(state_dir, StateDir):
+        return state_dir, False
+    state = StateDir.open(state_dir)
+    state.acquire_lock()
+    return state, True

@@ -1,130 +1,405 @@
-"""The ``trio-relay`` command line (click). Parses, calls the broker, prints."""
+"""The ``trio-relay`` command line (click): parse, call the broker, print.
+
+Exit codes: 0 success; 1 the operation failed (``Agent error: ...`` when it reached the
+agent); 2 usage; 3 no broker reachable.
+"""
 
 from __future__ import annotations
 
-import logging
-import shlex
-import signal
+import functools
+import json
+import os
 import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
 
 import click
+import msgspec
 import trio
 
 from . import __version__
-from .broker import Broker, open_broker
-from .errors import RelayError
-from .protocol import Event, Gap, encode
-from .supervisor import RestartPolicy
 
-REFERENCE_WORKER = [sys.executable, "-m", "trio_relay.reference_worker"]
+T = TypeVar("T")
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+AGENT_ERROR_CODES = frozenset({"worker_error", "worker_exited", "timeout"})
 
 
-def _parse_agent(value: str) -> tuple[str, list[str]]:
-    name, sep, command = value.partition("=")
-    argv = shlex.split(command)
-    if not sep or not name or not argv:
-        raise click.BadParameter(f"expected NAME=COMMAND, got {value!r}")
-    return name, argv
+# ---------------------------------------------------------------- plumbing
+
+
+def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every client command shares: where the broker is, and --json."""
+    fn = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
+    fn = click.option(
+        "--token", envvar="TRIO_RELAY_TOKEN", help="The broker's token (default: from the state directory)."
+    )(fn)
+    fn = click.option(
+        "--url", envvar="TRIO_RELAY_URL", help="The broker's URL (default: from the state directory)."
+    )(fn)
+    fn = click.option(
+        "--state-dir", type=click.Path(file_okay=False), help="The state directory (default: ./.trio-relay)."
+    )(fn)
+    return fn
+
+
+def call_broker(
+    kwargs: dict[str, Any], action: Callable[[Any], Awaitable[T]]
+) -> T:
+    """Connect with the shared options in ``kwargs``, run ``action(client)``, and turn the
+    errors into the documented messages and exit codes."""
+    from .client import BrokerUnreachable, RemoteError, open_client
+
+    async def run() -> T:
+        async with open_client(kwargs.get("url"), kwargs.get("token"), kwargs.get("state_dir")) as client:
+            return await action(client)
+
+    try:
+        return trio.run(run)
+    except BrokerUnreachable as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+    except RemoteError as exc:
+        if exc.code == "bad_request":
+            click.echo(f"Error: {exc.message}", err=True)
+            sys.exit(EXIT_USAGE)
+        prefix = "Agent error" if exc.code in AGENT_ERROR_CODES else "Error"
+        click.echo(f"{prefix}: {exc.message}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+def emit(result: Any, as_json: bool, human: Callable[[Any], None] | None = None) -> None:
+    if as_json:
+        click.echo(msgspec.json.encode(result).decode())
+    elif human is not None:
+        human(result)
+    elif result is not None:
+        click.echo(json.dumps(result, indent=2))
+
+
+def table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _age(started: float | None) -> str:
+    if not started:
+        return "-"
+    seconds = int(time.time() - started)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+# ---------------------------------------------------------------- commands
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="trio-relay")
 def main() -> None:
-    """trio-relay: supervise terminal programs and AI agent CLIs, and relay messages to them."""
+    """trio-relay: supervise terminal programs and AI agent CLIs, and relay messages to them.
+
+    Start a broker with `trio-relay up`; the other commands talk to it. They find it through
+    the state directory (./.trio-relay, or --state-dir), or TRIO_RELAY_URL and
+    TRIO_RELAY_TOKEN.
+
+    Exit codes: 0 success, 1 the operation failed, 2 usage, 3 no broker reachable.
+    """
 
 
 @main.command()
-@click.option(
-    "--agent",
-    "agents",
-    multiple=True,
-    metavar="NAME=COMMAND",
-    help="Spawn COMMAND (a program that speaks the worker protocol) as agent NAME. Repeatable.",
-)
-@click.option(
-    "--demo/--no-demo",
-    default=True,
-    show_default=True,
-    help="Spawn the reference native worker as agent 'demo'.",
-)
-@click.option(
-    "--restart",
-    type=click.Choice(["never", "on-failure", "always"]),
-    default="on-failure",
-    show_default=True,
-    help="Restart policy of the agents spawned here.",
-)
-@click.option("--events-json", is_flag=True, help="Print each broker event as a JSON line on stdout.")
-@click.option("-v", "--verbose", is_flag=True, help="Log debug detail to stderr.")
-def up(agents: tuple[str, ...], demo: bool, restart: str, events_json: bool, verbose: bool) -> None:
-    """Run the broker in the foreground until SIGINT or SIGTERM.
+@click.option("--state-dir", type=click.Path(file_okay=False), help="The state directory (default: ./.trio-relay).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=0, show_default=True, help="Port to listen on (0: a free one).")
+@click.option("--allow-origin", "origins", multiple=True, metavar="ORIGIN",
+              help="A browser Origin allowed to connect (none by default). Repeatable.")
+@click.option("--detach", is_flag=True, help="Run in the background; return once it is ready.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
+def up(state_dir: str | None, host: str, port: int, origins: tuple[str, ...], detach: bool, verbose: bool) -> None:
+    """Start the broker (foreground unless --detach) until SIGINT, SIGTERM or `down`.
 
-    Every agent is released on the way out (shutdown frame, then SIGTERM, then SIGKILL);
-    if the broker itself is killed, its workers die with it.
+    It logs to stderr and to broker.log in the state directory, writes its URL to
+    connection.json and keeps its token in `token` (mode 0600). One broker per state
+    directory. On the way out every agent is released.
     """
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    wanted = [_parse_agent(a) for a in agents]
-    if demo:
-        wanted.insert(0, ("demo", REFERENCE_WORKER))
+    from .state import BrokerAlreadyRunning, StateDir
+
+    state = StateDir.open(state_dir)
+    if detach:
+        _detach(state, host, port, origins, verbose)
+        return
+    from .daemon import configure_logging, run_daemon
+
+    configure_logging(state, verbose)
     try:
-        trio.run(_serve, wanted, RestartPolicy(mode=restart), events_json)  # type: ignore[arg-type]
+        trio.run(functools.partial(run_daemon, state, host=host, port=port, allowed_origins=origins))
+    except BrokerAlreadyRunning as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    except OSError as exc:
+        click.echo(f"Error: cannot listen on {host}:{port}: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+def _detach(state: Any, host: str, port: int, origins: tuple[str, ...], verbose: bool) -> None:
+    """Start `up` in its own session, not as our child, and wait until it is ready."""
+    from .state import process_alive
+
+    running = state.read_connection()
+    if running is not None and process_alive(running.pid):
+        click.echo(f"Error: a broker (pid {running.pid}) is already running on {state.path}", err=True)
+        sys.exit(EXIT_FAILED)
+    argv = [sys.executable, "-m", "trio_relay", "up", "--state-dir", str(state.path),
+            "--host", host, "--port", str(port)]
+    argv += [f"--allow-origin={o}" for o in origins] + (["-v"] if verbose else [])
+    output = state.path / "up.out"
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the intermediate: start the daemon in a new session, report its pid, go
+        try:
+            os.close(read_end)
+            os.setsid()
+            with open(output, "ab") as out:
+                pid = os.posix_spawn(
+                    sys.executable, argv, os.environ,
+                    file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                  (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
+                                  (os.POSIX_SPAWN_DUP2, out.fileno(), 2)],
+                )
+            os.write(write_end, str(pid).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    with os.fdopen(read_end) as pipe:
+        pid = int(pipe.read() or 0)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        connection = state.read_connection()
+        if connection is not None and connection.pid == pid:
+            click.echo(f"broker running: pid {pid}, {connection.url}, state in {state.path}")
+            return
+        if not pid or not process_alive(pid):
+            break
+        time.sleep(0.05)
+    tail = output.read_text(errors="replace").splitlines()[-10:] if output.exists() else []
+    click.echo("Error: the broker did not start:\n  " + "\n  ".join(tail), err=True)
+    sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@client_options
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for it to stop.")
+def down(timeout: float, **kwargs: Any) -> None:
+    """Stop the broker: release every agent, then exit."""
+    from .state import process_alive
+
+    status = call_broker(kwargs, lambda c: c.status())
+    call_broker(kwargs, lambda c: c.shutdown())
+    deadline = time.monotonic() + timeout
+    while process_alive(status["pid"]):
+        if time.monotonic() > deadline:
+            click.echo(f"Error: the broker (pid {status['pid']}) did not stop in {timeout:g} s", err=True)
+            sys.exit(EXIT_FAILED)
+        time.sleep(0.05)
+    emit({"stopped": status["pid"]}, kwargs["as_json"], lambda r: click.echo(f"broker {r['stopped']} stopped"))
+
+
+@main.command()
+@client_options
+def status(**kwargs: Any) -> None:
+    """Show the broker's pid, URL, uptime and agents."""
+
+    def human(s: dict[str, Any]) -> None:
+        agents = ", ".join(f"{n} {state}" for state, n in sorted(s["agents"].items())) or "none"
+        click.echo(f"broker {s['version']}  pid {s['pid']}  {s['url']}  up {_age(time.time() - s['uptime'])}")
+        click.echo(f"agents: {agents}")
+        r = s["requests"]
+        click.echo(
+            f"requests: {r['pending']} pending, {r['completed']} completed, {r['timed_out']} timed out, "
+            f"{r['failed']} failed, {r['late_dropped']} late answers dropped"
+        )
+
+    emit(call_broker(kwargs, lambda c: c.status()), kwargs["as_json"], human)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--native", is_flag=True, help="COMMAND speaks the worker protocol itself (no PTY).")
+@click.option("--cwd", type=click.Path(file_okay=False), help="Working directory of COMMAND.")
+@click.option("--env", "env", multiple=True, metavar="K=V", help="Environment variable for COMMAND. Repeatable.")
+@click.option("--rows", default=24, show_default=True, help="Terminal rows.")
+@click.option("--cols", default=80, show_default=True, help="Terminal columns.")
+@click.option("--restart", type=click.Choice(["never", "on-failure", "always"]), default="never",
+              show_default=True, help="Restart policy.")
+@client_options
+def spawn(name: str, command: tuple[str, ...], native: bool, cwd: str | None, env: tuple[str, ...],
+          rows: int, cols: int, restart: str, **kwargs: Any) -> None:
+    """Start COMMAND as agent NAME: `trio-relay spawn alice -- claude`.
+
+    COMMAND runs in a pseudo-terminal under the PTY worker, unless --native.
+    """
+    variables = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected K=V, got {item!r}", param_hint="--env")
+        variables[key] = value
+    result = call_broker(kwargs, lambda c: c.spawn(
+        name, list(command), cwd=os.path.abspath(cwd) if cwd else None, env=variables,
+        native=native, rows=rows, cols=cols, restart=restart))
+    emit(result, kwargs["as_json"], lambda a: click.echo(f"{a['name']} running, pid {a['pid']}"))
+
+
+@main.command()
+@client_options
+def ps(**kwargs: Any) -> None:
+    """List the agents: state, pid, uptime, restarts, last exit."""
+
+    def human(agents: list[dict[str, Any]]) -> None:
+        if not agents:
+            click.echo("no agents")
+            return
+        table(
+            [[a["name"], a["state"], str(a["pid"] or "-"),
+              _age(a["started_at"]) if a["state"] == "running" else "-",
+              str(a["restarts"]), a["last_exit"] or "-", str(a["pending_requests"])]
+             for a in agents],
+            ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "REQUESTS"],
+        )
+
+    emit(call_broker(kwargs, lambda c: c.agents()), kwargs["as_json"], human)
+
+
+@main.command()
+@click.argument("name")
+@client_options
+def release(name: str, **kwargs: Any) -> None:
+    """Stop agent NAME for good (shutdown, then SIGTERM, then SIGKILL)."""
+    result = call_broker(kwargs, lambda c: c.release(name))
+    emit(result, kwargs["as_json"], lambda a: click.echo(f"{a['name']} released ({a['last_exit']})"))
+
+
+@main.command("input")
+@click.argument("name")
+@click.argument("text")
+@click.option("--enter", is_flag=True, help="Press Enter after TEXT.")
+@client_options
+def input_(name: str, text: str, enter: bool, **kwargs: Any) -> None:
+    """Type TEXT into agent NAME's terminal (escapes such as \\r or \\x03 are honoured)."""
+    data = text.encode("utf-8").decode("unicode_escape") + ("\r" if enter else "")
+    call_broker(kwargs, lambda c: c.input(name, data))
+    emit({"ok": True}, kwargs["as_json"], lambda r: None)
+
+
+@main.command()
+@click.argument("name")
+@click.argument("rows", type=int)
+@click.argument("cols", type=int)
+@client_options
+def resize(name: str, rows: int, cols: int, **kwargs: Any) -> None:
+    """Resize agent NAME's terminal to ROWS x COLS."""
+    call_broker(kwargs, lambda c: c.resize(name, rows, cols))
+    emit({"ok": True}, kwargs["as_json"], lambda r: None)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--ansi", is_flag=True, help="Keep colours and attributes (ANSI escapes).")
+@client_options
+def snapshot(name: str, ansi: bool, **kwargs: Any) -> None:
+    """Print what agent NAME's screen shows now."""
+    emit(call_broker(kwargs, lambda c: c.snapshot(name, ansi=ansi)), kwargs["as_json"],
+         lambda s: click.echo(s["text"]))
+
+
+@main.command()
+@click.argument("name")
+@click.argument("new_mode", required=False, type=click.Choice(["auto_inject", "hold"]))
+@client_options
+def mode(name: str, new_mode: str | None, **kwargs: Any) -> None:
+    """Show, or set, agent NAME's delivery mode: auto_inject or hold."""
+    emit(call_broker(kwargs, lambda c: c.mode(name, new_mode)), kwargs["as_json"],
+         lambda r: click.echo(r["mode"]))
+
+
+@main.command()
+@click.argument("name")
+@client_options
+def pending(name: str, **kwargs: Any) -> None:
+    """List the deliveries held for agent NAME."""
+
+    def human(r: dict[str, Any]) -> None:
+        deliveries = r.get("deliveries", [])
+        if not deliveries:
+            click.echo("nothing pending")
+        for d in deliveries:
+            click.echo(json.dumps(d) if not isinstance(d, str) else d)
+
+    emit(call_broker(kwargs, lambda c: c.pending(name)), kwargs["as_json"], human)
+
+
+@main.command()
+@click.argument("name")
+@client_options
+def flush(name: str, **kwargs: Any) -> None:
+    """Inject what is held for agent NAME now."""
+    emit(call_broker(kwargs, lambda c: c.flush(name)), kwargs["as_json"],
+         lambda r: click.echo(f"{r['count']} injected"))
+
+
+@main.command()
+@click.argument("name")
+@click.option("-n", "--lines", default=100, show_default=True, help="How many lines.")
+@client_options
+def logs(name: str, lines: int, **kwargs: Any) -> None:
+    """Print the last lines agent NAME's worker wrote to stderr."""
+    emit(call_broker(kwargs, lambda c: c.logs(name, lines)), kwargs["as_json"],
+         lambda ls: [click.echo(line) for line in ls])
+
+
+@main.command()
+@click.option("--since", type=int, default=0, show_default=True, help="Events numbered above SEQ.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until interrupted.")
+@click.option("--agent", help="Only this agent's events.")
+@client_options
+def events(since: int, follow: bool, agent: str | None, **kwargs: Any) -> None:
+    """Print broker events (one per line; --json for JSON lines)."""
+    as_json = kwargs["as_json"]
+
+    async def stream(client: Any) -> None:
+        async with client.subscribe(since, agent=agent) as subscription:
+            if not follow and subscription.last_seq <= since:
+                return
+            async for event in subscription:
+                _print_event(event, as_json)
+                if not follow and event.seq >= subscription.last_seq:
+                    return
+
+    try:
+        call_broker(kwargs, stream)
     except KeyboardInterrupt:
-        pass  # SIGINT before the signal receiver was installed: nothing was started yet
+        pass  # Ctrl-C ends --follow: the normal way out
 
 
-async def _serve(
-    agents: list[tuple[str, list[str]]], restart: RestartPolicy, events_json: bool
-) -> None:
-    log = logging.getLogger("trio_relay")
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_broker() as broker:
-            printer = _EventPrinter(events_json)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(printer.follow, broker)
-                for name, argv in agents:
-                    try:
-                        info = await broker.spawn(name, argv, restart=restart)
-                    except (RelayError, ValueError) as exc:
-                        log.error("%s", exc)
-                    else:
-                        log.info("agent %s running, pid %s", info.name, info.pid)
-                log.info("broker running with %d agent(s); Ctrl-C to stop", len(broker.agents()))
-                async for signum in signals:
-                    log.info("%s: shutting down", signal.Signals(signum).name)
-                    break
-                await broker.shutdown()
-                nursery.cancel_scope.cancel()
-            printer.print_since(broker)  # the last events, emitted during the shutdown
-    log.info("broker stopped")
+def _print_event(event: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(msgspec.json.encode(event).decode())
+        return
+    fields = msgspec.structs.asdict(event)
+    seq, stamp = fields.pop("seq"), fields.pop("time")
+    kind = type(event).__struct_config__.tag
+    agent = fields.pop("agent", "")
+    details = " ".join(f"{k}={v!r}" for k, v in fields.items() if v is not None)
+    when = datetime.fromtimestamp(stamp).strftime("%H:%M:%S.%f")[:-3] if stamp else "-"
+    click.echo(f"{seq:>6} {when} {kind:<22} {agent:<12} {details}".rstrip())
 
 
-class _EventPrinter:
-    """Prints broker events to stdout (JSON lines) or to the log, each exactly once."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-        self.seq = 0
-        self.log = logging.getLogger("trio_relay.events")
-
-    async def follow(self, broker: Broker) -> None:
-        async for event in broker.events.subscribe(since=self.seq):
-            self.show(event)
-
-    def print_since(self, broker: Broker) -> None:
-        for event in broker.events.since(self.seq):
-            self.show(event)
-
-    def show(self, event: Event) -> None:
-        if isinstance(event, Gap):
-            self.log.warning("missed events %d..%d", event.first, event.last)
-        else:
-            self.seq = event.seq
-        if self.as_json:
-            sys.stdout.buffer.write(encode(event))
-            sys.stdout.flush()
-        else:
-            self.log.info("%r", event)
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import trio
+if TYPE_CHECKING:  # the PTY worker imports this module and must not pay for Trio
+    import trio
 
 DEFAULT_MAX_LINE = 1024 * 1024
 READ_SIZE = 65536

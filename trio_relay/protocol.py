@@ -265,6 +265,9 @@ class DeliveryInjectedEvent(AgentEvent, tag="delivery_injected", kw_only=True):
 
 
 class DeliveryVerifiedEvent(AgentEvent, tag="delivery_verified", kw_only=True):
+    """Terminal. ``echo``: seen on the agent's screen. ``timeout_fallback``: injected but not
+    seen in time (``reason``); the delivery's state is ``unverified``, never a success."""
+
     delivery_id: str
     verification: str
     reason: str | None = None
@@ -273,6 +276,54 @@ class DeliveryVerifiedEvent(AgentEvent, tag="delivery_verified", kw_only=True):
 class DeliveryFailedEvent(AgentEvent, tag="delivery_failed", kw_only=True):
     delivery_id: str
     reason: str
+
+
+class DeliveryQueuedEvent(AgentEvent, tag="delivery_queued", kw_only=True):
+    """Committed to the store: a delivery for ``agent`` waits its turn (``redelivery``: a
+    dead letter or failed delivery queued again)."""
+
+    delivery_id: str
+    sender: str
+    thread: str | None = None
+    redelivery: bool = False
+
+
+class DeliveryDroppedEvent(AgentEvent, tag="delivery_dropped", kw_only=True):
+    """Terminal: a queued delivery was evicted (the agent's cap was reached)."""
+
+    delivery_id: str
+    reason: str
+    evicted_by: str | None = None
+
+
+class DeliveryRequeuedEvent(AgentEvent, tag="delivery_requeued", kw_only=True):
+    """A delivery handed to the agent's worker went back to queued (the worker exited)."""
+
+    delivery_id: str
+    reason: str
+
+
+class DeliveryRetryingEvent(AgentEvent, tag="delivery_retrying", kw_only=True):
+    """The worker did not acknowledge a delivery in time; it is sent again (``attempt``)."""
+
+    delivery_id: str
+    attempt: int
+    error: str
+
+
+class DeadLetterEvent(AgentEvent, tag="dead_letter", kw_only=True):
+    """Terminal: the retry budget (attempts or deadline) is spent; ``error`` is the last."""
+
+    delivery_id: str
+    attempts: int
+    error: str
+
+
+class StoreErrorEvent(Event, tag="store_error", kw_only=True):
+    """The store could not do ``operation``; nothing of it was committed."""
+
+    operation: str
+    error: str
 
 
 class Gap(Event, tag="gap", kw_only=True):
@@ -295,6 +346,12 @@ BrokerEvent = Union[
     DeliveryInjectedEvent,
     DeliveryVerifiedEvent,
     DeliveryFailedEvent,
+    DeliveryQueuedEvent,
+    DeliveryDroppedEvent,
+    DeliveryRequeuedEvent,
+    DeliveryRetryingEvent,
+    DeadLetterEvent,
+    StoreErrorEvent,
     Gap,
 ]
 
@@ -359,3 +416,152 @@ def decode_broker_frame(line: bytes) -> BrokerFrame:
 def decode_event(data: bytes) -> BrokerEvent:
     """Decode one broker event. Raises ProtocolError."""
     return _decode(_event_decoder, data)
+
+
+# ---------------------------------------------------------------- the control channel
+#
+# A client sends requests ``{"id": ..., "op": ..., ...}`` (the id is the client's own) and
+# gets one answer each: ``{"id", "ok": true, "result"}`` or ``{"id", "ok": false,
+# "error": {"code", "message"}}``. A subscription's events arrive as ``{"id", "event"}``
+# with the id of the subscribe request. Unknown fields are refused, so a typo is an error.
+
+ControlId = Union[int, str]
+RestartModeName = Literal["never", "on-failure", "always"]
+
+
+class ControlRequest(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, kw_only=True):
+    id: ControlId
+
+
+class StatusOp(ControlRequest, tag="status", kw_only=True):
+    """The broker's pid, version, uptime, agent count, last event seq, request counters."""
+
+
+class SpawnOp(ControlRequest, tag="spawn", kw_only=True):
+    """Start ``command`` as agent ``name``: under the PTY worker unless ``native``."""
+
+    name: str
+    command: list[str]
+    cwd: str | None = None
+    env: dict[str, str] = {}
+    native: bool = False
+    rows: int = 24
+    cols: int = 80
+    restart: RestartModeName = "never"
+
+
+class AgentsOp(ControlRequest, tag="agents", kw_only=True):
+    """Every agent the broker knows, running or ended."""
+
+
+class ReleaseOp(ControlRequest, tag="release", kw_only=True):
+    name: str
+
+
+class SendOp(ControlRequest, tag="send", kw_only=True):
+    """A message for agent ``to``; with ``wait``, answered once it is verified or failed."""
+
+    to: str
+    body: str
+    sender: str | None = msgspec.field(default=None, name="from")
+    thread: str | None = None
+    wait: bool = False
+    timeout: float = 30.0
+
+
+class InputOp(ControlRequest, tag="input", kw_only=True):
+    name: str
+    data: str
+
+
+class ResizeOp(ControlRequest, tag="resize", kw_only=True):
+    name: str
+    rows: int
+    cols: int
+
+
+class SnapshotOp(ControlRequest, tag="snapshot", kw_only=True):
+    name: str
+    ansi: bool = False
+    timeout: float | None = None
+
+
+class ModeOp(ControlRequest, tag="mode", kw_only=True):
+    """Get (no ``set``) or set an agent's injection mode."""
+
+    name: str
+    set: Literal["auto_inject", "hold"] | None = None
+    timeout: float | None = None
+
+
+class PendingOp(ControlRequest, tag="pending", kw_only=True):
+    name: str
+    timeout: float | None = None
+
+
+class FlushOp(ControlRequest, tag="flush", kw_only=True):
+    name: str
+    timeout: float | None = None
+
+
+class LogsOp(ControlRequest, tag="logs", kw_only=True):
+    """The last ``lines`` lines the agent's worker wrote to stderr."""
+
+    name: str
+    lines: int = 100
+
+
+class SubscribeOp(ControlRequest, tag="subscribe", kw_only=True):
+    """Stream events numbered above ``since`` (None: from now), optionally only one agent's
+    or only some kinds. Answered at once with ``{"last_seq"}``; events follow."""
+
+    since: int | None = None
+    agent: str | None = None
+    kinds: list[str] | None = None
+
+
+class UnsubscribeOp(ControlRequest, tag="unsubscribe", kw_only=True):
+    subscription: ControlId
+
+
+class ShutdownOp(ControlRequest, tag="shutdown", kw_only=True):
+    """Release every agent and stop the broker; answered before it stops."""
+
+
+class ControlError(msgspec.Struct):
+    code: str
+    message: str
+
+
+class ControlAnswer(msgspec.Struct, omit_defaults=True):
+    id: ControlId | None
+    ok: bool
+    result: Any = None
+    error: ControlError | None = None
+
+
+class ControlEvent(msgspec.Struct):
+    id: ControlId
+    event: BrokerEvent
+
+
+ControlOp = Union[
+    StatusOp,
+    SpawnOp,
+    AgentsOp,
+    ReleaseOp,
+    SendOp,
+    InputOp,
+    ResizeOp,
+    SnapshotOp,
+    ModeOp,
+    PendingOp,
+    FlushOp,
+    LogsOp,
+    SubscribeOp,
+    UnsubscribeOp,
+    ShutdownOp,
+]
+
+#: What the broker sends a control client: an answer or a subscription's event.
+ControlMessage = Union[ControlAnswer, ControlEvent]

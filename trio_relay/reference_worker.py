@@ -2,6 +2,9 @@
 
     python -m trio_relay.reference_worker [--ignore-sigterm] [--ignore-shutdown] [--no-hello]
                                           [--exit-after SECONDS [--exit-code CODE]]
+                                          [--never-answer KIND ...]
+                                          [--ignore-deliveries N] [--crash-on-deliver MARKER]
+                                          [--journal FILE]
 
 It is the example to copy when writing a native worker in any language, and the program the
 tests and benchmarks drive. It is deliberately plain: no Trio, one thread, ``selectors`` and
@@ -18,7 +21,7 @@ Requests it answers (each carries a ``request_id``):
 ``stderr``                 writes ``text`` to stderr, then answers
 ``crash``                  exits at once with ``code``, unanswered
 ``kill``                   kills itself with ``signal``, unanswered
-``received``               ``{"deliveries": [delivery ids received, in order]}``
+``received``               ``{"deliveries": [ids received, in order], "senders": [their from]}``
 anything else              an error answer with code ``unknown_kind``
 =========================  ========================================================
 
@@ -26,6 +29,12 @@ Fire-and-forget frames: ``shutdown`` exits 0 (unless ``--ignore-shutdown``); ``d
 recorded once per ``delivery_id`` and acknowledged with ``delivery_injected`` and
 ``delivery_verified``; ``write_input`` and ``resize`` are accepted and ignored. End of file
 on stdin exits 0.
+
+For testing durable delivery: ``--ignore-deliveries N`` drops the first N ``deliver`` frames
+unacknowledged (duplicates count); ``--crash-on-deliver MARKER`` exits with code 3 on a new
+delivery, before acknowledging it, if the file MARKER does not exist yet (creating it, so
+only the first run crashes); ``--journal FILE`` appends ``<pid> <delivery_id>`` for each
+delivery recorded, flushed at once, so a test can see what every run received.
 """
 
 from __future__ import annotations
@@ -66,18 +75,24 @@ class Incoming(msgspec.Struct):
     text: str = ""
     signal: int = 0
     delivery_id: str = ""
+    sender: str = msgspec.field(default="", name="from")
 
 
 _decoder = msgspec.json.Decoder(Incoming)
 
 
 class ReferenceWorker:
-    def __init__(self, ignore_shutdown: bool) -> None:
+    def __init__(self, ignore_shutdown: bool, never_answer: frozenset[str] = frozenset()) -> None:
         self.ignore_shutdown = ignore_shutdown
+        self.never_answer = never_answer
         self.out: list[bytes] = []
         self.timers: list[tuple[float, int, bytes]] = []
         self.timer_seq = 0
         self.deliveries: list[str] = []
+        self.senders: list[str] = []
+        self.ignore_deliveries = 0
+        self.crash_marker: str | None = None
+        self.journal: Any = None
         self.exit_code: int | None = None
 
     def answer(self, request_id: str, payload: Any = None, error: ErrorInfo | None = None) -> None:
@@ -95,14 +110,25 @@ class ReferenceWorker:
                 self.exit_code = 0
             return
         if kind == "deliver":
+            if self.ignore_deliveries > 0:
+                self.ignore_deliveries -= 1
+                return
             if frame.delivery_id and frame.delivery_id not in self.deliveries:
+                if self.crash_marker is not None and not os.path.exists(self.crash_marker):
+                    open(self.crash_marker, "w").close()
+                    self.flush()
+                    os._exit(3)
                 self.deliveries.append(frame.delivery_id)
+                self.senders.append(frame.sender)
+                if self.journal is not None:
+                    self.journal.write(f"{os.getpid()} {frame.delivery_id}\n")
+                    self.journal.flush()
                 self.out.append(encode(DeliveryInjected(delivery_id=frame.delivery_id)))
                 self.out.append(
                     encode(DeliveryVerified(delivery_id=frame.delivery_id, verification="echo"))
                 )
             return
-        if rid is None:  # hello, write_input, resize and other fire-and-forget frames
+        if rid is None or kind in self.never_answer:  # fire-and-forget, or told to stay mute
             return
         if kind in ("ping", "echo"):
             self.answer(rid, {"data": frame.data})
@@ -128,7 +154,7 @@ class ReferenceWorker:
             self.flush()
             os.kill(os.getpid(), frame.signal or signal.SIGKILL)
         elif kind == "received":
-            self.answer(rid, {"deliveries": list(self.deliveries)})
+            self.answer(rid, {"deliveries": list(self.deliveries), "senders": list(self.senders)})
         else:
             self.answer(rid, error=ErrorInfo("unknown_kind", f"unknown request kind {kind!r}"))
 
@@ -154,7 +180,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ignore-shutdown", action="store_true", help="ignore shutdown frames")
     parser.add_argument("--no-hello", action="store_true", help="never say hello")
     parser.add_argument(
+        "--never-answer", action="append", default=[], metavar="KIND",
+        help="never answer requests of KIND (repeatable)",
+    )
+    parser.add_argument(
         "--exit-after", type=float, metavar="SECONDS", help="exit on its own after SECONDS"
+    )
+    parser.add_argument(
+        "--ignore-deliveries", type=int, default=0, metavar="N",
+        help="leave the first N deliver frames unacknowledged",
+    )
+    parser.add_argument(
+        "--crash-on-deliver", metavar="MARKER",
+        help="exit 3 on a new delivery, unacknowledged, unless MARKER exists (then create it)",
+    )
+    parser.add_argument(
+        "--journal", metavar="FILE", help="append '<pid> <delivery_id>' per delivery received"
     )
     parser.add_argument(
         "--exit-code", type=int, default=0, metavar="CODE", help="the code for --exit-after"
@@ -164,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    worker = ReferenceWorker(args.ignore_shutdown)
+    worker = ReferenceWorker(args.ignore_shutdown, frozenset(args.never_answer))
+    worker.ignore_deliveries = args.ignore_deliveries
+    worker.crash_marker = args.crash_on_deliver
+    if args.journal:
+        worker.journal = open(args.journal, "a")
     if not args.no_hello:
         worker.out.append(
             encode(WorkerHello(protocol=PROTOCOL_VERSION, worker="reference", pid=os.getpid()))

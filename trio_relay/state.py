@@ -28,6 +28,15 @@ class BrokerAlreadyRunning(RelayError):
         self.path, self.pid = path, pid
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead but unreaped, counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 @dataclass(frozen=True)
 class Connection:
     """What a client needs to reach a running broker."""

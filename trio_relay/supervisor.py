@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -60,6 +60,8 @@ from .worker import ExitStatus, WorkerProcess, spawn_process
 log = logging.getLogger(__name__)
 
 RestartMode = Literal["never", "on-failure", "always"]
+DeliveryReport = DeliveryInjected | DeliveryVerified | DeliveryFailed
+_DELIVERY_REPORTS = (DeliveryInjected, DeliveryVerified, DeliveryFailed)
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,10 @@ class Supervisor:
         self._max_line = max_line
         self._rng = rng or random.Random()
         self._agents: dict[str, Agent] = {}
+        #: Where the worker's delivery reports go (``delivery_injected``/``_verified``/
+        #: ``_failed`` frames), called as ``hook(agent, frame)`` from the frame reader; it
+        #: must be quick and not raise. Unset, each becomes its broker event at once.
+        self.delivery_reports: Callable[[str, DeliveryReport], None] | None = None
 
     # -- operations
 
@@ -510,6 +516,8 @@ class Supervisor:
             emit(AgentIdle(agent=name))
         elif type(frame) is Exited:
             run.reported_exit = frame
+        elif self.delivery_reports is not None and type(frame) in _DELIVERY_REPORTS:
+            self.delivery_reports(name, frame)  # type: ignore[arg-type]
         elif type(frame) is DeliveryInjected:
             emit(DeliveryInjectedEvent(agent=name, delivery_id=frame.delivery_id))
         elif type(frame) is DeliveryVerified:

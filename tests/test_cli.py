@@ -1,0 +1,194 @@
+"""The `trio-relay` command line, in-process (click's CliRunner) and as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import REFERENCE_WORKER, pid_alive
+from trio_relay.cli import main
+from trio_relay.state import StateDir
+
+RELAY = [sys.executable, "-m", "trio_relay"]
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("TRIO_RELAY_")}
+
+
+def relay(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `trio-relay ARGS` as a real process."""
+    return subprocess.run(
+        [*RELAY, *args], capture_output=True, text=True, timeout=timeout, env=CLEAN_ENV
+    )
+
+
+def wait_for(predicate, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` (a sync test runs no Trio loop) until true, or fail."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.02)
+
+
+@dataclass
+class Relay:
+    state: str
+
+    @property
+    def pid(self) -> int:
+        connection = StateDir(Path(self.state)).read_connection()
+        assert connection is not None
+        return connection.pid
+
+    def invoke(self, *args: str):  # type: ignore[no-untyped-def]
+        """Run a command in-process through click's CliRunner."""
+        command, *rest = args
+        return CliRunner().invoke(
+            main, [command, "--state-dir", self.state, *rest],
+            env=dict.fromkeys(["TRIO_RELAY_URL", "TRIO_RELAY_TOKEN"]), catch_exceptions=False,
+        )
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Relay]:
+    """A broker started with `up --detach` (so it is not our child); stopped after."""
+    state = str(tmp_path / "state")
+    started = relay("up", "--detach", "--state-dir", state)
+    assert started.returncode == 0, started.stderr
+    assert "broker running: pid" in started.stdout
+    r = Relay(state)
+    pid = r.pid
+    yield r
+    if pid_alive(pid):
+        relay("down", "--state-dir", state)
+    wait_for(lambda: not pid_alive(pid))
+
+
+def agent_pids(r: Relay) -> list[int]:
+    result = r.invoke("ps", "--json")
+    return [a["pid"] for a in json.loads(result.output) if a["pid"]]
+
+
+def processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue  # it ended while we looked
+    return [p for p in found if pid_alive(p)]
+
+
+def test_spawn_list_and_release_through_the_cli(broker: Relay) -> None:
+    result = broker.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
+    assert result.exit_code == 0 and "w running, pid" in result.output
+    table = broker.invoke("ps").output.splitlines()
+    assert table[0].split()[:3] == ["NAME", "STATE", "PID"]
+    assert table[1].split()[:2] == ["w", "running"]
+    status = json.loads(broker.invoke("status", "--json").output)
+    assert status["agents"] == {"running": 1} and status["pid"] == broker.pid
+    assert broker.invoke("release", "w").output.startswith("w released")
+    assert json.loads(broker.invoke("ps", "--json").output)[0]["state"] == "released"
+
+
+def test_a_pty_agent_through_the_cli(broker: Relay) -> None:
+    assert broker.invoke("spawn", "sh", "--cols", "100", "--", "bash", "--norc").exit_code == 0
+    assert broker.invoke("input", "sh", "echo $((6*7))", "--enter").exit_code == 0
+    wait_for(lambda: "42" in broker.invoke("snapshot", "sh").output)
+    assert json.loads(broker.invoke("snapshot", "sh", "--json").output)["cols"] == 100
+    events = [json.loads(line) for line in broker.invoke("events", "--json").output.splitlines()]
+    assert events[0]["kind"] == "agent_spawned" and events[0]["agent"] == "sh"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["snapshot", "ghost"], 1, "Error: no running agent named 'ghost'"),
+        (["snapshot", "w"], 1, "Agent error: unknown_kind"),
+        (["resize", "w", "0", "0"], 2, "out of range"),
+        (["resize", "w"], 2, "Missing argument"),
+        (["spawn", "x", "--env", "novalue", "--", "true"], 2, "expected K=V"),
+    ],
+)
+def test_exit_codes(broker: Relay, args: list[str], code: int, message: str) -> None:
+    broker.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
+    result = CliRunner().invoke(main, [args[0], "--state-dir", broker.state, *args[1:]])
+    assert result.exit_code == code
+    assert message in result.output
+
+
+def test_no_broker_is_exit_code_3_with_a_hint(tmp_path: Path) -> None:
+    result = relay("status", "--state-dir", str(tmp_path))
+    assert result.returncode == 3
+    assert "trio-relay up" in result.stderr
+
+
+def test_up_twice_on_one_state_directory_is_refused(broker: Relay) -> None:
+    again = relay("up", "--detach", "--state-dir", broker.state)
+    assert again.returncode == 1 and f"pid {broker.pid}" in again.stderr
+    foreground = relay("up", "--state-dir", broker.state)
+    assert foreground.returncode == 1 and f"pid {broker.pid}" in foreground.stderr
+
+
+def test_down_leaves_no_process_behind(broker: Relay) -> None:
+    broker.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
+    broker.invoke("spawn", "sh", "--", "sleep", "4242.25")
+    pids = [broker.pid, *agent_pids(broker)]
+    assert len(pids) == 3 and processes_with("4242.25")
+    result = relay("down", "--state-dir", broker.state)
+    assert result.returncode == 0 and "stopped" in result.stdout
+    assert not any(pid_alive(p) for p in pids)
+    wait_for(lambda: not processes_with("4242.25"))
+    assert relay("status", "--state-dir", broker.state).returncode == 3
+
+
+def test_a_broker_killed_with_sigkill_leaves_no_worker_and_no_program_alive(broker: Relay) -> None:
+    broker.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
+    broker.invoke("spawn", "sh", "--", "sleep", "4343.25")
+    workers = agent_pids(broker)
+    assert len(workers) == 2 and processes_with("4343.25")
+    os.kill(broker.pid, signal.SIGKILL)
+    wait_for(lambda: not any(pid_alive(p) for p in workers))
+    wait_for(lambda: not processes_with("4343.25"))
+    # The lock died with it: a new broker can start on the same directory.
+    assert relay("up", "--detach", "--state-dir", broker.state).returncode == 0
+
+
+def test_foreground_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    state = str(tmp_path / "s")
+    proc = subprocess.Popen([*RELAY, "up", "--state-dir", state], env=CLEAN_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: StateDir(Path(state)).read_connection() is not None)
+        r = Relay(state)
+        r.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
+        worker = agent_pids(r)[0]
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert "SIGTERM received" in stderr and "broker stopped" in stderr
+    assert not pid_alive(worker)
+    assert not (Path(state) / "connection.json").exists()
+
+
+def test_help_explains_every_command() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    for command in ["up", "down", "status", "spawn", "ps", "release", "input", "resize",
+                    "snapshot", "events", "pending", "flush", "mode", "logs"]:
+        assert f"  {command} " in result.output
+    assert "Exit codes" in result.output

@@ -1,0 +1,329 @@
+"""A Trio client of the control channel, for every operation and for the event stream.
+
+    async with open_client() as client:          # finds the broker (see open_client)
+        await client.spawn("sh", ["bash", "--norc"])
+        screen = await client.snapshot("sh")
+        async with client.subscribe(since=0) as events:
+            async for event in events:           # protocol.BrokerEvent Structs
+                ...
+
+Errors: :class:`BrokerUnreachable` if there is no broker to talk to; :class:`RemoteError`
+(with the broker's stable ``code``) for an error answer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from urllib.parse import urlsplit
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from .errors import RelayError
+from .protocol import BrokerEvent, ControlError, Event, Gap
+from .state import StateDir
+
+MAX_BUFFERED_EVENTS = 4096
+
+
+class BrokerUnreachable(RelayError):
+    """No broker could be reached (none running, wrong url, or refused the token)."""
+
+
+class RemoteError(RelayError):
+    """The broker answered with an error; ``code`` is one of the stable codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+class _ServerMessage(msgspec.Struct):
+    id: Any = None
+    ok: bool | None = None
+    result: Any = None
+    error: ControlError | None = None
+    event: BrokerEvent | None = None
+
+
+_decoder = msgspec.json.Decoder(_ServerMessage)
+_encoder = msgspec.json.Encoder()
+
+
+def find_broker(
+    url: str | None = None, token: str | None = None, state_dir: str | None = None
+) -> tuple[str, str]:
+    """The url and token to use: the arguments, else ``TRIO_RELAY_URL`` and
+    ``TRIO_RELAY_TOKEN``, else the state directory's connection file and token.
+    Raises BrokerUnreachable if none says where a broker is."""
+    url = url or os.environ.get("TRIO_RELAY_URL")
+    token = token or os.environ.get("TRIO_RELAY_TOKEN")
+    if url and token:
+        return url, token
+    state = StateDir(StateDir.open(state_dir).path) if state_dir else _default_state()
+    connection = state.read_connection()
+    if url is None:
+        if connection is None:
+            raise BrokerUnreachable(f"no broker is running on {state.path}; start one with `trio-relay up`")
+        url = connection.url
+    if token is None:
+        try:
+            token = state.token_path.read_text().strip()
+        except FileNotFoundError:
+            raise BrokerUnreachable(f"no token in {state.path}; start a broker with `trio-relay up`") from None
+    return url, token
+
+
+def _default_state() -> StateDir:
+    from pathlib import Path
+
+    from .state import DEFAULT_DIR_NAME
+
+    return StateDir(Path.cwd() / DEFAULT_DIR_NAME)
+
+
+@asynccontextmanager
+async def open_client(
+    url: str | None = None,
+    token: str | None = None,
+    state_dir: str | None = None,
+    *,
+    connect_timeout: float = 10,
+) -> AsyncIterator[RelayClient]:
+    """Connect to a broker for the duration of the block (see :func:`find_broker`).
+
+    Raises BrokerUnreachable if it cannot connect or the broker refuses the token. An
+    exception raised in the block comes out as itself, not wrapped in a group.
+    """
+    url, token = find_broker(url, token, state_dir)
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or not parts.hostname or not parts.port:
+        raise BrokerUnreachable(f"not a broker URL (ws://HOST:PORT): {url!r}")
+    headers = [(b"Authorization", f"Bearer {token}".encode())]
+    try:
+        with trio.fail_after(connect_timeout):
+            stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    except (OSError, trio.TooSlowError) as exc:
+        raise BrokerUnreachable(
+            f"cannot reach a broker at {url}: {exc or 'timed out'}; is `trio-relay up` running?"
+        ) from None
+    connected = False
+    try:
+        # We own the stream (trio-websocket's own connect leaves it open when the
+        # handshake is refused), so it is closed however this ends.
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(connect_timeout):
+                ws = await wrap_client_stream(
+                    nursery, stream, f"{parts.hostname}:{parts.port}", parts.path or "/",
+                    extra_headers=headers, max_message_size=16 * 1024 * 1024,
+                )
+            connected = True
+            client = RelayClient(ws)
+            nursery.start_soon(client._receive)
+            try:
+                yield client
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        rejected = group.subgroup(ConnectionRejected)
+        if rejected is not None and not connected:
+            exc = rejected.exceptions[0]
+            while isinstance(exc, BaseExceptionGroup):
+                exc = exc.exceptions[0]
+            raise BrokerUnreachable(
+                f"the broker at {url} refused the connection ({exc.status_code}): "
+                f"{(exc.body or b'').decode(errors='replace')}"
+            ) from None
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], trio.Cancelled):
+            raise group.exceptions[0] from None  # the block's own exception, unwrapped
+        raise
+    except trio.TooSlowError:
+        if connected:
+            raise
+        raise BrokerUnreachable(f"the broker at {url} did not complete the handshake") from None
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+class _Subscription:
+    """Events of one subscription, buffered up to a bound; an overflow becomes a Gap."""
+
+    def __init__(self) -> None:
+        self.events: deque[Event] = deque()
+        self.lot = trio.lowlevel.ParkingLot()
+        self.missed: tuple[int, int] | None = None
+        self.closed: BaseException | None = None
+        self.last_seq = 0  # the newest event when the subscription began
+
+    def push(self, event: Event) -> None:
+        if len(self.events) >= MAX_BUFFERED_EVENTS:
+            first = self.missed[0] if self.missed else event.seq
+            self.missed = (first, event.seq)
+        else:
+            if self.missed is not None:
+                self.events.append(Gap(first=self.missed[0], last=self.missed[1]))
+                self.missed = None
+            self.events.append(event)
+        self.lot.unpark_all()
+
+    def __aiter__(self) -> _Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self.events:
+            if self.closed is not None:
+                raise self.closed
+            await self.lot.park()
+        await trio.lowlevel.checkpoint()
+        return self.events.popleft()
+
+
+class RelayClient:
+    """One connection to the broker. Calls may run concurrently. Create with
+    :func:`open_client`."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self._ws = ws
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, trio.MemorySendChannel[_ServerMessage]] = {}
+        self._subscriptions: dict[int, _Subscription] = {}
+        self._closed: BaseException | None = None
+
+    async def _receive(self) -> None:
+        try:
+            while True:
+                message = _decoder.decode(await self._ws.get_message())
+                if message.event is not None:
+                    subscription = self._subscriptions.get(message.id)
+                    if subscription is not None:
+                        subscription.push(message.event)
+                    continue
+                waiter = self._waiting.pop(message.id, None)
+                if waiter is not None:
+                    waiter.send_nowait(message)
+        except ConnectionClosed as exc:
+            self._closed = BrokerUnreachable(f"the broker closed the connection: {exc.reason}")
+        finally:
+            for waiter in self._waiting.values():
+                waiter.close()
+            for subscription in self._subscriptions.values():
+                subscription.closed = self._closed or BrokerUnreachable("connection closed")
+                subscription.lot.unpark_all()
+
+    async def call(self, op: str, **fields: Any) -> Any:
+        """Send one request and return its result. Raises RemoteError for an error answer,
+        BrokerUnreachable if the connection is gone. Cancellation: the answer, if it comes,
+        is dropped."""
+        request_id = next(self._ids)
+        return await self._call(request_id, op, fields)
+
+    async def _call(self, request_id: int, op: str, fields: dict[str, Any]) -> Any:
+        if self._closed is not None:
+            raise self._closed
+        send, receive = trio.open_memory_channel[_ServerMessage](1)
+        self._waiting[request_id] = send
+        try:
+            await self._ws.send_message(_encoder.encode({"id": request_id, "op": op, **fields}).decode())
+            try:
+                answer = await receive.receive()
+            except trio.EndOfChannel:
+                raise self._closed or BrokerUnreachable("connection closed") from None
+        except ConnectionClosed as exc:
+            raise BrokerUnreachable(f"the broker closed the connection: {exc.reason}") from None
+        finally:
+            self._waiting.pop(request_id, None)
+        if not answer.ok:
+            error = answer.error or ControlError("internal", "error answer without an error")
+            raise RemoteError(error.code, error.message)
+        return answer.result
+
+    # -- operations
+
+    async def status(self) -> dict[str, Any]:
+        return await self.call("status")
+
+    async def spawn(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        native: bool = False,
+        rows: int = 24,
+        cols: int = 80,
+        restart: str = "never",
+    ) -> dict[str, Any]:
+        return await self.call(
+            "spawn", name=name, command=command, cwd=cwd, env=env or {}, native=native,
+            rows=rows, cols=cols, restart=restart,
+        )
+
+    async def agents(self) -> list[dict[str, Any]]:
+        return await self.call("agents")
+
+    async def release(self, name: str) -> dict[str, Any]:
+        return await self.call("release", name=name)
+
+    async def input(self, name: str, data: str) -> None:
+        await self.call("input", name=name, data=data)
+
+    async def resize(self, name: str, rows: int, cols: int) -> None:
+        await self.call("resize", name=name, rows=rows, cols=cols)
+
+    async def snapshot(self, name: str, *, ansi: bool = False) -> dict[str, Any]:
+        return await self.call("snapshot", name=name, ansi=ansi)
+
+    async def mode(self, name: str, set: str | None = None) -> dict[str, Any]:
+        return await self.call("mode", name=name, set=set)
+
+    async def pending(self, name: str) -> dict[str, Any]:
+        return await self.call("pending", name=name)
+
+    async def flush(self, name: str) -> dict[str, Any]:
+        return await self.call("flush", name=name)
+
+    async def logs(self, name: str, lines: int = 100) -> list[str]:
+        return await self.call("logs", name=name, lines=lines)
+
+    async def shutdown(self) -> None:
+        await self.call("shutdown")
+
+    @asynccontextmanager
+    async def subscribe(
+        self, since: int | None = None, *, agent: str | None = None, kinds: list[str] | None = None
+    ) -> AsyncIterator[_Subscription]:
+        """Events numbered above ``since`` (None: from now) as an async iterator of
+        :mod:`~trio_relay.protocol` event Structs, until the block ends. Events the
+        application does not read in time become a Gap, never a silent hole."""
+        request_id = next(self._ids)
+        subscription = _Subscription()
+        self._subscriptions[request_id] = subscription
+        try:
+            answer = await self._call(
+                request_id, "subscribe", {"since": since, "agent": agent, "kinds": kinds}
+            )
+            subscription.last_seq = answer["last_seq"]
+            yield subscription
+        finally:
+            self._subscriptions.pop(request_id, None)
+            if self._closed is None:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await self.call("unsubscribe", subscription=request_id)
+                    except (RemoteError, BrokerUnreachable):
+                        pass  # already gone with the connection: nothing to stop

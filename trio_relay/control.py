@@ -1,0 +1,416 @@
+"""The control channel: a WebSocket server (trio-websocket) in front of the broker.
+
+Authentication is the broker's token as ``Authorization: Bearer <token>``; a token scoped to
+one agent (:meth:`ControlServer.agent_token`) may only send as that agent and read its own
+state. A handshake carrying an ``Origin`` header that is not explicitly allowed is refused,
+so a web page cannot drive agents. Every request gets exactly one answer; bad input gets an
+error answer naming the problem and the connection lives on; one connection's failure never
+reaches another. A client that disconnects mid-request cancels its requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import msgspec
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from . import __version__
+from .broker import Broker
+from .errors import (
+    AgentExists,
+    ChannelClosed,
+    RelayError,
+    RequestTimeout,
+    SpawnFailed,
+    WorkerError,
+    WorkerExited,
+    WorkerNotFound,
+)
+from .protocol import (
+    AgentEvent,
+    AgentsOp,
+    ControlAnswer,
+    ControlError,
+    ControlEvent,
+    ControlOp,
+    ControlRequest,
+    Event,
+    FlushOp,
+    InputOp,
+    LogsOp,
+    ModeOp,
+    PendingOp,
+    ReleaseOp,
+    ResizeOp,
+    ShutdownOp,
+    SnapshotOp,
+    SpawnOp,
+    StatusOp,
+    SubscribeOp,
+    UnsubscribeOp,
+)
+from .supervisor import RestartPolicy
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE = 1024 * 1024
+MAX_REQUESTS_PER_CONNECTION = 64
+
+_encoder = msgspec.json.Encoder()
+
+
+class Forbidden(RelayError):
+    """The caller's token does not allow this operation."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the owner (``agent`` None) or one agent with a scoped token."""
+
+    agent: str | None = None
+
+    def own(self, name: str) -> None:
+        """Raise Forbidden unless the caller may act on agent ``name``."""
+        if self.agent is not None and self.agent != name:
+            raise Forbidden(f"agent {self.agent!r} may not act on {name!r}")
+
+
+#: Operations an agent-scoped token may use (on itself only).
+AGENT_OPS = (StatusOp, AgentsOp, SnapshotOp, PendingOp, LogsOp, SubscribeOp, UnsubscribeOp)
+
+
+def error_of(exc: BaseException) -> ControlError:
+    """The stable code and message a client sees for an exception."""
+    if isinstance(exc, (ValueError, msgspec.ValidationError, msgspec.DecodeError)):
+        return ControlError("bad_request", str(exc))
+    for kinds, code in _ERROR_CODES:
+        if isinstance(exc, kinds):
+            return ControlError(code, str(exc))
+    code = getattr(exc, "control_code", None)  # errors of later engines name their own code
+    if isinstance(code, str):
+        return ControlError(code, str(exc))
+    return ControlError("internal", f"{type(exc).__name__}: {exc}")
+
+
+_ERROR_CODES: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
+    (Forbidden, "forbidden"),
+    (WorkerNotFound, "not_found"),
+    (AgentExists, "conflict"),
+    (RequestTimeout, "timeout"),
+    ((WorkerError, SpawnFailed), "worker_error"),
+    ((WorkerExited, ChannelClosed), "worker_exited"),
+]
+
+
+def pty_command(command: list[str], rows: int, cols: int) -> list[str]:
+    """The argv that runs ``command`` under the PTY worker."""
+    return [
+        sys.executable, "-m", "trio_relay.pty_worker",
+        "--rows", str(rows), "--cols", str(cols), "--", *command,
+    ]
+
+
+class ControlServer:
+    """Serves one broker over WebSocket. Run :meth:`serve` with ``nursery.start``."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        token: str,
+        *,
+        allowed_origins: Iterable[str] = (),
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        self.broker = broker
+        self._token = token
+        self._allowed_origins = frozenset(allowed_origins)
+        self._max_message_size = max_message_size
+        self.shutdown_requested = trio.Event()
+        self.started_at = time.time()
+        self.url = ""
+        self._handlers: dict[type, Callable[..., Any]] = {
+            StatusOp: self._status,
+            SpawnOp: self._spawn,
+            AgentsOp: self._agents,
+            ReleaseOp: self._release,
+            InputOp: self._input,
+            ResizeOp: self._resize,
+            SnapshotOp: self._worker_request,
+            ModeOp: self._worker_request,
+            PendingOp: self._worker_request,
+            FlushOp: self._worker_request,
+            LogsOp: self._logs,
+            ShutdownOp: self._shutdown,
+        }
+
+    # -- tokens
+
+    def agent_token(self, agent: str) -> str:
+        """A token that lets agent ``agent`` send as itself and read its own state only."""
+        return f"agent.{agent}.{self._signature(agent)}"
+
+    def _signature(self, agent: str) -> str:
+        return hmac.new(self._token.encode(), agent.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal | tuple[int, str]:
+        """The caller's principal, or the HTTP status and reason to refuse it with."""
+        fields = {name.lower(): value.decode("latin-1") for name, value in headers}
+        origin = fields.get(b"origin")
+        if origin is not None and origin not in self._allowed_origins:
+            return 403, f"forbidden: origin {origin!r} is not allowed"
+        scheme, _, token = fields.get(b"authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return 401, "unauthorized: send Authorization: Bearer <token>"
+        if hmac.compare_digest(token.encode(), self._token.encode()):
+            return Principal()
+        prefix, _, rest = token.partition(".")
+        agent, _, signature = rest.rpartition(".")
+        if prefix == "agent" and agent and hmac.compare_digest(
+            signature.encode(), self._signature(agent).encode()
+        ):
+            return Principal(agent)
+        return 401, "unauthorized: wrong token"
+
+    # -- serving
+
+    async def serve(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on ``host:port`` (0: a free port) until cancelled; ``started`` gives the url."""
+
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                lambda task_status: serve_websocket(
+                    self._handle,
+                    host,
+                    port,
+                    None,
+                    max_message_size=self._max_message_size,
+                    connect_timeout=10,
+                    disconnect_timeout=5,
+                    task_status=task_status,
+                )
+            )
+            listener = server.listeners[0]
+            self.url = f"ws://{listener.address}:{listener.port}"
+            task_status.started(self.url)
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        """One connection, start to end. Whatever goes wrong here stays here: it is logged
+        and ends this connection, never the server or another connection."""
+        peer = _peer(request)
+        try:
+            principal = self.authenticate(request.headers)
+            if not isinstance(principal, Principal):
+                status, reason = principal
+                log.warning("refused a connection from %s: %s", peer, reason)
+                await request.reject(status, body=reason.encode())
+                return
+            ws = await request.accept()
+            await _Connection(self, ws, principal).run()
+        except ConnectionClosed:
+            log.debug("connection from %s closed during its handshake", peer)
+        except Exception:
+            log.exception("connection from %s failed", peer)
+
+    # -- the operations: each takes the decoded request and the caller
+
+    async def _status(self, op: StatusOp, principal: Principal) -> dict[str, Any]:
+        broker = self.broker
+        states: dict[str, int] = {}
+        for agent in broker.agents():
+            states[agent.state] = states.get(agent.state, 0) + 1
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "url": self.url,
+            "uptime": time.time() - self.started_at,
+            "agents": states,
+            "last_seq": broker.events.last_seq,
+            "requests": asdict(broker.statistics()),
+            "you": principal.agent,
+        }
+
+
+    async def _spawn(self, op: SpawnOp, principal: Principal) -> dict[str, Any]:
+        if not op.command:
+            raise ValueError("`command` must not be empty")
+        if not (1 <= op.rows <= 1000 and 1 <= op.cols <= 1000):
+            raise ValueError(f"terminal size {op.rows}x{op.cols} out of range 1..1000")
+        argv = op.command if op.native else pty_command(op.command, op.rows, op.cols)
+        info = await self.broker.spawn(
+            op.name, argv, cwd=op.cwd, env=op.env, restart=RestartPolicy(op.restart)
+        )
+        return _info(info)
+
+
+    async def _agents(self, op: AgentsOp, principal: Principal) -> list[dict[str, Any]]:
+        agents = self.broker.agents()
+        if principal.agent is not None:
+            agents = [a for a in agents if a.name == principal.agent]
+        return [_info(a) for a in agents]
+
+
+    async def _release(self, op: ReleaseOp, principal: Principal) -> dict[str, Any]:
+        return _info(await self.broker.release(op.name))
+
+
+    async def _input(self, op: InputOp, principal: Principal) -> None:
+        await self.broker.write_input(op.name, op.data)
+
+
+    async def _resize(self, op: ResizeOp, principal: Principal) -> None:
+        await self.broker.resize(op.name, op.rows, op.cols)
+
+
+    async def _worker_request(self, op: Any, principal: Principal) -> Any:
+        """snapshot, mode, pending, flush: a request to the agent's worker."""
+        payload = {
+            f: getattr(op, f)
+            for f in op.__struct_fields__
+            if f not in ("id", "name", "timeout") and getattr(op, f) is not None
+        }
+        kind = type(op).__struct_config__.tag
+        if isinstance(op, ModeOp) and op.set is not None and principal.agent is not None:
+            raise Forbidden("an agent token may only read its mode")
+        return await self.broker.request_worker(op.name, kind, payload, op.timeout)
+
+
+    async def _logs(self, op: LogsOp, principal: Principal) -> list[str]:
+        if op.lines < 0:
+            raise ValueError("`lines` must not be negative")
+        lines = self.broker.logs(op.name)
+        return lines[-op.lines :] if op.lines else []
+
+
+    async def _shutdown(self, op: ShutdownOp, principal: Principal) -> None:
+        self.shutdown_requested.set()
+
+
+class _Connection:
+    """One client: reads requests, runs each in its own task, sends answers and events."""
+
+    def __init__(self, server: ControlServer, ws: WebSocketConnection, principal: Principal) -> None:
+        self.server = server
+        self.ws = ws
+        self.principal = principal
+        self.subscriptions: dict[Any, trio.CancelScope] = {}
+        self._slots = trio.Semaphore(MAX_REQUESTS_PER_CONNECTION)
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            try:
+                while True:
+                    message = await self.ws.get_message()
+                    await self._slots.acquire()  # backpressure: stop reading when busy
+                    nursery.start_soon(self._serve, message)
+            except ConnectionClosed:
+                pass  # the client left (or sent too big a message): its requests end with it
+            nursery.cancel_scope.cancel()
+
+    async def send(self, message: ControlAnswer | ControlEvent) -> None:
+        """Send one message; a client that is gone is not an error of the broker's."""
+        try:
+            await self.ws.send_message(_encoder.encode(message).decode())
+        except ConnectionClosed:
+            self.nursery.cancel_scope.cancel()
+
+    async def _serve(self, message: str | bytes) -> None:
+        try:
+            answer = await self._answer(message)
+            if answer is not None:
+                await self.send(answer)
+        finally:
+            self._slots.release()
+
+    async def _answer(self, message: str | bytes) -> ControlAnswer | None:
+        request_id = None
+        try:
+            if isinstance(message, bytes):
+                raise ValueError("binary messages are not supported: send JSON text")
+            try:
+                raw = msgspec.json.decode(message)
+            except RecursionError:
+                raise ValueError("JSON nested beyond the decoder's depth limit") from None
+            if not isinstance(raw, dict):
+                raise ValueError(f"a request must be a JSON object, not {type(raw).__name__}")
+            request_id = raw.get("id")
+            if not isinstance(request_id, (int, str)) or isinstance(request_id, bool):
+                request_id = None
+                raise ValueError("a request needs an `id` (a string or an integer)")
+            if "op" not in raw:
+                raise ValueError("a request needs an `op`")
+            op = msgspec.convert(raw, ControlOp)
+            result = await self._dispatch(op)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            error = error_of(exc)
+            if error.code == "internal":
+                log.exception("control request %r failed", request_id)
+            return ControlAnswer(id=request_id, ok=False, error=error)
+        if isinstance(op, SubscribeOp):
+            return None  # _subscribe answered already, before the first event
+        return ControlAnswer(id=request_id, ok=True, result=result)
+
+    async def _dispatch(self, op: ControlRequest) -> Any:
+        if self.principal.agent is not None and not isinstance(op, AGENT_OPS):
+            raise Forbidden(f"an agent token may not use {type(op).__name__[:-2].lower()!r}")
+        if isinstance(op, SubscribeOp):
+            return await self._subscribe(op)
+        if isinstance(op, UnsubscribeOp):
+            scope = self.subscriptions.pop(op.subscription, None)
+            if scope is None:
+                raise WorkerNotFound(f"subscription {op.subscription!r}")
+            scope.cancel()
+            return None
+        name = getattr(op, "name", None)
+        if isinstance(name, str) and not isinstance(op, (AgentsOp, StatusOp)):
+            self.principal.own(name)
+        handler = self.server._handlers[type(op)]
+        return await handler(op, self.principal)
+
+    async def _subscribe(self, op: SubscribeOp) -> None:
+        if op.id in self.subscriptions:
+            raise AgentExists(f"subscription {op.id!r}")
+        agent = self.principal.agent or op.agent
+        kinds = frozenset(op.kinds) if op.kinds else None
+        log_ = self.server.broker.events
+        stream = log_.subscribe(op.since)  # fixed now, so no event falls between answer and stream
+        scope = trio.CancelScope()
+        self.subscriptions[op.id] = scope
+        await self.send(ControlAnswer(id=op.id, ok=True, result={"last_seq": log_.last_seq}))
+
+        async def forward() -> None:
+            with scope:
+                async for event in stream:
+                    if agent is not None and isinstance(event, AgentEvent) and event.agent != agent:
+                        continue
+                    if kinds is not None and type(event).__struct_config__.tag not in kinds:
+                        continue
+                    await self.send(ControlEvent(id=op.id, event=event))  # type: ignore[arg-type]
+            self.subscriptions.pop(op.id, None)
+
+        self.nursery.start_soon(forward)
+
+
+def _info(info: Any) -> dict[str, Any]:
+    return asdict(info)
+
+
+def _peer(request: WebSocketRequest) -> str:
+    try:
+        return str(request.remote)
+    except OSError:  # the peer is already gone: its address cannot be read any more
+        return "a departed client"

@@ -1,0 +1,78 @@
+"""The broker as a service: the state directory's lock, the control server, the connection
+file, the log file, and a graceful stop on SIGINT, SIGTERM or the ``shutdown`` operation."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Iterable
+
+import trio
+
+from .broker import open_broker
+from .control import ControlServer
+from .state import StateDir
+
+log = logging.getLogger("trio_relay")
+
+
+def configure_logging(state: StateDir, verbose: bool) -> None:
+    """Log to stderr and to the state directory's ``broker.log``."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for handler in (logging.StreamHandler(), logging.FileHandler(state.log_path)):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    logging.getLogger("trio-websocket").setLevel(logging.WARNING)
+
+
+async def run_daemon(
+    state: StateDir,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    allowed_origins: Iterable[str] = (),
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the broker until SIGINT, SIGTERM or a ``shutdown`` request; ``started`` gives the
+    url once it accepts connections.
+
+    Raises BrokerAlreadyRunning if another broker holds the state directory, OSError if the
+    port cannot be bound. Every agent is released before this returns.
+    """
+    state.acquire_lock()
+    try:
+        token = state.token()
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with open_broker() as broker:
+                server = ControlServer(broker, token, allowed_origins=allowed_origins)
+                async with trio.open_nursery() as nursery:
+                    url = await nursery.start(server.serve, host, port)
+                    broker.agent_environment = lambda name: {
+                        "TRIO_RELAY_URL": url,
+                        "TRIO_RELAY_TOKEN": server.agent_token(name),
+                    }
+                    state.write_connection(url)
+                    log.info("broker %s listening on %s (state in %s)", _pid(), url, state.path)
+                    task_status.started(url)
+                    nursery.start_soon(_stop_on_signal, signals, server)
+                    await server.shutdown_requested.wait()
+                    log.info("shutting down: releasing %d agent(s)", len(broker.agents()))
+                    await broker.shutdown()  # the server still answers meanwhile
+                    nursery.cancel_scope.cancel()
+    finally:
+        state.release_lock()
+    log.info("broker stopped")
+
+
+async def _stop_on_signal(signals: trio.abc.ReceiveChannel[int], server: ControlServer) -> None:
+    async for signum in signals:
+        log.info("%s received", signal.Signals(signum).name)
+        server.shutdown_requested.set()
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -66,16 +67,27 @@ def broker(tmp_path: Path) -> Iterator[Relay]:
     assert started.returncode == 0, started.stderr
     assert "broker running: pid" in started.stdout
     r = Relay(state)
-    pid = r.pid
+    pids = {r.pid}
     yield r
-    if pid_alive(pid):
+    connection = StateDir(Path(state)).read_connection()  # a test may have started another
+    if connection is not None:
+        pids.add(connection.pid)
+    if any(pid_alive(p) for p in pids):
         relay("down", "--state-dir", state)
-    wait_for(lambda: not pid_alive(pid))
+    for pid in pids:
+        if pid_alive(pid):  # `down` failed: do not leave it behind either way
+            os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not any(pid_alive(p) for p in pids))
 
 
 def agent_pids(r: Relay) -> list[int]:
     result = r.invoke("ps", "--json")
     return [a["pid"] for a in json.loads(result.output) if a["pid"]]
+
+
+def unique_sleep() -> str:
+    """A `sleep` argument no other process has, to find the program by its command line."""
+    return f"{4000 + random.random() * 1000:.6f}"
 
 
 def processes_with(marker: str) -> list[int]:
@@ -142,27 +154,50 @@ def test_up_twice_on_one_state_directory_is_refused(broker: Relay) -> None:
 
 
 def test_down_leaves_no_process_behind(broker: Relay) -> None:
+    marker = unique_sleep()
     broker.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
-    broker.invoke("spawn", "sh", "--", "sleep", "4242.25")
+    broker.invoke("spawn", "sh", "--", "sleep", marker)
     pids = [broker.pid, *agent_pids(broker)]
-    assert len(pids) == 3 and processes_with("4242.25")
+    assert len(pids) == 3 and processes_with(marker)
     result = relay("down", "--state-dir", broker.state)
     assert result.returncode == 0 and "stopped" in result.stdout
     assert not any(pid_alive(p) for p in pids)
-    wait_for(lambda: not processes_with("4242.25"))
+    wait_for(lambda: not processes_with(marker))
     assert relay("status", "--state-dir", broker.state).returncode == 3
 
 
 def test_a_broker_killed_with_sigkill_leaves_no_worker_and_no_program_alive(broker: Relay) -> None:
+    marker = unique_sleep()
     broker.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
-    broker.invoke("spawn", "sh", "--", "sleep", "4343.25")
+    broker.invoke("spawn", "sh", "--", "sleep", marker)
     workers = agent_pids(broker)
-    assert len(workers) == 2 and processes_with("4343.25")
+    assert len(workers) == 2 and processes_with(marker)
     os.kill(broker.pid, signal.SIGKILL)
     wait_for(lambda: not any(pid_alive(p) for p in workers))
-    wait_for(lambda: not processes_with("4343.25"))
-    # The lock died with it: a new broker can start on the same directory.
+    wait_for(lambda: not processes_with(marker))
+    # The lock died with it: a new broker starts on the same directory and respawns the
+    # agents that were running.
     assert relay("up", "--detach", "--state-dir", broker.state).returncode == 0
+    agents = {a["name"]: a for a in json.loads(broker.invoke("ps", "--json").output)}
+    assert {n: a["state"] for n, a in agents.items()} == {"w": "running", "sh": "running"}
+    assert not set(agent_pids(broker)) & set(workers)
+
+
+def test_send_hold_pending_and_flush_through_the_cli(broker: Relay) -> None:
+    broker.invoke("spawn", "cat", "--", "cat")
+    sent = broker.invoke("send", "cat", "hello from the cli", "--wait")
+    assert sent.exit_code == 0 and "verified (echo)" in sent.output
+    assert broker.invoke("mode", "cat", "hold").output.strip() == "hold"
+    queued = broker.invoke("send", "cat", "held for later")
+    assert queued.exit_code == 0 and "queued" in queued.output
+    assert "held for later" in broker.invoke("pending", "cat").output
+    assert broker.invoke("flush", "cat").output.strip() == "1 released for delivery"
+    wait_for(lambda: "held for later" in broker.invoke("snapshot", "cat").output)
+    listing = broker.invoke("deliveries", "cat").output
+    assert listing.count("verified (echo)") == 2 or "held for later" in listing
+    assert broker.invoke("dead-letters").output.strip() == "no dead letters"
+    missing = broker.invoke("send", "nobody", "hi")
+    assert missing.exit_code == 1 and "Error:" in missing.output
 
 
 def test_foreground_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -188,7 +223,8 @@ def test_foreground_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 
 def test_help_explains_every_command() -> None:
     result = CliRunner().invoke(main, ["--help"])
-    for command in ["up", "down", "status", "spawn", "ps", "release", "input", "resize",
-                    "snapshot", "events", "pending", "flush", "mode", "logs"]:
+    for command in ["up", "down", "status", "spawn", "ps", "release", "send", "input", "resize",
+                    "snapshot", "events", "pending", "flush", "mode", "deliveries",
+                    "dead-letters", "redeliver", "logs"]:
         assert f"  {command} " in result.output
     assert "Exit codes" in result.output

@@ -17,6 +17,7 @@ from helpers import REFERENCE_WORKER, wait_until
 from trio_relay import Broker, open_broker
 from trio_relay.client import BrokerUnreachable, RelayClient, RemoteError, open_client
 from trio_relay.control import ControlServer
+from trio_relay.delivery import DeliveryPolicy
 from trio_relay.protocol import AgentOutput, Gap
 
 TOKEN = "test-token-" + "x" * 32
@@ -242,3 +243,59 @@ async def test_unsubscribe_stops_the_stream(served: Served) -> None:
         served.broker.events.emit(AgentOutput(agent="x", offset=0, data="after"))
         answer = await ask(ws, {"id": 3, "op": "status"})
         assert answer["id"] == 3  # no event arrived in between
+
+
+async def test_send_waits_for_verification_and_is_listed(served: Served) -> None:
+    async with open_client(served.url, TOKEN) as client:
+        await client.spawn("w", REFERENCE_WORKER, native=True)
+        queued = await client.send("w", "hello there", sender="boss")
+        assert queued["state"] == "queued" and queued["evicted"] == []
+        done = await client.send("w", "and again", wait=True, timeout=20)
+        assert (done["state"], done["verification"], done["sender"]) == ("verified", "echo", "user")
+        listed = {d["delivery_id"]: d for d in await client.deliveries("w")}
+        assert set(listed) == {queued["delivery_id"], done["delivery_id"]}
+        assert listed[queued["delivery_id"]]["sender"] == "boss"
+        assert (await client.delivery(done["delivery_id"]))["body"] == "and again"
+        with pytest.raises(RemoteError) as info:
+            await client.send("ghost", "anyone?")
+        assert info.value.code == "not_found"
+
+
+async def test_an_agent_token_sends_as_itself_whatever_it_claims(served: Served) -> None:
+    await served.broker.spawn("alice", REFERENCE_WORKER)
+    await served.broker.spawn("bob", REFERENCE_WORKER)
+    async with open_client(served.url, served.server.agent_token("alice")) as alice:
+        sent = await alice.send("bob", "hi bob", sender="mallory", wait=True, timeout=20)
+        assert sent["sender"] == "alice" and sent["state"] == "verified"
+        for call in (alice.mode("bob"), alice.pending("bob"), alice.mode("alice", "hold"),
+                     alice.redeliver(sent["delivery_id"]), alice.dead_letters()):
+            with pytest.raises(RemoteError) as info:
+                await call
+            assert info.value.code == "forbidden"
+
+
+async def test_hold_pending_flush_and_dead_letters_over_the_channel() -> None:
+    policy = DeliveryPolicy(ack_timeout=0.2, max_attempts=1)
+    async with open_broker(delivery=policy) as broker:
+        server = ControlServer(broker, TOKEN)
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.serve, "127.0.0.1", 0)
+            async with open_client(url, TOKEN) as client:
+                await client.spawn("w", [*REFERENCE_WORKER, "--ignore-deliveries", "1"], native=True)
+                assert (await client.mode("w", "hold"))["mode"] == "hold"
+                held = await client.send("w", "held back")
+                pending = await client.pending("w")
+                assert [d["delivery_id"] for d in pending["deliveries"]] == [held["delivery_id"]]
+                assert (await client.flush("w"))["count"] == 1
+                with trio.fail_after(20):  # ignored once, one attempt allowed: a dead letter
+                    while (await client.delivery(held["delivery_id"]))["state"] != "dead_letter":
+                        await trio.sleep(0.05)
+                (dead,) = await client.dead_letters()
+                assert dead["delivery_id"] == held["delivery_id"] and dead["last_error"]
+                await client.mode("w", "auto_inject")
+                await client.redeliver(held["delivery_id"])
+                with trio.fail_after(20):
+                    while (await client.delivery(held["delivery_id"]))["state"] != "verified":
+                        await trio.sleep(0.05)
+                assert await client.dead_letters() == []
+            nursery.cancel_scope.cancel()

@@ -324,7 +324,8 @@ def snapshot(name: str, ansi: bool, **kwargs: Any) -> None:
 @click.argument("new_mode", required=False, type=click.Choice(["auto_inject", "hold"]))
 @client_options
 def mode(name: str, new_mode: str | None, **kwargs: Any) -> None:
-    """Show, or set, agent NAME's delivery mode: auto_inject or hold."""
+    """Show, or set, agent NAME's delivery mode: auto_inject (deliver as they come) or
+    hold (keep them queued until `flush` or auto_inject)."""
     emit(call_broker(kwargs, lambda c: c.mode(name, new_mode)), kwargs["as_json"],
          lambda r: click.echo(r["mode"]))
 
@@ -333,14 +334,14 @@ def mode(name: str, new_mode: str | None, **kwargs: Any) -> None:
 @click.argument("name")
 @client_options
 def pending(name: str, **kwargs: Any) -> None:
-    """List the deliveries held for agent NAME."""
+    """List the deliveries queued for agent NAME, oldest first."""
 
     def human(r: dict[str, Any]) -> None:
-        deliveries = r.get("deliveries", [])
-        if not deliveries:
+        click.echo(f"mode: {r['mode']}")
+        if not r["deliveries"]:
             click.echo("nothing pending")
-        for d in deliveries:
-            click.echo(json.dumps(d) if not isinstance(d, str) else d)
+        else:
+            _delivery_table(r["deliveries"])
 
     emit(call_broker(kwargs, lambda c: c.pending(name)), kwargs["as_json"], human)
 
@@ -349,9 +350,88 @@ def pending(name: str, **kwargs: Any) -> None:
 @click.argument("name")
 @client_options
 def flush(name: str, **kwargs: Any) -> None:
-    """Inject what is held for agent NAME now."""
+    """Hand what is held for agent NAME to it now (hold mode stays on)."""
     emit(call_broker(kwargs, lambda c: c.flush(name)), kwargs["as_json"],
-         lambda r: click.echo(f"{r['count']} injected"))
+         lambda r: click.echo(f"{r['count']} released for delivery"))
+
+
+@main.command()
+@click.argument("to")
+@click.argument("message")
+@click.option("--from", "sender", help="Who it is from (default: user; an agent's token sends as itself).")
+@click.option("--thread", help="A thread id to group related messages.")
+@click.option("--wait", is_flag=True, help="Wait until it is verified or has failed.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds --wait waits.")
+@client_options
+def send(to: str, message: str, sender: str | None, thread: str | None, wait: bool, timeout: float,
+         **kwargs: Any) -> None:
+    """Send MESSAGE to agent TO. It is on disk once this says `queued`.
+
+    With --wait, exit 0 only if the agent's screen echoed it (verified); a message typed
+    but never seen (timeout_fallback), failed, dropped or dead-lettered exits 1.
+    """
+    result = call_broker(kwargs, lambda c: c.send(
+        to, message, sender=sender, thread=thread, wait=wait, timeout=timeout))
+    evicted = result.get("evicted") or []
+
+    def human(r: dict[str, Any]) -> None:
+        click.echo(f"{r['delivery_id']} {_describe(r)}")
+        for gone in evicted:
+            click.echo(f"note: the queue was full; {gone} was dropped to make room", err=True)
+
+    emit(result, kwargs["as_json"], human)
+    if wait and result["state"] != "verified":
+        click.echo(f"Agent error: {result['delivery_id']} {_describe(result)}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument("agent", required=False)
+@click.option("--state", "states", multiple=True, help="Only deliveries in this state. Repeatable.")
+@click.option("--limit", default=100, show_default=True, help="At most this many.")
+@client_options
+def deliveries(agent: str | None, states: tuple[str, ...], limit: int, **kwargs: Any) -> None:
+    """List deliveries (for AGENT, if given) and their states."""
+    emit(call_broker(kwargs, lambda c: c.deliveries(agent, states=list(states) or None, limit=limit)),
+         kwargs["as_json"], lambda ds: _delivery_table(ds) if ds else click.echo("no deliveries"))
+
+
+@main.command("dead-letters")
+@click.argument("agent", required=False)
+@client_options
+def dead_letters(agent: str | None, **kwargs: Any) -> None:
+    """List the deliveries that were given up on, with their last error."""
+    emit(call_broker(kwargs, lambda c: c.dead_letters(agent)), kwargs["as_json"],
+         lambda ds: _delivery_table(ds) if ds else click.echo("no dead letters"))
+
+
+@main.command()
+@click.argument("delivery_id")
+@client_options
+def redeliver(delivery_id: str, **kwargs: Any) -> None:
+    """Queue a dead letter (or failed delivery) again, with a fresh retry budget."""
+    emit(call_broker(kwargs, lambda c: c.redeliver(delivery_id)), kwargs["as_json"],
+         lambda r: click.echo(f"{r['delivery_id']} {r['state']}"))
+
+
+def _describe(d: dict[str, Any]) -> str:
+    """A delivery's state in words; timeout_fallback is never shown as plain success."""
+    state = d["state"]
+    if state == "verified":
+        return f"verified ({d.get('verification')})"
+    if state == "unverified":
+        return f"typed but not verified ({d.get('verification')}: {d.get('reason')})"
+    if d.get("last_error") and state in ("failed", "dead_letter", "dropped"):
+        return f"{state}: {d['last_error']}"
+    return state
+
+
+def _delivery_table(ds: list[dict[str, Any]]) -> None:
+    table(
+        [[d["delivery_id"], d["agent"], d["sender"], _describe(d), str(d["attempts"]),
+          (d["body"][:40] + "...") if len(d["body"]) > 43 else d["body"]] for d in ds],
+        ["ID", "TO", "FROM", "STATE", "ATTEMPTS", "BODY"],
+    )
 
 
 @main.command()

@@ -279,6 +279,37 @@ class RelayClient:
     async def release(self, name: str) -> dict[str, Any]:
         return await self.call("release", name=name)
 
+    async def send(
+        self,
+        to: str,
+        body: str,
+        *,
+        sender: str | None = None,
+        thread: str | None = None,
+        wait: bool = False,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        """A durable message for agent ``to``; answered once committed (``queued``), or
+        with ``wait`` once it is verified, unverified, failed, dropped or dead-lettered."""
+        fields: dict[str, Any] = {"to": to, "body": body, "thread": thread, "wait": wait, "timeout": timeout}
+        if sender is not None:
+            fields["from"] = sender
+        return await self.call("send", **fields)
+
+    async def deliveries(
+        self, agent: str | None = None, *, states: list[str] | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        return await self.call("deliveries", agent=agent, states=states, limit=limit)
+
+    async def delivery(self, delivery_id: str) -> dict[str, Any]:
+        return await self.call("delivery", delivery_id=delivery_id)
+
+    async def dead_letters(self, agent: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return await self.call("dead_letters", agent=agent, limit=limit)
+
+    async def redeliver(self, delivery_id: str) -> dict[str, Any]:
+        return await self.call("redeliver", delivery_id=delivery_id)
+
     async def input(self, name: str, data: str) -> None:
         await self.call("input", name=name, data=data)
 

@@ -50,8 +50,13 @@ from .protocol import (
     LogsOp,
     ModeOp,
     PendingOp,
+    DeadLettersOp,
+    DeliveriesOp,
+    DeliveryOp,
+    RedeliverOp,
     ReleaseOp,
     ResizeOp,
+    SendOp,
     ShutdownOp,
     SnapshotOp,
     SpawnOp,
@@ -59,6 +64,8 @@ from .protocol import (
     SubscribeOp,
     UnsubscribeOp,
 )
+from .delivery import DeliveryNotFound, DeliveryStateError, DeliveryTimeout, IntakeClosed
+from .store import StoreError
 from .supervisor import RestartPolicy
 
 log = logging.getLogger(__name__)
@@ -85,8 +92,10 @@ class Principal:
             raise Forbidden(f"agent {self.agent!r} may not act on {name!r}")
 
 
-#: Operations an agent-scoped token may use (on itself only).
-AGENT_OPS = (StatusOp, AgentsOp, SnapshotOp, PendingOp, LogsOp, SubscribeOp, UnsubscribeOp)
+#: Operations an agent-scoped token may use: sending as itself, and reading its own state.
+AGENT_OPS = (
+    StatusOp, AgentsOp, SendOp, SnapshotOp, ModeOp, PendingOp, LogsOp, SubscribeOp, UnsubscribeOp
+)
 
 
 def error_of(exc: BaseException) -> ControlError:
@@ -96,17 +105,15 @@ def error_of(exc: BaseException) -> ControlError:
     for kinds, code in _ERROR_CODES:
         if isinstance(exc, kinds):
             return ControlError(code, str(exc))
-    code = getattr(exc, "control_code", None)  # errors of later engines name their own code
-    if isinstance(code, str):
-        return ControlError(code, str(exc))
     return ControlError("internal", f"{type(exc).__name__}: {exc}")
 
 
 _ERROR_CODES: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
     (Forbidden, "forbidden"),
-    (WorkerNotFound, "not_found"),
-    (AgentExists, "conflict"),
-    (RequestTimeout, "timeout"),
+    ((WorkerNotFound, DeliveryNotFound), "not_found"),
+    ((AgentExists, DeliveryStateError, IntakeClosed), "conflict"),
+    ((RequestTimeout, DeliveryTimeout), "timeout"),
+    (StoreError, "store_error"),
     ((WorkerError, SpawnFailed), "worker_error"),
     ((WorkerExited, ChannelClosed), "worker_exited"),
 ]
@@ -143,12 +150,17 @@ class ControlServer:
             SpawnOp: self._spawn,
             AgentsOp: self._agents,
             ReleaseOp: self._release,
+            SendOp: self._send,
+            DeliveriesOp: self._deliveries,
+            DeliveryOp: self._delivery,
+            DeadLettersOp: self._dead_letters,
+            RedeliverOp: self._redeliver,
             InputOp: self._input,
             ResizeOp: self._resize,
-            SnapshotOp: self._worker_request,
-            ModeOp: self._worker_request,
-            PendingOp: self._worker_request,
-            FlushOp: self._worker_request,
+            SnapshotOp: self._snapshot,
+            ModeOp: self._mode,
+            PendingOp: self._pending,
+            FlushOp: self._flush,
             LogsOp: self._logs,
             ShutdownOp: self._shutdown,
         }
@@ -273,18 +285,52 @@ class ControlServer:
         await self.broker.resize(op.name, op.rows, op.cols)
 
 
-    async def _worker_request(self, op: Any, principal: Principal) -> Any:
-        """snapshot, mode, pending, flush: a request to the agent's worker."""
-        payload = {
-            f: getattr(op, f)
-            for f in op.__struct_fields__
-            if f not in ("id", "name", "timeout") and getattr(op, f) is not None
-        }
-        kind = type(op).__struct_config__.tag
-        if isinstance(op, ModeOp) and op.set is not None and principal.agent is not None:
-            raise Forbidden("an agent token may only read its mode")
-        return await self.broker.request_worker(op.name, kind, payload, op.timeout)
+    async def _send(self, op: SendOp, principal: Principal) -> dict[str, Any]:
+        sender = principal.agent or op.sender
+        receipt = await self.broker.send(op.to, op.body, sender=sender, thread=op.thread)
+        result = _info(receipt)
+        if op.wait:
+            result.update(_info(await self.broker.wait_delivery(receipt.delivery_id, op.timeout)))
+        return result
 
+    async def _deliveries(self, op: DeliveriesOp, principal: Principal) -> list[dict[str, Any]]:
+        if op.limit < 1:
+            raise ValueError("`limit` must be positive")
+        states = frozenset(op.states) if op.states else None
+        found = await self.broker.deliveries(op.agent, states=states, limit=op.limit)
+        return [_info(d) for d in found]
+
+    async def _delivery(self, op: DeliveryOp, principal: Principal) -> dict[str, Any]:
+        return _info(await self.broker.delivery(op.delivery_id))
+
+    async def _dead_letters(self, op: DeadLettersOp, principal: Principal) -> list[dict[str, Any]]:
+        if op.limit < 1:
+            raise ValueError("`limit` must be positive")
+        return [_info(d) for d in await self.broker.dead_letters(op.agent, limit=op.limit)]
+
+    async def _redeliver(self, op: RedeliverOp, principal: Principal) -> dict[str, Any]:
+        return _info(await self.broker.redeliver(op.delivery_id))
+
+    async def _snapshot(self, op: SnapshotOp, principal: Principal) -> Any:
+        return await self.broker.request_worker(op.name, "snapshot", {"ansi": op.ansi}, op.timeout)
+
+    async def _mode(self, op: ModeOp, principal: Principal) -> dict[str, str]:
+        """The broker's delivery mode for the agent (hold keeps deliveries queued)."""
+        self.broker.agent(op.name)  # WorkerNotFound for an unknown agent
+        if op.set is not None:
+            if principal.agent is not None:
+                raise Forbidden("an agent token may only read its mode")
+            await self.broker.set_mode(op.name, op.set)
+        return {"mode": self.broker.mode(op.name)}
+
+    async def _pending(self, op: PendingOp, principal: Principal) -> dict[str, Any]:
+        self.broker.agent(op.name)
+        deliveries = await self.broker.pending(op.name)
+        return {"mode": self.broker.mode(op.name), "deliveries": [_info(d) for d in deliveries]}
+
+    async def _flush(self, op: FlushOp, principal: Principal) -> dict[str, int]:
+        self.broker.agent(op.name)
+        return {"count": await self.broker.flush(op.name)}
 
     async def _logs(self, op: LogsOp, principal: Principal) -> list[str]:
         if op.lines < 0:

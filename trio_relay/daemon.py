@@ -4,6 +4,7 @@ file, the log file, and a graceful stop on SIGINT, SIGTERM or the ``shutdown`` o
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Iterable
 
@@ -45,7 +46,7 @@ async def run_daemon(
     try:
         token = state.token()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_broker() as broker:
+            async with open_broker(state, respawn=False) as broker:
                 server = ControlServer(broker, token, allowed_origins=allowed_origins)
                 async with trio.open_nursery() as nursery:
                     url = await nursery.start(server.serve, host, port)
@@ -53,6 +54,8 @@ async def run_daemon(
                         "TRIO_RELAY_URL": url,
                         "TRIO_RELAY_TOKEN": server.agent_token(name),
                     }
+                    for info in await broker.respawn():
+                        log.info("respawned %s (pid %s)", info.name, info.pid)
                     state.write_connection(url)
                     log.info("broker %s listening on %s (state in %s)", _pid(), url, state.path)
                     task_status.started(url)
@@ -73,6 +76,4 @@ async def _stop_on_signal(signals: trio.abc.ReceiveChannel[int], server: Control
 
 
 def _pid() -> int:
-    import os
-
     return os.getpid()

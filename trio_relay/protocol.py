@@ -459,14 +459,39 @@ class ReleaseOp(ControlRequest, tag="release", kw_only=True):
 
 
 class SendOp(ControlRequest, tag="send", kw_only=True):
-    """A message for agent ``to``; with ``wait``, answered once it is verified or failed."""
+    """A message for agent ``to``, answered once committed (``queued``), or with ``wait``
+    once it is verified, unverified, failed, dropped or dead-lettered."""
 
     to: str
     body: str
-    sender: str | None = msgspec.field(default=None, name="from")
+    sender: str = msgspec.field(default="user", name="from")
     thread: str | None = None
     wait: bool = False
     timeout: float = 30.0
+
+
+class DeliveriesOp(ControlRequest, tag="deliveries", kw_only=True):
+    """Deliveries from the store, newest states included, optionally one agent's or some
+    states only."""
+
+    agent: str | None = None
+    states: list[str] | None = None
+    limit: int = 100
+
+
+class DeliveryOp(ControlRequest, tag="delivery", kw_only=True):
+    delivery_id: str
+
+
+class DeadLettersOp(ControlRequest, tag="dead_letters", kw_only=True):
+    agent: str | None = None
+    limit: int = 100
+
+
+class RedeliverOp(ControlRequest, tag="redeliver", kw_only=True):
+    """Queue a dead letter or failed delivery again (same id, a fresh retry budget)."""
+
+    delivery_id: str
 
 
 class InputOp(ControlRequest, tag="input", kw_only=True):
@@ -551,6 +576,10 @@ ControlOp = Union[
     AgentsOp,
     ReleaseOp,
     SendOp,
+    DeliveriesOp,
+    DeliveryOp,
+    DeadLettersOp,
+    RedeliverOp,
     InputOp,
     ResizeOp,
     SnapshotOp,

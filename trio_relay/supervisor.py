@@ -419,6 +419,9 @@ class Supervisor:
             return run.failure
         if agent.stop_requested:
             return "released before it said hello"
+        if proc.has_exited or run.eof:  # its last words on stderr belong in the reason
+            with trio.move_on_after(0.5):
+                await proc.wait_until(lambda: proc.stderr_closed)
         return self._no_hello(proc, run, agent.spec)
 
     def _accept_hello(self, agent: Agent, proc: WorkerProcess, run: _Run, hello: WorkerHello) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -228,3 +230,50 @@ def test_help_explains_every_command() -> None:
                     "dead-letters", "redeliver", "logs"]:
         assert f"  {command} " in result.output
     assert "Exit codes" in result.output
+
+
+def read_until(fd: int, wanted: bytes, seen: bytearray, timeout: float = 15) -> None:
+    """Read a pseudo-terminal's output into ``seen`` until ``wanted`` appears in it."""
+    end = time.monotonic() + timeout
+    while wanted not in seen:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{wanted!r} not seen within {timeout} s; got {bytes(seen[-500:])!r}")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                seen.extend(os.read(fd, 65536))
+            except OSError:  # EIO: the attach process closed its terminal
+                raise AssertionError(f"{wanted!r} never came; got {bytes(seen[-500:])!r}") from None
+
+
+def test_attach_mirrors_and_drives_an_agent_through_a_real_terminal(broker: Relay) -> None:
+    broker.invoke("spawn", "sh", "--", "bash", "--norc")
+    wait_for(lambda: "bash" in broker.invoke("snapshot", "sh").output)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: `trio-relay attach --drive` on a real terminal
+        os.execve(sys.executable, [*RELAY, "attach", "sh", "--drive", "--state-dir", broker.state],
+                  CLEAN_ENV)
+    seen = bytearray()
+    try:
+        read_until(fd, b"bash", seen)  # the painted screen
+        os.write(fd, b"echo attached-$((40+2))\r")  # typed into our terminal...
+        read_until(fd, b"attached-42", seen)  # ...ran in the agent, mirrored back
+        assert "attached-42" in broker.invoke("snapshot", "sh").output
+        os.write(fd, b"\x1d")  # Ctrl-] detaches
+        read_until(fd, b"detached from sh; it keeps running", seen)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass  # it had already exited and was reaped above
+    assert json.loads(broker.invoke("ps", "--json").output)[0]["state"] == "running"
+
+
+def test_attach_to_an_unknown_agent_fails_clearly(broker: Relay) -> None:
+    result = broker.invoke("attach", "ghost")
+    assert result.exit_code == 1 and "no running agent named 'ghost'" in result.output

@@ -91,3 +91,15 @@ async def test_listeners_see_every_event_in_order_even_past_the_ring() -> None:
     for n in range(10):
         log.emit(idle(n))
     assert seen == list(range(1, 11))
+
+
+async def test_ready_takes_what_is_there_without_waiting_and_reports_a_gap() -> None:
+    log = EventLog(capacity=4)
+    sub = log.subscribe(since=0)
+    assert sub.ready(10) == []
+    for n in range(6):
+        log.emit(idle(n))
+    batch = sub.ready(3)
+    assert isinstance(batch[0], Gap) and (batch[0].first, batch[0].last) == (1, 2)
+    assert [e.seq for e in batch[1:]] == [3, 4]
+    assert [e.seq for e in sub.ready(10)] == [5, 6]

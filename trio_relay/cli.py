@@ -6,6 +6,7 @@ agent); 2 usage; 3 no broker reachable.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -118,9 +119,12 @@ def main() -> None:
 @click.option("--port", default=0, show_default=True, help="Port to listen on (0: a free one).")
 @click.option("--allow-origin", "origins", multiple=True, metavar="ORIGIN",
               help="A browser Origin allowed to connect (none by default). Repeatable.")
+@click.option("--event-buffer", default=4096, show_default=True, type=click.IntRange(min=16),
+              help="Events kept for replay (`events --since`); a subscriber further behind gets a gap.")
 @click.option("--detach", is_flag=True, help="Run in the background; return once it is ready.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
-def up(state_dir: str | None, host: str, port: int, origins: tuple[str, ...], detach: bool, verbose: bool) -> None:
+def up(state_dir: str | None, host: str, port: int, origins: tuple[str, ...], event_buffer: int,
+       detach: bool, verbose: bool) -> None:
     """Start the broker (foreground unless --detach) until SIGINT, SIGTERM or `down`.
 
     It logs to stderr and to broker.log in the state directory, writes its URL to
@@ -131,13 +135,14 @@ def up(state_dir: str | None, host: str, port: int, origins: tuple[str, ...], de
 
     state = StateDir.open(state_dir)
     if detach:
-        _detach(state, host, port, origins, verbose)
+        _detach(state, host, port, origins, event_buffer, verbose)
         return
     from .daemon import configure_logging, run_daemon
 
     configure_logging(state, verbose)
     try:
-        trio.run(functools.partial(run_daemon, state, host=host, port=port, allowed_origins=origins))
+        trio.run(functools.partial(run_daemon, state, host=host, port=port,
+                                   allowed_origins=origins, event_buffer=event_buffer))
     except BrokerAlreadyRunning as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_FAILED)
@@ -146,7 +151,8 @@ def up(state_dir: str | None, host: str, port: int, origins: tuple[str, ...], de
         sys.exit(EXIT_FAILED)
 
 
-def _detach(state: Any, host: str, port: int, origins: tuple[str, ...], verbose: bool) -> None:
+def _detach(state: Any, host: str, port: int, origins: tuple[str, ...], event_buffer: int,
+            verbose: bool) -> None:
     """Start `up` in its own session, not as our child, and wait until it is ready."""
     from .state import process_alive
 
@@ -155,7 +161,7 @@ def _detach(state: Any, host: str, port: int, origins: tuple[str, ...], verbose:
         click.echo(f"Error: a broker (pid {running.pid}) is already running on {state.path}", err=True)
         sys.exit(EXIT_FAILED)
     argv = [sys.executable, "-m", "trio_relay", "up", "--state-dir", str(state.path),
-            "--host", host, "--port", str(port)]
+            "--host", host, "--port", str(port), "--event-buffer", str(event_buffer)]
     argv += [f"--allow-origin={o}" for o in origins] + (["-v"] if verbose else [])
     output = state.path / "up.out"
     read_end, write_end = os.pipe()
@@ -442,6 +448,30 @@ def logs(name: str, lines: int, **kwargs: Any) -> None:
     """Print the last lines agent NAME's worker wrote to stderr."""
     emit(call_broker(kwargs, lambda c: c.logs(name, lines)), kwargs["as_json"],
          lambda ls: [click.echo(line) for line in ls])
+
+
+@main.command()
+@click.argument("name")
+@click.option("--drive", is_flag=True, help="Send your keystrokes to the agent (Ctrl-] detaches).")
+@client_options
+def attach(name: str, drive: bool, **kwargs: Any) -> None:
+    """Mirror agent NAME's screen live in this terminal.
+
+    With --drive, what you type goes to the agent; press Ctrl-] to detach (the agent keeps
+    running). Without it, Ctrl-C stops watching. Exits 0 on detach or when the agent is
+    released, 1 if it exits on its own.
+    """
+    from .attach import RawTerminal
+    from .attach import attach as run_attach
+
+    with RawTerminal(0) if drive else contextlib.nullcontext():
+        exited = call_broker(kwargs, lambda c: run_attach(c, name, drive=drive))
+    if exited is None:
+        click.echo(f"\r\n[detached from {name}; it keeps running]", err=True)
+    else:
+        click.echo(f"\r\n[{name} exited: {exited.reason}]", err=True)
+        if not exited.intended:
+            sys.exit(EXIT_FAILED)
 
 
 @main.command()

@@ -54,7 +54,7 @@ class _ServerMessage(msgspec.Struct):
     ok: bool | None = None
     result: Any = None
     error: ControlError | None = None
-    event: BrokerEvent | None = None
+    events: list[BrokerEvent] | None = None
 
 
 _decoder = msgspec.json.Decoder(_ServerMessage)
@@ -207,10 +207,11 @@ class RelayClient:
         try:
             while True:
                 message = _decoder.decode(await self._ws.get_message())
-                if message.event is not None:
+                if message.events is not None:
                     subscription = self._subscriptions.get(message.id)
                     if subscription is not None:
-                        subscription.push(message.event)
+                        for event in message.events:
+                            subscription.push(event)
                     continue
                 waiter = self._waiting.pop(message.id, None)
                 if waiter is not None:

@@ -41,7 +41,7 @@ from .protocol import (
     AgentsOp,
     ControlAnswer,
     ControlError,
-    ControlEvent,
+    ControlEvents,
     ControlOp,
     ControlRequest,
     Event,
@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE = 1024 * 1024
 MAX_REQUESTS_PER_CONNECTION = 64
+EVENTS_PER_MESSAGE = 256
 
 _encoder = msgspec.json.Encoder()
 
@@ -365,7 +366,7 @@ class _Connection:
                 pass  # the client left (or sent too big a message): its requests end with it
             nursery.cancel_scope.cancel()
 
-    async def send(self, message: ControlAnswer | ControlEvent) -> None:
+    async def send(self, message: ControlAnswer | ControlEvents) -> None:
         """Send one message; a client that is gone is not an error of the broker's."""
         try:
             await self.ws.send_message(_encoder.encode(message).decode())
@@ -438,14 +439,18 @@ class _Connection:
         self.subscriptions[op.id] = scope
         await self.send(ControlAnswer(id=op.id, ok=True, result={"last_seq": log_.last_seq}))
 
+        def wanted(event: Event) -> bool:
+            if agent is not None and isinstance(event, AgentEvent) and event.agent != agent:
+                return False
+            return kinds is None or type(event).__struct_config__.tag in kinds
+
         async def forward() -> None:
             with scope:
                 async for event in stream:
-                    if agent is not None and isinstance(event, AgentEvent) and event.agent != agent:
-                        continue
-                    if kinds is not None and type(event).__struct_config__.tag not in kinds:
-                        continue
-                    await self.send(ControlEvent(id=op.id, event=event))  # type: ignore[arg-type]
+                    # Whatever else is already there goes in the same message.
+                    batch = [e for e in [event, *stream.ready(EVENTS_PER_MESSAGE - 1)] if wanted(e)]
+                    if batch:
+                        await self.send(ControlEvents(id=op.id, events=batch))  # type: ignore[arg-type]
             self.subscriptions.pop(op.id, None)
 
         self.nursery.start_soon(forward)

@@ -34,6 +34,7 @@ async def run_daemon(
     host: str = "127.0.0.1",
     port: int = 0,
     allowed_origins: Iterable[str] = (),
+    event_buffer: int = 4096,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the broker until SIGINT, SIGTERM or a ``shutdown`` request; ``started`` gives the
@@ -46,7 +47,7 @@ async def run_daemon(
     try:
         token = state.token()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_broker(state, respawn=False) as broker:
+            async with open_broker(state, respawn=False, event_capacity=event_buffer) as broker:
                 server = ControlServer(broker, token, allowed_origins=allowed_origins)
                 async with trio.open_nursery() as nursery:
                     url = await nursery.start(server.serve, host, port)

@@ -115,3 +115,17 @@ class Subscription:
         event = log._at(self.cursor)
         self.cursor += 1
         return event
+
+    def ready(self, limit: int) -> list[Event]:
+        """Up to ``limit`` events that are already there, without waiting (and without a
+        checkpoint): a Gap first if the cursor fell behind the ring."""
+        log = self._log
+        out: list[Event] = []
+        first = log.first_seq
+        if self.cursor < first and self.cursor < log._next:
+            out.append(Gap(first=self.cursor, last=first - 1, time=time.time()))
+            self.cursor = first
+        end = min(log._next, self.cursor + limit - len(out))
+        out.extend(log._at(seq) for seq in range(self.cursor, end))
+        self.cursor = max(self.cursor, end)
+        return out

@@ -422,8 +422,8 @@ def decode_event(data: bytes) -> BrokerEvent:
 #
 # A client sends requests ``{"id": ..., "op": ..., ...}`` (the id is the client's own) and
 # gets one answer each: ``{"id", "ok": true, "result"}`` or ``{"id", "ok": false,
-# "error": {"code", "message"}}``. A subscription's events arrive as ``{"id", "event"}``
-# with the id of the subscribe request. Unknown fields are refused, so a typo is an error.
+# "error": {"code", "message"}}``. A subscription's events arrive as ``{"id", "events":
+# [...]}`` (in order, batched when several are ready) with the id of the subscribe request. Unknown fields are refused, so a typo is an error.
 
 ControlId = Union[int, str]
 RestartModeName = Literal["never", "on-failure", "always"]
@@ -565,9 +565,11 @@ class ControlAnswer(msgspec.Struct, omit_defaults=True):
     error: ControlError | None = None
 
 
-class ControlEvent(msgspec.Struct):
+class ControlEvents(msgspec.Struct):
+    """Events for the subscription ``id``, in order; as many as were ready at once."""
+
     id: ControlId
-    event: BrokerEvent
+    events: list[BrokerEvent]
 
 
 ControlOp = Union[
@@ -592,5 +594,5 @@ ControlOp = Union[
     ShutdownOp,
 ]
 
-#: What the broker sends a control client: an answer or a subscription's event.
-ControlMessage = Union[ControlAnswer, ControlEvent]
+#: What the broker sends a control client: an answer, or a subscription's events.
+ControlMessage = Union[ControlAnswer, ControlEvents]

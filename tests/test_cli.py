@@ -107,9 +107,16 @@ def processes_with(marker: str) -> list[int]:
 def test_spawn_list_and_release_through_the_cli(broker: Relay) -> None:
     result = broker.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
     assert result.exit_code == 0 and "w running, pid" in result.output
+    broker.invoke("mode", "w", "hold")
+    broker.invoke("send", "w", "kept for later")
     table = broker.invoke("ps").output.splitlines()
-    assert table[0].split()[:3] == ["NAME", "STATE", "PID"]
-    assert table[1].split()[:2] == ["w", "running"]
+    assert table[0].split() == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "PENDING", "LAST",
+                                "ACTIVITY", "LAST", "EXIT"]
+    name, state, _pid, _uptime, restarts, pending, activity, *_ = table[1].split()
+    assert (name, state, restarts, pending) == ("w", "running", "0", "1")
+    assert activity.endswith("s")  # it said hello moments ago
+    (listed,) = json.loads(broker.invoke("ps", "--json").output)
+    assert listed["pending_deliveries"] == 1 and listed["last_activity"] > 0
     status = json.loads(broker.invoke("status", "--json").output)
     assert status["agents"] == {"running": 1} and status["pid"] == broker.pid
     assert broker.invoke("release", "w").output.startswith("w released")

@@ -44,6 +44,8 @@ class AgentInfo:
     started_at: float | None
     last_exit: str | None
     last_reason: str
+    last_activity: float | None  # wall clock of the worker's last frame
+    pending_deliveries: int  # queued for it or handed to it, not yet settled
     pending_requests: int
     protocol_errors: int
 
@@ -294,6 +296,8 @@ class Broker:
             started_at=agent.started_at,
             last_exit=agent.last_exit.describe() if agent.last_exit else None,
             last_reason=agent.last_reason,
+            last_activity=agent.last_activity,
+            pending_deliveries=self.delivery_engine.open_count(agent.name),
             pending_requests=self.correlator.pending_count(agent.name),
             protocol_errors=agent.protocol_errors,
         )

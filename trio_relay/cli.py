@@ -266,7 +266,8 @@ def spawn(name: str, command: tuple[str, ...], native: bool, cwd: str | None, en
 @main.command()
 @client_options
 def ps(**kwargs: Any) -> None:
-    """List the agents: state, pid, uptime, restarts, last exit."""
+    """List the agents: state, pid, uptime, restarts, pending deliveries, last activity,
+    last exit."""
 
     def human(agents: list[dict[str, Any]]) -> None:
         if not agents:
@@ -275,9 +276,11 @@ def ps(**kwargs: Any) -> None:
         table(
             [[a["name"], a["state"], str(a["pid"] or "-"),
               _age(a["started_at"]) if a["state"] == "running" else "-",
-              str(a["restarts"]), a["last_exit"] or "-", str(a["pending_requests"])]
+              str(a["restarts"]), str(a["pending_deliveries"]),
+              f"{_age(a['last_activity'])} ago" if a["last_activity"] else "-",
+              a["last_exit"] or "-"]
              for a in agents],
-            ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "REQUESTS"],
+            ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "PENDING", "LAST ACTIVITY", "LAST EXIT"],
         )
 
     emit(call_broker(kwargs, lambda c: c.agents()), kwargs["as_json"], human)

@@ -453,6 +453,12 @@ class DeliveryEngine:
         """Raises WorkerNotFound."""
         return self._known(agent).mode
 
+    def open_count(self, agent: str) -> int:
+        """How many of the agent's deliveries are open (queued or handed to it); 0 for an
+        agent the engine does not know."""
+        box = self._mailboxes.get(agent)
+        return 0 if box is None else len(box.queued) + len(box.inflight)
+
     def pending(self, agent: str) -> list[DeliveryInfo]:
         """The agent's open deliveries (queued, sent, injected), in order. Raises
         WorkerNotFound."""

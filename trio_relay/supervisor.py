@@ -155,6 +155,7 @@ class Agent:
         self.last_exit: ExitStatus | None = None
         self.last_reason = ""
         self.started_at: float | None = None  # wall clock of the current run's hello
+        self.last_activity: float | None = None  # wall clock of the worker's last frame
         self.protocol_errors = 0
         self.stop_requested = False
         self.stop_reason = ""
@@ -482,6 +483,7 @@ class Supervisor:
         name = agent.name
         resolve = self._correlator.resolve
         async for batch in read_lines(proc.stdout, self._max_line):
+            agent.last_activity = time.time()
             for line in batch:
                 if type(line) is OversizedLine:
                     self._protocol_error(

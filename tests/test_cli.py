@@ -192,6 +192,24 @@ def test_a_broker_killed_with_sigkill_leaves_no_worker_and_no_program_alive(brok
     assert not set(agent_pids(broker)) & set(workers)
 
 
+def test_the_next_broker_sweeps_what_a_sigkilled_one_left_behind(broker: Relay) -> None:
+    marker = unique_sleep()
+    broker.invoke("spawn", "sh", "--", "bash", "--norc")
+    wait_for(lambda: "bash" in broker.invoke("snapshot", "sh").output)
+    broker.invoke("input", "sh", f"sleep {marker} &", "--enter")  # its own process group
+    wait_for(lambda: len(processes_with(marker)) == 1)
+    os.kill(broker.pid, signal.SIGKILL)  # the worker and bash die with it; the job does not
+    wait_for(lambda: not any(pid_alive(p) for p in agent_pids_from_proc("pty_worker", broker.state)))
+    assert processes_with(marker), "the background job should have outlived its shell"
+    assert relay("up", "--detach", "--state-dir", broker.state).returncode == 0
+    wait_for(lambda: not processes_with(marker), timeout=5)
+
+
+def agent_pids_from_proc(word: str, state: str) -> list[int]:
+    """Processes whose command line mentions ``word`` (the broker that knew them is dead)."""
+    return processes_with(word)
+
+
 def test_send_hold_pending_and_flush_through_the_cli(broker: Relay) -> None:
     broker.invoke("spawn", "cat", "--", "cat")
     sent = broker.invoke("send", "cat", "hello from the cli", "--wait")

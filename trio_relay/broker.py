@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import random
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from .events import EventLog
 from .framing import DEFAULT_MAX_LINE
 from .protocol import Resize, StoreErrorEvent, WriteInput, encode
 from .state import StateDir
+from .sweep import RUN_ENV, kill_run
 from .store import DeliveryInfo, Store, open_store
 from .supervisor import Agent, AgentSpec, RestartPolicy, Supervisor
 
@@ -71,6 +73,8 @@ class Broker:
             nursery, self.correlator, self.events, max_line=max_line, rng=rng
         )
         self.request_timeout = request_timeout
+        #: Tags every process this broker's workers start (see sweep.py).
+        self.run_id = secrets.token_hex(8)
         self.store = store
         store.on_error = self._store_failed
         self.delivery_engine = DeliveryEngine(
@@ -99,7 +103,10 @@ class Broker:
         (seconds). Raises AgentExists, SpawnFailed, or ValueError for a bad name or command.
         """
         extra = self.agent_environment(name) if self.agent_environment else {}
-        child_env = {**os.environ, **(env or {}), **extra, "TRIO_RELAY_AGENT": name}
+        child_env = {
+            **os.environ, **(env or {}), **extra,
+            "TRIO_RELAY_AGENT": name, RUN_ENV: self.run_id,  # the tag the next sweep looks for
+        }
         spec = AgentSpec(
             name, tuple(argv), cwd=cwd, env=child_env,
             restart=restart or RestartPolicy(), **timing,
@@ -151,13 +158,18 @@ class Broker:
 
     async def release(self, name: str) -> AgentInfo:
         """Stop agent ``name`` (see :meth:`Supervisor.release`); it will not be respawned at
-        the next start, and its pending deliveries stay queued for a later spawn.
-        Raises WorkerNotFound, StoreError."""
+        the next start, and each of its open deliveries fails (``delivery_failed``, reason
+        ``agent '<name>' was released``): nobody will take them. (A shutdown, by contrast,
+        keeps them for the next start.) Raises WorkerNotFound, StoreError."""
         if not self._active(name):
             await trio.lowlevel.checkpoint()
             raise WorkerNotFound(name)
         await self._forget_agent(name)
-        return self._info(await self.supervisor.release(name))
+        try:
+            released = await self.supervisor.release(name)
+        finally:  # also if cancelled: the stop goes on, and it is no longer one to respawn
+            self.delivery_engine.agent_released(name)
+        return self._info(released)
 
     def _active(self, name: str) -> bool:
         try:
@@ -358,10 +370,14 @@ async def open_broker(
     """
     state, owned = _state(state_dir)
     try:
+        if state is not None:
+            _sweep_previous_run(state)
         path = ":memory:" if state is None else state.db_path
         async with open_store(path, busy_timeout=busy_timeout) as store:
             async with trio.open_nursery() as nursery:
                 broker = Broker(nursery, store=store, **options)
+                if state is not None:
+                    state.run_path.write_text(broker.run_id)
                 try:
                     await broker.delivery_engine.recover()
                     nursery.start_soon(broker.delivery_engine.run_timers)
@@ -375,6 +391,17 @@ async def open_broker(
     finally:
         if owned and state is not None:
             state.release_lock()
+
+
+def _sweep_previous_run(state: StateDir) -> None:
+    """Kill what a previous broker on this directory left running (it died without
+    shutting down, or its workers' programs escaped them)."""
+    try:
+        previous = state.run_path.read_text().strip()
+    except FileNotFoundError:
+        return
+    if previous:
+        kill_run(previous)
 
 
 def _state(state_dir: StateDir | str | os.PathLike[str] | None) -> tuple[StateDir | None, bool]:

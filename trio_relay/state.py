@@ -80,6 +80,11 @@ class StateDir:
     def log_path(self) -> Path:
         return self.path / "broker.log"
 
+    @property
+    def run_path(self) -> Path:
+        """The id of the broker run that last owned this directory (see sweep.py)."""
+        return self.path / "run"
+
     # -- the lock
 
     def acquire_lock(self) -> None:

@@ -43,6 +43,7 @@ from .protocol import (
     DeliveryInjected,
     DeliveryInjectedEvent,
     DeliveryVerified,
+    DeliveryUnverifiedEvent,
     DeliveryVerifiedEvent,
     Exited,
     Idle,
@@ -436,6 +437,7 @@ class Supervisor:
             )
             return
         agent.hello = hello
+        proc.program_session = hello.program_pid
         self._correlator.attach(agent.name, proc.writer.send)
         run.attached = True
         agent.state, agent.started_at = "running", time.time()
@@ -526,8 +528,9 @@ class Supervisor:
         elif type(frame) is DeliveryInjected:
             emit(DeliveryInjectedEvent(agent=name, delivery_id=frame.delivery_id))
         elif type(frame) is DeliveryVerified:
+            verdict = DeliveryVerifiedEvent if frame.verification == "echo" else DeliveryUnverifiedEvent
             emit(
-                DeliveryVerifiedEvent(
+                verdict(
                     agent=name, delivery_id=frame.delivery_id,
                     verification=frame.verification, reason=frame.reason,
                 )

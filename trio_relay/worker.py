@@ -26,6 +26,7 @@ import trio
 
 from .errors import ChannelClosed, SpawnFailed
 from .protocol import Shutdown, encode
+from .sweep import kill_session
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,8 @@ class WorkerProcess:
         self.stderr_ring = StderrRing()
         self._pidfd = os.pidfd_open(self.pid)
         self.status: ExitStatus | None = None
+        #: The session of the program a wrapper runs (from its hello): killed with it.
+        self.program_session: int | None = None
         self.stderr_closed = False
         self.started_at = trio.current_time()
         self._lot = trio.lowlevel.ParkingLot()
@@ -274,8 +277,11 @@ class WorkerProcess:
     async def _watch_exit(self) -> None:
         await trio.lowlevel.wait_readable(self._pidfd)
         # The leader is a zombie until reaped, so its group id cannot be reused yet:
-        # kill whatever it left behind in its group, then reap it.
+        # kill whatever it left behind in its group (and in its program's session), then
+        # reap it.
         self.signal_group(signal.SIGKILL)
+        if self.program_session is not None:
+            kill_session(self.program_session)
         returncode = self._popen.poll()
         assert returncode is not None, "pidfd readable but the child is not reapable"
         self.status = ExitStatus.from_returncode(returncode)

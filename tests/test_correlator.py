@@ -209,3 +209,11 @@ async def test_request_ids_are_unique_and_carried_on_the_frame(autojump_clock: t
 async def _quiet_timeout(c: Correlator) -> None:
     with pytest.raises(RequestTimeout):
         await c.request("w", "hang", timeout=1)
+
+
+async def test_a_cancelled_request_to_an_unknown_worker_counts_as_cancelled() -> None:
+    c = Correlator()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await c.request("nobody", "ping", timeout=1)
+    assert c.statistics().cancelled == 1

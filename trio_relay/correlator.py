@@ -116,7 +116,11 @@ class Correlator:
         """
         route = self._routes.get(worker)
         if route is None:
-            await trio.lowlevel.checkpoint()
+            try:
+                await trio.lowlevel.checkpoint()
+            except trio.Cancelled:
+                self._cancelled += 1
+                raise
             raise WorkerNotFound(worker)
         request_id = format(next(self._ids), "x")
         frame = encode_request(kind, request_id, payload)

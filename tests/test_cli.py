@@ -198,16 +198,12 @@ def test_the_next_broker_sweeps_what_a_sigkilled_one_left_behind(broker: Relay) 
     wait_for(lambda: "bash" in broker.invoke("snapshot", "sh").output)
     broker.invoke("input", "sh", f"sleep {marker} &", "--enter")  # its own process group
     wait_for(lambda: len(processes_with(marker)) == 1)
+    workers = agent_pids(broker)
     os.kill(broker.pid, signal.SIGKILL)  # the worker and bash die with it; the job does not
-    wait_for(lambda: not any(pid_alive(p) for p in agent_pids_from_proc("pty_worker", broker.state)))
+    wait_for(lambda: not any(pid_alive(p) for p in workers))
     assert processes_with(marker), "the background job should have outlived its shell"
     assert relay("up", "--detach", "--state-dir", broker.state).returncode == 0
     wait_for(lambda: not processes_with(marker), timeout=5)
-
-
-def agent_pids_from_proc(word: str, state: str) -> list[int]:
-    """Processes whose command line mentions ``word`` (the broker that knew them is dead)."""
-    return processes_with(word)
 
 
 def test_send_hold_pending_and_flush_through_the_cli(broker: Relay) -> None:

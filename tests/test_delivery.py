@@ -3,9 +3,11 @@ store on the Trio thread (so the clock only jumps when the engine really waits).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -22,11 +24,13 @@ from trio_relay.protocol import (
     DeliveryFailedEvent,
     DeliveryRequeuedEvent,
     DeliveryRetryingEvent,
+    DeliveryUnverifiedEvent,
     DeliveryVerified,
     DeliveryVerifiedEvent,
     DeliveryInjected,
     decode_broker_frame,
 )
+from trio_relay import store as sql
 from trio_relay.store import open_store
 
 
@@ -181,8 +185,9 @@ async def test_timeout_fallback_is_recorded_as_unverified_never_as_success(
             "unverified", "timeout_fallback", "not echoed within 5 s"
         )
         assert info.describe().startswith("injected but not verified (timeout_fallback")
-        (event,) = r.of(DeliveryVerifiedEvent)
+        (event,) = r.of(DeliveryUnverifiedEvent)  # its own kind: never counted as verified
         assert (event.verification, event.reason) == ("timeout_fallback", "not echoed within 5 s")
+        assert r.of(DeliveryVerifiedEvent) == []
         assert await r.engine.deliveries(states=("verified",)) == []
 
 
@@ -305,3 +310,195 @@ async def test_duplicate_and_unknown_reports_change_nothing(
         # an id this store never issued (a deliver frame written by hand) is relayed as is
         r.engine.on_report("w", DeliveryVerified(delivery_id="by-hand", verification="echo"))
         assert r.of(DeliveryVerifiedEvent)[-1].delivery_id == "by-hand"
+
+
+# ---------------------------------------------------------------- deadlines
+
+
+async def test_a_delivery_past_its_deadline_is_dead_lettered_and_never_typed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with rig(tmp_path, deadline=10, ack_timeout=5) as r:
+        r.start()
+        await r.engine.set_mode("w", "hold")
+        old = await r.engine.send("w", "held too long", sender="me")
+        await trio.sleep(20)  # held (or the broker down, or the agent away) past the deadline
+        fresh = await r.engine.send("w", "just now", sender="me")
+        assert r.engine.flush("w") == 2
+        await r.settle()
+        assert r.transport.ids() == [fresh.delivery_id]  # the expired one is never typed
+        dead = await r.engine.wait(old.delivery_id, timeout=1)
+        assert dead.state == "dead_letter" and dead.attempts == 0
+        assert dead.last_error == "deadline of 10 s passed before it could be delivered"
+        (event,) = r.of(DeadLetterEvent)
+        assert (event.delivery_id, event.attempts) == (old.delivery_id, 0)
+        assert event.error == dead.last_error
+        assert [d.delivery_id for d in r.engine.pending("w")] == [fresh.delivery_id]
+
+
+async def test_a_delivery_sent_just_before_its_deadline_gets_a_full_ack_wait(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with rig(tmp_path, deadline=10, ack_timeout=5) as r:
+        r.start()
+        await r.engine.set_mode("w", "hold")
+        receipt = await r.engine.send("w", "m", sender="me")
+        await trio.sleep(9)
+        r.engine.flush("w")
+        await r.settle()
+        sent_at = trio.current_time()
+        assert r.transport.ids() == [receipt.delivery_id]
+        dead = await r.engine.wait(receipt.delivery_id, timeout=100)
+        assert trio.current_time() - sent_at == 5  # not 1: the deadline does not cut it short
+        assert dead.state == "dead_letter" and "deadline of 10 s passed" in dead.last_error
+
+
+# ---------------------------------------------------------------- late reports
+
+
+@pytest.mark.parametrize("verification", ["echo", "timeout_fallback"])
+async def test_a_late_report_on_a_dead_letter_is_recorded(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, verification: str
+) -> None:
+    async with rig(tmp_path, ack_timeout=1, max_attempts=1) as r:
+        r.start()
+        receipt = await r.engine.send("w", "m", sender="me")
+        assert (await r.engine.wait(receipt.delivery_id, timeout=10)).state == "dead_letter"
+        r.engine.on_report("w", DeliveryInjected(delivery_id=receipt.delivery_id))  # stale
+        r.engine.on_report(
+            "x", DeliveryVerified(delivery_id=receipt.delivery_id, verification="echo")
+        )  # another agent's report on it: stale
+        await r.settle()
+        assert (await r.engine.get(receipt.delivery_id)).state == "dead_letter"
+        reason = None if verification == "echo" else "not seen"
+        r.engine.on_report(
+            "w",
+            DeliveryVerified(
+                delivery_id=receipt.delivery_id, verification=verification, reason=reason  # type: ignore[arg-type]
+            ),
+        )
+        await r.settle()
+        info = await r.engine.get(receipt.delivery_id)
+        kind = DeliveryVerifiedEvent if verification == "echo" else DeliveryUnverifiedEvent
+        assert info.state == ("verified" if verification == "echo" else "unverified")
+        assert (info.verification, info.reason) == (verification, reason)
+        (event,) = r.of(kind)
+        assert event.delivery_id == receipt.delivery_id
+        assert r.engine.stale_reports == 2
+        assert await r.engine.deliveries(states=("dead_letter",)) == []
+
+
+# ---------------------------------------------------------------- cancellation
+
+
+async def test_redeliver_cancelled_during_its_read_leaves_no_claim(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with rig(tmp_path, cap=2, ack_timeout=1, max_attempts=1) as r:
+        r.start()
+        dead = await r.engine.send("w", "a", sender="me")
+        assert (await r.engine.wait(dead.delivery_id, timeout=10)).state == "dead_letter"
+        await r.engine.set_mode("w", "hold")
+        held = [await r.engine.send("w", m, sender="me") for m in ("b", "c")]  # the cap: full
+        scope = trio.CancelScope()
+        real_get = sql.get_delivery
+
+        def cancelled_meanwhile(conn: Any, seq: int) -> Any:
+            scope.cancel()  # the caller is cancelled while the store read runs
+            return real_get(conn, seq)
+
+        monkeypatch.setattr(sql, "get_delivery", cancelled_meanwhile)
+        with scope:
+            await r.engine.redeliver(dead.delivery_id)
+        monkeypatch.setattr(sql, "get_delivery", real_get)
+        assert scope.cancelled_caught
+        box = r.engine._mailbox("w")
+        assert (box.incoming, box.leaving) == (0, set())
+        assert (await r.engine.get(dead.delivery_id)).state == "dead_letter"
+        # nothing is stuck: the held ones go when released, and another send evicts as usual
+        third = await r.engine.send("w", "d", sender="me")
+        assert third.evicted == (held[0].delivery_id,)
+        r.engine.flush("w")
+        await r.settle()
+        assert r.transport.ids()[1:] == [held[1].delivery_id, third.delivery_id]
+
+
+# ---------------------------------------------------------------- store failures in hooks
+
+
+def failing(
+    monkeypatch: pytest.MonkeyPatch, name: str, times: int,
+    when: Callable[..., bool] = lambda *a, **k: True,
+) -> list[int]:
+    """Make ``store.<name>`` raise a disk I/O error ``times`` times (when ``when`` says)."""
+    real = getattr(sql, name)
+    calls = [0]
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if calls[0] < times and when(*args, **kwargs):
+            calls[0] += 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sql, name, wrapper)
+    return calls
+
+
+async def test_a_report_the_store_cannot_commit_is_recorded_later(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with rig(tmp_path, ack_timeout=100, store_retry=1) as r:
+        errors: list[str] = []
+        r.engine.store.on_error = lambda what, error: errors.append(what)
+        r.start()
+        receipt = await r.engine.send("w", "m", sender="me")
+        await r.settle()
+        calls = failing(
+            monkeypatch, "transition", 2, lambda conn, seq, f, to, *a, **k: to == "verified"
+        )
+        r.ack(receipt.delivery_id)
+        start = trio.current_time()
+        info = await r.engine.wait(receipt.delivery_id, timeout=10)
+        assert info.state == "verified" and trio.current_time() - start == 2
+        assert calls == [2] and len(errors) == 2 and all("verified" in e for e in errors)
+        assert len(r.of(DeliveryVerifiedEvent)) == 1
+
+
+async def test_failing_the_deliveries_of_a_crashed_agent_is_retried_until_it_commits(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with rig(tmp_path, store_retry=1) as r:
+        errors: list[str] = []
+        r.engine.store.on_error = lambda what, error: errors.append(what)
+        r.start()
+        receipt = await r.engine.send("w", "m", sender="me")
+        await r.settle()
+        failing(monkeypatch, "requeue_agent", 1)
+        failing(monkeypatch, "fail_open", 2)
+        r.exit(fate="its restart policy is 'never'")
+        info = await r.engine.wait(receipt.delivery_id, timeout=10)
+        assert info.state == "failed" and "will not restart" in info.reason
+        assert errors == ["requeue the deliveries of 'w'"] + ["fail the deliveries of 'w'"] * 2
+        (event,) = r.of(DeliveryFailedEvent)
+        assert event.delivery_id == receipt.delivery_id
+
+
+# ---------------------------------------------------------------- release
+
+
+async def test_an_explicitly_released_agent_fails_its_open_deliveries(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with rig(tmp_path) as r:
+        r.start()
+        sent = await r.engine.send("w", "handed over", sender="me")
+        await r.settle()
+        await r.engine.set_mode("w", "hold")
+        held = await r.engine.send("w", "held", sender="me")
+        r.exit(intended=True)
+        r.transport.alive.discard("w")
+        r.engine.agent_released("w")
+        for receipt in (sent, held):
+            info = await r.engine.wait(receipt.delivery_id, timeout=1)
+            assert (info.state, info.reason) == ("failed", "agent 'w' was released")
+        assert len(r.of(DeliveryFailedEvent)) == 2 and r.engine.pending("w") == []

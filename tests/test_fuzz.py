@@ -24,7 +24,13 @@ from trio_relay import WorkerExited, open_broker
 from trio_relay.control import ControlServer
 from trio_relay.errors import ProtocolError
 from trio_relay.framing import DEFAULT_MAX_LINE, LineSplitter, OversizedLine
-from trio_relay.protocol import AgentExited, WorkerHello, WorkerProtocolError, decode_worker_frame
+from trio_relay.protocol import (
+    AgentExited,
+    Exited,
+    WorkerHello,
+    WorkerProtocolError,
+    decode_worker_frame,
+)
 
 HEALTHY = "healthy-agent-7f3"  # a name random input will not hit
 FUZZ_WORKER = [sys.executable, str(Path(__file__).with_name("fuzz_worker.py"))]
@@ -189,7 +195,8 @@ outputs = st.one_of(
 
 def expected_errors(data: bytes) -> int:
     """How many protocol errors the broker must report for ``data`` + newline: oversized
-    lines, undecodable lines and second hellos."""
+    lines, undecodable lines, second hellos, and exited frames that carry neither a code
+    nor a signal."""
     errors = 0
     for line in LineSplitter(DEFAULT_MAX_LINE).feed(data + b"\n"):
         if isinstance(line, OversizedLine):
@@ -201,6 +208,7 @@ def expected_errors(data: bytes) -> int:
             errors += 1
             continue
         errors += type(frame) is WorkerHello
+        errors += type(frame) is Exited and frame.code is None and frame.signal is None
     return errors
 
 

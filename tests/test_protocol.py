@@ -51,6 +51,9 @@ EVENTS = [
     p.WorkerProtocolError(agent="a", error="not JSON", excerpt="garbage"),
     p.DeliveryInjectedEvent(agent="a", delivery_id="d"),
     p.DeliveryVerifiedEvent(agent="a", delivery_id="d", verification="echo"),
+    p.DeliveryUnverifiedEvent(
+        agent="a", delivery_id="d", verification="timeout_fallback", reason="not seen in 5 s"
+    ),
     p.DeliveryFailedEvent(agent="a", delivery_id="d", reason="r"),
     p.DeliveryQueuedEvent(agent="a", delivery_id="d", sender="b", thread="t"),
     p.DeliveryDroppedEvent(agent="a", delivery_id="d", reason="cap", evicted_by="e"),

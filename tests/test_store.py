@@ -131,3 +131,69 @@ async def test_transitions_are_conditional_on_the_state_left(tmp_path: Path) -> 
         row = sql.row_info(store.tag, await store.read(lambda c: sql.get_delivery(c, seq)))
     assert (sent, again) == (True, False)
     assert (row.state, row.attempts, row.reason) == ("sent", 1, None)
+
+
+async def test_a_fault_in_a_write_alone_in_its_batch_is_raised_never_success(
+    tmp_path: Path,
+) -> None:
+    aborted: list[BaseException] = []
+    async with open_store(tmp_path / "relay.db") as store:
+
+        def buggy(conn: sqlite3.Connection) -> None:
+            queue(conn, "half done")
+            raise ValueError("bug in the write")
+
+        with pytest.raises(ValueError, match="bug in the write"):
+            await store.write(buggy, "buggy write", on_abort=aborted.append)
+        bodies = await store.read(
+            lambda c: [r[0] for r in c.execute("SELECT body FROM deliveries")]
+        )
+    assert bodies == []  # rolled back
+    assert len(aborted) == 1 and isinstance(aborted[0], ValueError)
+
+
+class _Recorder:
+    """A connection that records each statement (and its arguments) it runs."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn, self.statements = conn, []  # type: ignore[var-annotated]
+
+    def execute(self, sql_text: str, args: tuple = ()) -> sqlite3.Cursor:  # type: ignore[type-arg]
+        self.statements.append((sql_text, args))
+        return self.conn.execute(sql_text, args)
+
+
+async def test_the_writer_queries_go_through_an_index_never_the_whole_history(
+    tmp_path: Path,
+) -> None:
+    def plans(conn: sqlite3.Connection, run) -> list[str]:  # type: ignore[no-untyped-def]
+        recorder = _Recorder(conn)
+        run(recorder)
+        return [
+            row[3]
+            for text, args in recorder.statements
+            for row in conn.execute("EXPLAIN QUERY PLAN " + text, args)
+        ]
+
+    calls = {
+        "requeue_agent": lambda c: sql.requeue_agent(c, "w", 2.0),
+        "fail_open": lambda c: sql.fail_open(c, "w", "gone", 2.0, stop_agent=False),
+        "reset_in_flight": lambda c: sql.reset_in_flight(c, 2.0),
+        "load_open": sql.load_open,
+        "dead letters": lambda c: sql.list_deliveries(c, None, ("dead_letter",), 10),
+        "one agent's dead letters": lambda c: sql.list_deliveries(c, "w", ("dead_letter",), 10),
+        "one agent's": lambda c: sql.list_deliveries(c, "w", None, 10),
+        "one agent's verified": lambda c: sql.list_deliveries(c, "w", ("verified",), 10),
+        "open": lambda c: sql.list_deliveries(c, None, ("queued", "sent", "injected"), 10),
+        "late report": lambda c: sql.late_report(c, 1, "w", "verified", 2.0, verification="echo"),
+    }
+    async with open_store(tmp_path / "relay.db") as store:
+        for what, call in calls.items():
+            found = await store.read(lambda c: plans(c, call))
+            assert found, what
+            for plan in found:  # SEARCH by rowid or an index, or a scan of a partial index
+                if plan.startswith("USE TEMP B-TREE"):
+                    continue  # sorting what the index found
+                assert plan.startswith("SEARCH") or "USING INDEX deliveries_" in plan, (what, plan)
+                assert "deliveries_agent" not in plan or what.startswith("one agent"), (what, plan)
+        assert await store.read(lambda c: sql.list_deliveries(c, None, ("bogus",), 10)) == []

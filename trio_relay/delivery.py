@@ -4,12 +4,19 @@ The state machine; every change is one conditional ``UPDATE`` committed before i
 
     queued -> sent -> injected -> verified | unverified | failed
     queued -> dropped                 evicted: the agent's cap of pending deliveries
+    queued -> dead_letter             its deadline passed before it could be handed over
     sent | injected -> queued         the worker exited; redelivered when it is back
     sent | injected -> dead_letter    never acknowledged: attempts or deadline spent
-    queued | sent | injected -> failed  the agent exited and will not come back
+    queued | sent | injected -> failed  the agent exited and will not come back, or was released
     dead_letter | failed -> queued    redeliver
+    dead_letter -> verified | unverified  the worker's report came after all (late)
 
-``unverified`` is what the worker reports as ``timeout_fallback``: injected, not seen echoed.
+``unverified`` is what the worker reports as ``timeout_fallback``: injected, not seen echoed
+(announced as ``delivery_unverified``, never as ``delivery_verified``).
+
+A write queued from a hook that the store cannot commit (a worker's report, failing the
+deliveries of an agent that will not come back) is tried again every ``store_retry``
+seconds until it commits; each failure is a ``store_error`` event.
 
 How it stays consistent without locks: memory (the open deliveries, per agent) changes only
 in the store's ``on_commit`` callbacks, which run in commit order, so it follows the database
@@ -24,6 +31,8 @@ one timer task drives retries. Nothing here blocks the Trio thread.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
 import time
@@ -49,6 +58,7 @@ from .protocol import (
     DeliveryQueuedEvent,
     DeliveryRequeuedEvent,
     DeliveryRetryingEvent,
+    DeliveryUnverifiedEvent,
     DeliveryVerified,
     DeliveryVerifiedEvent,
     Event,
@@ -226,6 +236,8 @@ class DeliveryEngine:
         self._closed = False
         self._wake = trio.Event()
         self._timer_target = math.inf
+        self._deferred: list[tuple[float, int, Callable[[], None]]] = []  # store retries
+        self._deferred_ids = itertools.count()
         #: Reports for deliveries not in flight (duplicates, late, unknown ids).
         self.stale_reports = 0
 
@@ -266,6 +278,11 @@ class DeliveryEngine:
                 for at in (box.pump_at, box.stall_at):
                     if at is not None:
                         soonest = min(soonest, at)
+            while self._deferred and self._deferred[0][0] <= now:
+                _, _, again = heapq.heappop(self._deferred)
+                again()
+            if self._deferred:
+                soonest = min(soonest, self._deferred[0][0])
             self._timer_target = soonest
             self._wake = trio.Event()
             with trio.move_on_at(soonest):
@@ -287,6 +304,11 @@ class DeliveryEngine:
         deliveries fails with ``reason``, and it is no longer one to respawn."""
         self._fail_open(self._mailbox(agent), f"agent {agent!r} {reason}")
 
+    def agent_released(self, agent: str) -> None:
+        """An agent released on request (not at shutdown): each of its open deliveries
+        fails, as nobody will take them."""
+        self._fail_open(self._mailbox(agent), f"agent {agent!r} was released")
+
     async def send(
         self, to: str, body: str, *, sender: str, thread: str | None = None
     ) -> Receipt:
@@ -305,10 +327,11 @@ class DeliveryEngine:
         box = self._mailbox(to)
         evict = box.claim_eviction(self.policy.cap)
         box.incoming += 1
+        evicts = () if evict is None else (evict,)
+        settle = self._claims(box, evicts)
         now = self._wall()
         deadline_at = now + self.policy.deadline
         reason = f"{self.policy.cap} deliveries were already pending for {to!r} (the cap)"
-        evicts = () if evict is None else (evict,)
 
         def write(conn: Any) -> tuple[int, list[int]]:
             return sql.insert_delivery(
@@ -317,7 +340,7 @@ class DeliveryEngine:
 
         def committed(result: tuple[int, list[int]]) -> None:
             seq, dropped = result
-            self._settle_claims(box, evicts)
+            settle()
             new_id = sql.delivery_id(self._tag, seq)
             self._drop(box, dropped, reason, new_id, now)
             delivery = _Delivery(
@@ -330,10 +353,13 @@ class DeliveryEngine:
             )
             self._pump(box)
 
-        seq, dropped = await self.store.write(
-            write, f"queue a delivery for {to!r}", on_commit=committed,
-            on_abort=lambda _: self._settle_claims(box, evicts),
-        )
+        try:
+            seq, dropped = await self.store.write(
+                write, f"queue a delivery for {to!r}", on_commit=committed,
+                on_abort=lambda _: settle(),
+            )
+        finally:
+            settle()  # cancelled before the write was queued: nothing else releases them
         return Receipt(
             sql.delivery_id(self._tag, seq), to, "queued",
             tuple(sql.delivery_id(self._tag, s) for s in dropped),
@@ -356,13 +382,14 @@ class DeliveryEngine:
         evict = box.claim_eviction(self.policy.cap)
         evicts = () if evict is None else (evict,)
         box.incoming += 1
+        settle = self._claims(box, evicts)
         now = self._wall()
         deadline_at = now + self.policy.deadline
         reason = f"{self.policy.cap} deliveries were already pending for {info.agent!r} (the cap)"
 
         def committed(result: tuple[bool, list[int]]) -> None:
             ok, dropped = result
-            self._settle_claims(box, evicts)
+            settle()
             if not ok:
                 return
             self._drop(box, dropped, reason, delivery_id, now)
@@ -380,11 +407,13 @@ class DeliveryEngine:
             )
             self._pump(box)
 
-        ok, dropped = await self.store.write(
-            lambda conn: sql.redeliver(conn, info.seq, now, deadline_at, evicts, reason),
-            f"redeliver {delivery_id}", on_commit=committed,
-            on_abort=lambda _: self._settle_claims(box, evicts),
-        )
+        try:
+            ok, dropped = await self.store.write(
+                lambda conn: sql.redeliver(conn, info.seq, now, deadline_at, evicts, reason),
+                f"redeliver {delivery_id}", on_commit=committed, on_abort=lambda _: settle(),
+            )
+        finally:
+            settle()  # cancelled before the write was queued: nothing else releases them
         if not ok:
             raise DeliveryStateError(f"delivery {delivery_id!r} changed state meanwhile")
         return Receipt(
@@ -512,7 +541,8 @@ class DeliveryEngine:
     def on_report(
         self, agent: str, frame: DeliveryInjected | DeliveryVerified | DeliveryFailed
     ) -> None:
-        """The supervisor's delivery-report hook: commit the worker's report, then announce."""
+        """The supervisor's delivery-report hook: commit the worker's report, then announce.
+        A report the store cannot commit is tried again later (see the module's doc)."""
         box = self._mailboxes.get(agent)
         seq = sql.parse_delivery_id(self._tag, frame.delivery_id)
         if seq is None:  # not one of ours (a deliver frame written by hand): relay it as is
@@ -520,12 +550,18 @@ class DeliveryEngine:
             return
         delivery = box.inflight.get(seq) if box is not None else None
         if box is None or delivery is None:
+            if type(frame) is DeliveryVerified and seq not in self._open:
+                self._late_report(agent, seq, frame)
+                return
             self.stale_reports += 1
             log.debug("%s: report for %s, not in flight: ignored", agent, frame.delivery_id)
             return
         self._arm(box)  # progress: the head gets a fresh wait
         now = self._wall()
         did = frame.delivery_id
+        again = self._retry_later(
+            f"record the report on {did}", lambda: self.on_report(agent, frame)
+        )
         if type(frame) is DeliveryInjected:
             if delivery.state != "sent":
                 self.stale_reports += 1
@@ -540,7 +576,7 @@ class DeliveryEngine:
 
             self._submit(
                 lambda conn: sql.transition(conn, seq, ("sent",), "injected", now),
-                f"record {did} injected", injected,
+                f"record {did} injected", injected, again,
             )
         elif type(frame) is DeliveryVerified:
             state = "verified" if frame.verification == "echo" else "unverified"
@@ -548,20 +584,16 @@ class DeliveryEngine:
 
             def verified(ok: bool) -> None:
                 if not ok:
-                    self.stale_reports += 1
+                    # Dead-lettered meanwhile (its write was queued first): a late report.
+                    self._late_report(agent, seq, frame)
                     return
                 self._finish(box, delivery, state, now, **fields)
-                self.events.emit(
-                    DeliveryVerifiedEvent(
-                        agent=agent, delivery_id=did, verification=frame.verification,
-                        reason=frame.reason,
-                    )
-                )
+                self._announce_verified(agent, frame)
                 self._pump(box)
 
             self._submit(
                 lambda conn: sql.transition(conn, seq, ("sent", "injected"), state, now, **fields),
-                f"record {did} {state}", verified,
+                f"record {did} {state}", verified, again,
             )
         else:
             reason = frame.reason
@@ -578,7 +610,50 @@ class DeliveryEngine:
                 lambda conn: sql.transition(
                     conn, seq, ("sent", "injected"), "failed", now, reason=reason
                 ),
-                f"record {did} failed", failed,
+                f"record {did} failed", failed, again,
+            )
+
+    def _late_report(self, agent: str, seq: int, frame: DeliveryVerified) -> None:
+        """The worker verified (or could not verify) a delivery that had been given up as
+        a dead letter: it did reach the agent, so the store records it and it is announced.
+        Anything else (a delivery already verified, another agent's) is a stale report."""
+        state = "verified" if frame.verification == "echo" else "unverified"
+        fields = {"verification": frame.verification, "reason": frame.reason}
+        now = self._wall()
+
+        def recorded(ok: bool) -> None:
+            if not ok:
+                self.stale_reports += 1
+                log.debug("%s: report for %s, not in flight: ignored", agent, frame.delivery_id)
+                return
+            log.info(
+                "%s: %s was a dead letter; reported %s after all", agent, frame.delivery_id, state
+            )
+            self._announce_verified(agent, frame)
+
+        self._submit(
+            lambda conn: sql.late_report(conn, seq, agent, state, now, **fields),
+            f"record {frame.delivery_id} {state} (late)", recorded,
+            self._retry_later(
+                f"record the late report on {frame.delivery_id}",
+                lambda: self._late_report(agent, seq, frame),
+            ),
+        )
+
+    def _announce_verified(self, agent: str, frame: DeliveryVerified) -> None:
+        if frame.verification == "echo":
+            self.events.emit(
+                DeliveryVerifiedEvent(
+                    agent=agent, delivery_id=frame.delivery_id, verification=frame.verification,
+                    reason=frame.reason,
+                )
+            )
+        else:
+            self.events.emit(
+                DeliveryUnverifiedEvent(
+                    agent=agent, delivery_id=frame.delivery_id, verification=frame.verification,
+                    reason=frame.reason,
+                )
             )
 
     def _relay_foreign(
@@ -590,12 +665,7 @@ class DeliveryEngine:
         if type(frame) is DeliveryInjected:
             self.events.emit(DeliveryInjectedEvent(agent=agent, delivery_id=did))
         elif type(frame) is DeliveryVerified:
-            self.events.emit(
-                DeliveryVerifiedEvent(
-                    agent=agent, delivery_id=did, verification=frame.verification,
-                    reason=frame.reason,
-                )
-            )
+            self._announce_verified(agent, frame)
         else:
             self.events.emit(DeliveryFailedEvent(agent=agent, delivery_id=did, reason=frame.reason))
 
@@ -638,9 +708,40 @@ class DeliveryEngine:
             if aborted is not None:
                 aborted(exc)
 
-    def _settle_claims(self, box: _Mailbox, evicts: tuple[int, ...]) -> None:
-        box.incoming -= 1
-        box.leaving.difference_update(evicts)
+    def _claims(self, box: _Mailbox, evicts: tuple[int, ...]) -> Callable[[], None]:
+        """Release a send's claims (one incoming, the evictions): idempotent, so whatever
+        runs first (the commit, the abort, the caller's own exit) releases them once."""
+        done = False
+
+        def settle() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                box.incoming -= 1
+                box.leaving.difference_update(evicts)
+
+        return settle
+
+    def _defer(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` again after ``store_retry`` (a write the store could not commit)."""
+        at = trio.current_time() + self.policy.store_retry
+        heapq.heappush(self._deferred, (at, next(self._deferred_ids), fn))
+        if at < self._timer_target:
+            self._timer_target = at
+            self._wake.set()
+
+    def _retry_later(self, what: str, fn: Callable[[], None]) -> Callable[[BaseException], None]:
+        """An abort handler: try ``fn`` again later, unless the store is closed for good
+        (the next start recovers from what was committed)."""
+
+        def aborted(exc: BaseException) -> None:
+            if self.store.closed:
+                log.warning("%s: not retried, the store is closed: %s", what, exc)
+                return
+            log.warning("%s: will retry in %g s: %s", what, self.policy.store_retry, exc)
+            self._defer(fn)
+
+        return aborted
 
     def _drop(self, box: _Mailbox, seqs: list[int], reason: str, by: str, now: float) -> None:
         for seq in seqs:
@@ -673,35 +774,65 @@ class DeliveryEngine:
 
     def _pump(self, box: _Mailbox) -> None:
         """Hand the next queued deliveries to the agent's worker, as the window allows:
-        commit them as sent, then write their frames in order."""
+        commit them as sent, then write their frames in order. One whose deadline passed
+        meanwhile (the broker was down, the agent held or away) is never handed over: it
+        becomes a dead letter in the same commit."""
         if self._closed or not box.running:
             return
         room = self.policy.window - len(box.inflight) - box.dispatching
+        now = self._wall()
         chosen: list[_Delivery] = []
+        expired: list[int] = []
         for seq, delivery in box.queued.items():
-            if len(chosen) >= room:
-                break
             if seq in box.leaving:
                 continue
             if box.mode == "hold" and seq not in box.flushed:
                 break
+            if now >= delivery.deadline_at:
+                expired.append(seq)
+                continue
+            if len(chosen) >= room:
+                break
             chosen.append(delivery)
-        if not chosen:
+        if not chosen and not expired:
             return
         seqs = [d.seq for d in chosen]
         box.leaving.update(seqs)
+        box.leaving.update(expired)
         box.dispatching += len(seqs)
-        run, now = box.run, self._wall()
+        run = box.run
+        error = f"deadline of {self.policy.deadline:g} s passed before it could be delivered"
 
-        def write(conn: Any) -> list[int]:
-            return [s for s in seqs if sql.transition(conn, s, OPEN_STATES, "sent", now, add_attempt=True)]
+        def write(conn: Any) -> tuple[list[int], list[int]]:
+            gone = [
+                s for s in expired
+                if sql.transition(conn, s, OPEN_STATES, "dead_letter", now, last_error=error)
+            ]
+            sent = [
+                s for s in seqs
+                if sql.transition(conn, s, OPEN_STATES, "sent", now, add_attempt=True)
+            ]
+            return sent, gone
 
         def release() -> None:
             box.leaving.difference_update(seqs)
+            box.leaving.difference_update(expired)
             box.dispatching -= len(seqs)
 
-        def committed(sent: list[int]) -> None:
+        def committed(result: tuple[list[int], list[int]]) -> None:
+            sent, gone = result
             release()
+            for seq in gone:
+                dead = box.queued.get(seq)
+                if dead is None:
+                    continue
+                self._finish(box, dead, "dead_letter", now, last_error=error)
+                self.events.emit(
+                    DeadLetterEvent(
+                        agent=box.name, delivery_id=sql.delivery_id(self._tag, seq),
+                        attempts=dead.attempts, error=error,
+                    )
+                )
             for seq in sent:
                 delivery = box.queued.pop(seq, None) or box.inflight.pop(seq)
                 delivery.state, delivery.updated_at = "sent", now
@@ -744,7 +875,10 @@ class DeliveryEngine:
             return
         head = next(iter(box.inflight.values()))
         wait = self.policy.ack_wait(head.attempts)
-        self._at(box, "stall_at", max(0.0, min(wait, head.deadline_at - self._wall())))
+        # The deadline cuts the wait short, but never below one full acknowledgement wait:
+        # a delivery that was handed over (before its deadline) gets its chance to be seen.
+        left = head.deadline_at - self._wall()
+        self._at(box, "stall_at", max(self.policy.ack_timeout, min(wait, left)))
 
     def _on_stall(self, box: _Mailbox) -> None:
         """No progress on the head in time: send it again, or make it a dead letter."""
@@ -841,9 +975,14 @@ class DeliveryEngine:
             self._pump(box)
 
         def aborted(_: BaseException) -> None:
-            # The store still says "sent", which a restart reads as queued too; memory
-            # follows so the next run gets them again.
+            # The store still says "sent", which a restart reads as queued too (and the next
+            # hand-over or failure moves from any open state); memory follows so the next
+            # run gets them again. If it crashed for good, they fail all the same.
             move_back()
+            if crashed:
+                fate = self.transport.fate(name)
+                if fate is not None:
+                    self._fail_open(box, f"agent {name!r} {reason} and will not restart: {fate}")
             self._pump(box)
 
         self._submit(
@@ -867,9 +1006,17 @@ class DeliveryEngine:
                     )
                 )
 
+        def again() -> None:
+            if self.transport.active(name):
+                # Spawned again meanwhile: its open deliveries are the new run's.
+                log.info("%s: back meanwhile; its deliveries are not failed", name)
+                return
+            self._fail_open(box, reason)
+
         self._submit(
             lambda conn: sql.fail_open(conn, name, reason, now, stop_agent=True),
             f"fail the deliveries of {name!r}", committed,
+            self._retry_later(f"fail the deliveries of {name!r}", again),
         )
 
 

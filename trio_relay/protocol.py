@@ -265,8 +265,18 @@ class DeliveryInjectedEvent(AgentEvent, tag="delivery_injected", kw_only=True):
 
 
 class DeliveryVerifiedEvent(AgentEvent, tag="delivery_verified", kw_only=True):
-    """Terminal. ``echo``: seen on the agent's screen. ``timeout_fallback``: injected but not
-    seen in time (``reason``); the delivery's state is ``unverified``, never a success."""
+    """Terminal, a success: the message was seen on the agent's screen (``verification`` is
+    ``echo``). A delivery that could not be verified is ``delivery_unverified`` instead."""
+
+    delivery_id: str
+    verification: str
+    reason: str | None = None
+
+
+class DeliveryUnverifiedEvent(AgentEvent, tag="delivery_unverified", kw_only=True):
+    """Terminal, not a success: injected but not seen on the agent's screen in time
+    (``verification`` is ``timeout_fallback``, ``reason`` says why); the delivery's state is
+    ``unverified``."""
 
     delivery_id: str
     verification: str
@@ -345,6 +355,7 @@ BrokerEvent = Union[
     WorkerProtocolError,
     DeliveryInjectedEvent,
     DeliveryVerifiedEvent,
+    DeliveryUnverifiedEvent,
     DeliveryFailedEvent,
     DeliveryQueuedEvent,
     DeliveryDroppedEvent,

@@ -6,7 +6,10 @@ Schema (one file, ``relay.db``; WAL journal, ``synchronous=FULL``):
   store's tag, makes the delivery id (``<tag>-<seq>``), so a lookup by id is a rowid lookup
   and no second unique index is paid for on every insert. A state change is one ``UPDATE``
   of one row, conditional on the state it leaves. Dead letters are rows in state
-  ``dead_letter`` (with their last error), found through a partial index.
+  ``dead_letter`` (with their last error), found through a partial index. Queries on open
+  deliveries name the partial index ``deliveries_open`` (``INDEXED BY``, with its exact
+  ``WHERE`` condition), so their cost follows the open deliveries, never the history;
+  listing one agent's deliveries uses ``deliveries_agent``.
 - ``agents``: one row per agent spec (argv, cwd, the caller's extra env, restart policy,
   timing) with ``running`` (respawn at start) and ``mode`` (``auto_inject`` | ``hold``).
 - ``meta``: the schema version and the store's tag.
@@ -31,7 +34,8 @@ import math
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -68,6 +72,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (agent, seq)
     WHERE state IN ('queued', 'sent', 'injected');
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (seq) WHERE state = 'dead_letter';
+CREATE INDEX IF NOT EXISTS deliveries_agent ON deliveries (agent, seq);
 CREATE TABLE IF NOT EXISTS agents (
     name TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
@@ -76,6 +81,13 @@ CREATE TABLE IF NOT EXISTS agents (
     updated_at REAL NOT NULL
 );
 """
+
+# The partial indexes' exact conditions: SQLite uses a partial index only for a query whose
+# WHERE clause contains its condition as written, so every query on open deliveries repeats
+# it (and names the index, so a plan through the whole history is an error, not a slowdown).
+_OPEN = "state IN ('queued', 'sent', 'injected')"
+_OPEN_INDEX = "INDEXED BY deliveries_open"
+_DEAD = "state = 'dead_letter'"
 
 _COLUMNS = (
     "seq, agent, sender, body, thread, state, attempts, created_at, updated_at, deadline_at,"
@@ -168,6 +180,7 @@ class Store:
         self._limiter = trio.CapacityLimiter(1)
         self._send, self._receive = trio.open_memory_channel[_Op[Any]](math.inf)
         self._stopped = trio.Event()
+        self._closing = False
         #: Called as ``on_error(operation, message)`` for every failed operation.
         self.on_error: Callable[[str, str], None] | None = None
         #: Counters: transactions committed, writes committed, writes failed.
@@ -265,9 +278,15 @@ class Store:
                 finally:
                     self._stopped.set()
 
+    @property
+    def closed(self) -> bool:
+        """Whether the store takes no more writes (closing or closed)."""
+        return self._closing
+
     async def aclose(self) -> None:
         """Stop taking writes, finish those queued, close the connection. Idempotent.
         Run it shielded when the store must be closed cleanly."""
+        self._closing = True
         self._send.close()
         await self._stopped.wait()
 
@@ -286,6 +305,7 @@ class Store:
                 if _is_store_error(error):
                     op.error = self._failed(op.what, error)
                 else:  # a fault in the write's own code: its caller gets it as it is
+                    op.error = error
                     log.error("store: %s failed", op.what, exc_info=error)
                 if op.on_abort is not None:
                     op.on_abort(op.error)
@@ -334,6 +354,7 @@ class Store:
         return exc
 
     def _fail_queued(self) -> None:
+        self._closing = True
         self._send.close()
         while True:
             try:
@@ -403,34 +424,28 @@ async def open_store_connection(
     return Store(conn, tag, threaded=threaded)
 
 
-class _StoreContext:
-    def __init__(self, path: str | Path, threaded: bool, busy_timeout: float) -> None:
-        self._args = (path, threaded, busy_timeout)
-        self._nursery_cm: Any = None
-        self._store: Store | None = None
-
-    async def __aenter__(self) -> Store:
-        path, threaded, busy_timeout = self._args
-        store = await open_store_connection(path, threaded=threaded, busy_timeout=busy_timeout)
-        self._nursery_cm = trio.open_nursery()
-        nursery = await self._nursery_cm.__aenter__()
-        await nursery.start(store.run)
-        self._store = store
-        return store
-
-    async def __aexit__(self, *exc: Any) -> bool | None:
-        assert self._store is not None
-        with trio.CancelScope(shield=True):
-            await self._store.aclose()
-        return await self._nursery_cm.__aexit__(*exc)  # type: ignore[no-any-return]
-
-
-def open_store(
+@asynccontextmanager
+async def open_store(
     path: str | Path, *, threaded: bool = True, busy_timeout: float = 5.0
-) -> _StoreContext:
+) -> AsyncIterator[Store]:
     """``async with open_store(path) as store``: the store and its writer for the block;
-    leaving it finishes the queued writes and closes the connection (shielded)."""
-    return _StoreContext(path, threaded, busy_timeout)
+    leaving it finishes the queued writes and closes the connection (shielded), also when
+    entering fails after the connection was opened."""
+    store = await open_store_connection(path, threaded=threaded, busy_timeout=busy_timeout)
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(store.run)
+                yield store
+            finally:
+                # The writer (shielded) finishes what is queued and closes the connection;
+                # the nursery waits for it.
+                store._closing = True
+                store._send.close()
+    finally:
+        if not store._stopped.is_set():  # the writer never ran: close the connection here
+            with trio.CancelScope(shield=True):
+                await store._call(store._conn.close)
 
 
 # ---------------------------------------------------------------- SQL (run on the store's thread)
@@ -530,8 +545,8 @@ def requeue_agent(conn: sqlite3.Connection, agent: str, now: float) -> list[int]
     """Every delivery of ``agent`` handed to its worker (sent or injected) back to queued.
     Returns their seqs."""
     rows = conn.execute(
-        "UPDATE deliveries SET state = 'queued', updated_at = ?"
-        " WHERE agent = ? AND state IN ('sent', 'injected') RETURNING seq",
+        f"UPDATE deliveries {_OPEN_INDEX} SET state = 'queued', updated_at = ?"
+        f" WHERE agent = ? AND state IN ('sent', 'injected') AND {_OPEN} RETURNING seq",
         (now, agent),
     ).fetchall()
     return sorted(r[0] for r in rows)
@@ -543,8 +558,8 @@ def fail_open(
     """Every open delivery of ``agent`` to ``failed`` with ``reason``; with ``stop_agent``,
     the agent is no longer one to respawn. Returns their seqs."""
     rows = conn.execute(
-        "UPDATE deliveries SET state = 'failed', reason = ?, updated_at = ?"
-        " WHERE agent = ? AND state IN ('queued', 'sent', 'injected') RETURNING seq",
+        f"UPDATE deliveries {_OPEN_INDEX} SET state = 'failed', reason = ?, updated_at = ?"
+        f" WHERE agent = ? AND {_OPEN} RETURNING seq",
         (reason, now, agent),
     ).fetchall()
     if stop_agent:
@@ -555,7 +570,8 @@ def fail_open(
 def reset_in_flight(conn: sqlite3.Connection, now: float) -> int:
     """At start: whatever was handed to a worker of the previous run is queued again."""
     cur = conn.execute(
-        "UPDATE deliveries SET state = 'queued', updated_at = ? WHERE state IN ('sent', 'injected')",
+        f"UPDATE deliveries {_OPEN_INDEX} SET state = 'queued', updated_at = ?"
+        f" WHERE state IN ('sent', 'injected') AND {_OPEN}",
         (now,),
     )
     return cur.rowcount
@@ -564,8 +580,7 @@ def reset_in_flight(conn: sqlite3.Connection, now: float) -> int:
 def load_open(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
     """Every open delivery, in order."""
     return conn.execute(
-        f"SELECT {_COLUMNS} FROM deliveries WHERE state IN ('queued', 'sent', 'injected')"
-        " ORDER BY seq"
+        f"SELECT {_COLUMNS} FROM deliveries {_OPEN_INDEX} WHERE {_OPEN} ORDER BY seq"
     ).fetchall()
 
 
@@ -579,20 +594,55 @@ def get_delivery(conn: sqlite3.Connection, seq: int) -> tuple[Any, ...] | None:
 def list_deliveries(
     conn: sqlite3.Connection, agent: str | None, states: Sequence[str] | None, limit: int
 ) -> list[tuple[Any, ...]]:
-    """The newest ``limit`` deliveries (optionally of one agent, in some states), oldest first."""
-    where, args = [], []
+    """The newest ``limit`` deliveries (optionally of one agent, in some states), oldest first.
+
+    Open states and dead letters are found through their partial indexes, one agent's
+    deliveries through ``deliveries_agent``."""
+    sql, args = _list_query(agent, states)
+    rows = conn.execute(sql, (*args, limit)).fetchall()
+    rows.reverse()
+    return rows
+
+
+def _list_query(agent: str | None, states: Sequence[str] | None) -> tuple[str, list[Any]]:
+    where, args, index = [], [], ""
     if agent is not None:
         where.append("agent = ?")
         args.append(agent)
     if states:
-        where.append(f"state IN ({', '.join('?' * len(states))})")
-        args.extend(states)
+        # Inlined as literals (only the known ones: an unknown state matches nothing) so
+        # that the planner can prove a partial index's condition.
+        known = [s for s in dict.fromkeys(states) if s in OPEN_STATES or s in TERMINAL_STATES]
+        if not known:
+            where.append("0")
+        elif known == ["dead_letter"]:
+            where.append(_DEAD)
+            index = "INDEXED BY deliveries_dead"
+        else:
+            where.append(f"state IN ({', '.join(repr(s) for s in known)})")
+            if set(known) <= set(OPEN_STATES):
+                where.append(_OPEN)
+                index = _OPEN_INDEX
+            elif agent is not None:
+                index = "INDEXED BY deliveries_agent"
+    elif agent is not None:
+        index = "INDEXED BY deliveries_agent"
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM deliveries {clause} ORDER BY seq DESC LIMIT ?", (*args, limit)
-    ).fetchall()
-    rows.reverse()
-    return rows
+    return f"SELECT {_COLUMNS} FROM deliveries {index} {clause} ORDER BY seq DESC LIMIT ?", args
+
+
+def late_report(
+    conn: sqlite3.Connection, seq: int, agent: str, state: str, now: float, **fields: Any
+) -> bool:
+    """A dead letter of ``agent`` that its worker reports verified or unverified after all
+    (a late report) takes that state. Returns whether it did."""
+    assert state in ("verified", "unverified") and set(fields) <= _TRANSITION_FIELDS, fields
+    sets = ", ".join(f"{name} = ?" for name in ("state", "updated_at", *fields))
+    cur = conn.execute(
+        f"UPDATE deliveries SET {sets} WHERE seq = ? AND agent = ? AND {_DEAD}",
+        (state, now, *fields.values(), seq, agent),
+    )
+    return cur.rowcount == 1
 
 
 def put_agent(conn: sqlite3.Connection, name: str, spec: dict[str, Any], now: float) -> str:

@@ -522,7 +522,10 @@ class Supervisor:
         elif type(frame) is Idle:
             emit(AgentIdle(agent=name))
         elif type(frame) is Exited:
-            run.reported_exit = frame
+            if frame.code is None and frame.signal is None:
+                self._protocol_error(agent, "an exited frame with neither code nor signal", b"")
+            else:
+                run.reported_exit = frame
         elif self.delivery_reports is not None and type(frame) in _DELIVERY_REPORTS:
             self.delivery_reports(name, frame)  # type: ignore[arg-type]
         elif type(frame) is DeliveryInjected:

@@ -25,10 +25,17 @@ from trio_relay.protocol import (
     AgentOutput,
     AgentReady,
     Deliver,
+    DeliveryFailed,
     DeliveryInjectedEvent,
+    DeliveryUnverifiedEvent,
+    DeliveryVerified,
     DeliveryVerifiedEvent,
     Event,
     Exited,
+    Output,
+    Ready,
+    Response,
+    Snapshot,
     WorkerHello,
     WriteInput,
     decode_worker_frame,
@@ -271,19 +278,28 @@ async def test_injection_into_cat_is_verified_by_echo(relay: Relay) -> None:
     assert verified.verification == "echo"
 
 
-async def test_injection_into_a_program_that_discards_input_falls_back(relay: Relay) -> None:
-    await relay.spawn("sink", "sh", "-c", "stty -echo; exec cat >/dev/null", verify_timeout=0.5)
+async def test_injection_into_a_program_that_discards_input_falls_back(
+    relay: Relay, tmp_path: Path
+) -> None:
+    # Ready once the marker shows: after `stty -echo` ran (a settle period could come first).
+    received = tmp_path / "received"
+    sink = f"stty -echo; echo sink-ready; exec cat > {received}"
+    await relay.spawn("sink", "sh", "-c", sink, verify_timeout=0.5, prompt="sink-ready")
     since = relay.broker.events.last_seq
     await relay.deliver("sink", "d1", "anyone there?")
     await relay.wait_event(DeliveryInjectedEvent, "sink", since, delivery_id="d1")
-    verified = await relay.wait_event(DeliveryVerifiedEvent, "sink", since, delivery_id="d1")
+    verified = await relay.wait_event(DeliveryUnverifiedEvent, "sink", since, delivery_id="d1")
     assert verified.verification == "timeout_fallback"
     assert verified.reason and "did not appear" in verified.reason
     # Never typed again: the next delivery is the only other thing the program receives.
     await relay.deliver("sink", "d2", "still there?")
-    await relay.wait_event(DeliveryVerifiedEvent, "sink", since, delivery_id="d2")
+    await relay.wait_event(DeliveryUnverifiedEvent, "sink", since, delivery_id="d2")
+    assert not any(isinstance(e, DeliveryVerifiedEvent) for e in relay.broker.events.since(since))
     injected = [e for e in relay.broker.events.since(since) if isinstance(e, DeliveryInjectedEvent)]
     assert [e.delivery_id for e in injected] == ["d1", "d2"]
+    # What the program actually received: each message once.
+    expected = "Relay message from alice [d1]: anyone there?\nRelay message from alice [d2]: still there?\n"
+    await wait_until(lambda: received.read_text() == expected, timeout=5)
 
 
 async def test_the_same_delivery_id_is_typed_once(relay: Relay) -> None:
@@ -347,6 +363,8 @@ async def test_acknowledged_input_and_bad_requests(relay: Relay) -> None:
     await broker.supervisor.running("cat").writer.send(b'garbage\n{"kind": 5}\n[]\n')
     assert await broker.request_worker("cat", "ping", {"data": "alive"}) == {"data": "alive"}
     assert any("bad frame" in line for line in broker.logs("cat"))
+    # Counted: the two answered bad requests, then the three lines written directly.
+    assert any("bad frame (5 so far)" in line for line in broker.logs("cat"))
 
 
 async def test_snapshot_with_ansi_attributes(relay: Relay) -> None:
@@ -448,3 +466,258 @@ async def run_directly(command: list[str]) -> list[Any]:
             await proc.wait()
             await close_pipes(proc)
     return [decode_worker_frame(line) for line in data.splitlines() if line]
+
+
+def test_a_delivery_that_failed_to_type_may_be_typed_again_but_a_typed_one_never() -> None:
+    from trio_relay.injection import Settled
+    from trio_relay.pty_worker import Options, PtyWorker
+
+    class Program:  # what the worker looks at of its program here: it runs
+        returncode = None
+        pid = 1
+
+    worker = PtyWorker(Options(argv=["x"]), Program())  # type: ignore[arg-type]
+    for did in ("failed", "typed"):
+        worker._on_deliver(Deliver(delivery_id=did, sender="a", body="b"))
+        worker.book.next()  # typing it (the worker is not ready: nothing is written)
+        outcome = Settled("failed", "not reading") if did == "failed" else Settled("echo")
+        worker._settle(outcome)
+    worker.out.clear()
+    worker._on_deliver(Deliver(delivery_id="failed", sender="a", body="b"))  # redelivered
+    assert [d["delivery_id"] for d in worker.book.pending()] == ["failed"]  # to be typed
+    assert worker.out == []  # not the old failure announced again
+    worker._on_deliver(Deliver(delivery_id="typed", sender="a", body="b"))
+    assert [d["delivery_id"] for d in worker.book.pending()] == ["failed"]
+    assert [type(decode_worker_frame(f)).__name__ for f in worker.out] == [
+        "DeliveryInjected", "DeliveryVerified"
+    ]
+
+
+# ---------------------------------------------------------------- the worker driven directly
+
+
+class Direct:
+    """The PTY worker as a plain child: send frames, collect the frames it writes."""
+
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+        self.frames: list[Any] = []
+        self.times: list[float] = []
+        self._buffer = b""
+        self._changed = trio.Event()
+
+    async def send(self, frame: Any) -> None:
+        assert self.proc.stdin is not None
+        await self.proc.stdin.send_all(frame if isinstance(frame, bytes) else encode(frame))
+
+    async def read_forever(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := await self.proc.stdout.receive_some():
+            *lines, self._buffer = (self._buffer + chunk).split(b"\n")
+            for line in lines:
+                self.frames.append(decode_worker_frame(line))
+                self.times.append(trio.current_time())
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_for(self, predicate: Callable[[Any], bool], timeout: float = 10) -> Any:
+        with trio.fail_after(timeout):
+            while True:
+                for frame in self.frames:
+                    if predicate(frame):
+                        return frame
+                await self._changed.wait()
+
+    def output(self) -> str:
+        return "".join(f.data for f in self.frames if isinstance(f, Output))
+
+
+@asynccontextmanager
+async def direct_worker(command: list[str], **options: object) -> AsyncIterator[Direct]:
+    """Run the worker on ``command`` (options as for pty_argv), reading its frames in the
+    background; on the way out, kill it and check nothing of the program is left."""
+    proc = await trio.lowlevel.open_process(
+        pty_argv(*command, **options), stdin=-1, stdout=-1, stderr=-1
+    )
+    worker = Direct(proc)
+    sid = None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.read_forever)
+            await worker.send(HELLO)
+            hello = await worker.wait_for(lambda f: isinstance(f, WorkerHello))
+            sid = hello.program_pid
+            yield worker
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            await close_pipes(proc)
+            if sid is not None:
+                await wait_until(lambda: not session_members(sid), timeout=5)
+
+
+def is_kind(kind: type, **fields: Any) -> Callable[[Any], bool]:
+    return lambda f: isinstance(f, kind) and all(getattr(f, k) == v for k, v in fields.items())
+
+
+# ---------------------------------------------------------------- a broker that does not read
+
+
+@pytest.mark.parametrize("how", ["stdin_closed", "sigterm"])
+async def test_a_broker_that_stops_reading_cannot_stall_the_worker(how: str) -> None:
+    # `yes` floods; nobody reads the worker's stdout, so the pipe fills. The worker still
+    # notices the end of stdin / SIGTERM and ends itself and the program promptly.
+    proc = await trio.lowlevel.open_process(
+        pty_argv("yes", kill_grace=0.5), stdin=-1, stdout=-1, stderr=-1
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        await proc.stdin.send_all(HELLO)
+        hello = decode_worker_frame((await proc.stdout.receive_some(4096)).split(b"\n")[0])
+        sid = hello.program_pid
+        await trio.sleep(1.0)  # the pipe to the broker is full by now
+        assert proc.returncode is None and session_members(sid)
+        if how == "stdin_closed":
+            await proc.stdin.aclose()
+        else:
+            proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(4):
+            await proc.wait()
+        assert not session_members(sid)
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            await close_pipes(proc)
+
+
+async def test_heavy_output_does_not_stall_requests_or_output_frames() -> None:
+    # The screen model parses ~100-200 KB/s; a flood must not hold snapshots (or the output
+    # frames) back for a whole batch of reads.
+    flood = ["sh", "-c", "sleep 0.4; exec seq 1 100000000"]
+    async with direct_worker(flood) as worker:
+        await worker.wait_for(is_kind(Ready))
+        await worker.wait_for(lambda f: isinstance(f, Output) and f.offset > 50000)
+        latencies = []
+        for i in range(15):
+            start = trio.current_time()
+            await worker.send(encode(Snapshot(request_id=f"s{i}")))
+            await worker.wait_for(is_kind(Response, request_id=f"s{i}"))
+            latencies.append(trio.current_time() - start)
+            await trio.sleep(0.03)
+        latencies.sort()
+        assert latencies[len(latencies) // 2] < 0.1, latencies
+        outputs = [t for f, t in zip(worker.frames, worker.times) if isinstance(f, Output)]
+        gaps = sorted(b - a for a, b in zip(outputs[-60:], outputs[-59:]))
+        assert gaps[int(len(gaps) * 0.95)] < 0.15, gaps
+
+
+# ---------------------------------------------------------------- injection details
+
+
+async def test_echo_is_verified_inside_a_bordered_wrapping_input_box() -> None:
+    # An Ink-style TUI (claude, gemini) draws `│` borders around the input and wraps it.
+    box = [sys.executable, str(Path(__file__).with_name("box_tui.py")), "40"]
+    async with direct_worker(box, verify_timeout=2) as worker:
+        await worker.wait_for(is_kind(Ready))
+        body = "a rather long message that wraps inside the box " * 3
+        await worker.send(encode(Deliver(delivery_id="long", sender="bob", body=body)))
+        verified = await worker.wait_for(is_kind(DeliveryVerified, delivery_id="long"))
+        assert (verified.verification, verified.reason) == ("echo", None)
+
+
+async def test_a_newline_in_the_body_is_not_enter_without_bracketed_paste(tmp_path: Path) -> None:
+    marker = tmp_path / "created"
+    inputrc = tmp_path / "inputrc"
+    inputrc.write_text("set enable-bracketed-paste off\n")
+    command = ["env", f"INPUTRC={inputrc}", *BASH]
+    async with direct_worker(command, cols=120) as worker:
+        await worker.wait_for(is_kind(Ready))
+        body = f"hi\ntouch {marker}"
+        await worker.send(encode(Deliver(delivery_id="nl", sender="eve", body=body)))
+        verified = await worker.wait_for(is_kind(DeliveryVerified, delivery_id="nl"))
+        assert verified.verification == "echo"
+        await worker.wait_for(lambda f: "command not found" in worker.output())
+        await trio.sleep(0.2)
+        assert not marker.exists()
+        assert f"[nl]: hi touch {marker}" in worker.output()  # one line
+
+
+async def test_a_long_message_typed_slowly_is_not_cut_off_by_the_typing_deadline() -> None:
+    # 32 chunks 50 ms apart take longer than --verify-timeout: the deadline is for a stall.
+    options = dict(chunk=16, key_delay=0.05, verify_timeout=0.6)
+    async with direct_worker(["cat"], **options) as worker:
+        await worker.wait_for(is_kind(Ready))
+        await worker.send(encode(Deliver(delivery_id="slow", sender="a", body="x" * 480)))
+        verified = await worker.wait_for(is_kind(DeliveryVerified, delivery_id="slow"))
+        assert verified.verification == "echo"
+
+
+async def test_input_written_during_an_injection_waits_for_the_message(tmp_path: Path) -> None:
+    received = tmp_path / "received"
+    options = dict(chunk=8, key_delay=0.03)
+    async with direct_worker(["sh", "-c", f"cat > {received}"], **options) as worker:
+        await worker.wait_for(is_kind(Ready))
+        await worker.send(encode(Deliver(delivery_id="d1", sender="a", body="do not interleave")))
+        await trio.sleep(0.05)  # the message is being typed
+        await worker.send(encode(WriteInput(data="USER INPUT\r", request_id="w1")))
+        await worker.wait_for(is_kind(DeliveryVerified, delivery_id="d1"))
+        await worker.wait_for(is_kind(Response, request_id="w1"))
+        await wait_until(lambda: received.read_text().endswith("USER INPUT\n"))
+        assert received.read_text() == (
+            "Relay message from a [d1]: do not interleave\nUSER INPUT\n"
+        )
+
+
+async def test_a_typing_timeout_closes_the_paste_and_never_submits(tmp_path: Path) -> None:
+    # The program takes bracketed pastes but stops reading; the message cannot be typed in
+    # time. What it reads afterwards: the start of the message (whole characters), the
+    # paste-end marker and Ctrl-U, never the Enter.
+    received = tmp_path / "received"
+    program = (
+        "import os, sys, time, tty\n"
+        "tty.setraw(0)\n"
+        "os.write(1, b'\\x1b[?2004hwaiting\\r\\n')\n"
+        "time.sleep(1.5)\n"  # not reading: the terminal's input queue fills up
+        "os.set_blocking(0, False)\n"
+        "got = b''\n"
+        "end = time.monotonic() + 1.5\n"
+        "while time.monotonic() < end:\n"
+        "    try:\n"
+        "        got += os.read(0, 65536)\n"
+        "    except BlockingIOError:\n"
+        "        time.sleep(0.01)\n"
+        f"open({str(received)!r}, 'wb').write(got)\n"
+    )
+    options = dict(prompt="waiting", verify_timeout=0.4, chunk=1000, key_delay=0)
+    async with direct_worker([sys.executable, "-c", program], **options) as worker:
+        await worker.wait_for(is_kind(Ready))
+        body = "é" * 200_000  # 400 KB: far more than a terminal's input queue takes
+        await worker.send(encode(Deliver(delivery_id="big", sender="a", body=body)))
+        failed = await worker.wait_for(is_kind(DeliveryFailed, delivery_id="big"))
+        assert "could not type the message" in failed.reason
+        await worker.wait_for(is_kind(Exited), timeout=10)
+    got = received.read_bytes()
+    assert got.startswith(b"\x1b[200~Relay message from a [big]: ")
+    assert got.endswith(b"\x1b[201~\x15"), got[-40:]
+    assert b"\r" not in got
+    got.decode("utf-8")  # never half a character
+
+
+async def test_output_offsets_count_the_bytes_reported_even_for_invalid_utf8() -> None:
+    # Each invalid byte is reported as U+FFFD (3 bytes in UTF-8) and counted as 3, so the
+    # offsets stay contiguous over the text as reported.
+    frames = await run_directly(["sh", "-c", "printf 'a\\377b\\303'; printf '\\303\\251 end'"])
+    outputs = [f for f in frames if isinstance(f, Output)]
+    text = "".join(f.data for f in outputs)
+    assert text == "a\ufffdb\ufffdé end"
+    offset = 0
+    for frame in outputs:
+        assert frame.offset == offset
+        offset += len(frame.data.encode())
+    exited = frames[-1]
+    assert isinstance(exited, Exited) and exited.snapshot["offset"] == offset == len(text.encode())

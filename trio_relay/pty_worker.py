@@ -11,7 +11,15 @@ What it does:
 - models the screen (:mod:`trio_relay.screen`) and answers the terminal queries that
   full-screen programs block on (cursor position, device attributes, colours);
 - reports the raw output as ``output`` frames, coalesced (at most 16 ms or 4 KiB each), UTF-8
-  safe across reads, with byte offsets; ``ready`` once CMD's output has been quiet for
+  safe across reads, with byte offsets. Offsets count the bytes of the output as reported
+  (the UTF-8 of the frames' text): the program's own bytes, except that each byte of
+  invalid UTF-8 is reported as U+FFFD and counts its 3 bytes, so ``offset + len(data in
+  UTF-8)`` is always the next frame's offset. Output frames are sent as the output is read;
+  the screen model (pyte, ~100-200 KB/s) catches up in slices of ~10 ms between the other
+  work, so a ``snapshot`` reflects an offset at or behind the last frame sent. While more
+  than 128 KiB of frames wait for the broker to read them, or 8 KiB of output waits for the
+  screen model, the worker stops reading the terminal (CMD is slowed down) but serves
+  stdin, signals and deadlines; ``ready`` once CMD's output has been quiet for
   ``--settle`` seconds (or ``--prompt`` matched the screen); ``idle`` after ``--idle`` seconds
   of silence with no delivery queued or in flight;
 - takes ``write_input`` (raw keys; acknowledged when it carries a ``request_id``), ``resize``,
@@ -20,10 +28,14 @@ What it does:
   echo matching in :mod:`trio_relay.injection`), paced by an adaptive throttle
   (:mod:`trio_relay.throttle`), and reports ``delivery_injected`` then ``delivery_verified``
   (``echo``, or ``timeout_fallback`` with a reason after ``--verify-timeout`` seconds) or
-  ``delivery_failed``. A delivery id is typed at most once per worker;
+  ``delivery_failed``. A delivery id is typed at most once per worker (one it failed to type
+  may be tried again);
 - when CMD exits: reads its output to the end (EIO on the master is end of file), kills what
   is left of its session, reports ``exited`` with CMD's own code or signal and the final
-  screen, and exits with CMD's code (128 + signal if it was killed);
+  screen, and exits with CMD's code (128 + signal if it was killed). A delivery being typed
+  or verified when CMD exits is reported only if its echo is on the final screen; otherwise
+  it (like those queued or held) is left unreported, so the broker requeues it for CMD's
+  restart (or fails it naming the exit if there is none);
 - on ``shutdown``, SIGTERM, SIGHUP or end of file on stdin (the broker is gone): SIGHUP to
   CMD's session, SIGKILL after ``--kill-grace`` seconds, then as above.
 
@@ -94,8 +106,23 @@ from .throttle import InjectionThrottle, Outcome
 
 COALESCE_SECONDS = 0.016
 COALESCE_BYTES = 4096
+COALESCE_QUIET = 0.002
 READ_SIZE = 4096
 DRAIN_SECONDS = 1.0  # after CMD exited: how long to wait for the rest of its output
+# Frames waiting for the broker to read stdout: above this the worker stops reading CMD's
+# output (so CMD is slowed down) but goes on serving stdin, signals and deadlines.
+STDOUT_HIGH_WATER = 128 * 1024
+# After the end is reported: how long to wait for the broker to take the last frames (shorter
+# once the worker was told to stop, or the broker is gone).
+FINAL_FLUSH_SECONDS = 5.0
+FINAL_FLUSH_STOPPING_SECONDS = 1.0
+# The screen model (pyte, ~100-200 KB/s) is fed in slices within a time budget per pass of
+# the loop, so that input, requests and deadlines are served between slices; output frames
+# are sent when the output is read, not when it is parsed. Reading pauses while more than
+# PARSE_BACKLOG characters wait for the screen model.
+PARSE_SLICE = 256
+PARSE_BUDGET = 0.010
+PARSE_BACKLOG = 8192
 MAX_SIZE = 1000
 BRACKETED_PASTE = ("\x1b[200~", "\x1b[201~")
 REQUEST_KINDS = frozenset({"ping", "snapshot", "mode", "pending", "flush", "write_input"})
@@ -160,17 +187,28 @@ class PtyWorker:
         self.selector = selectors.DefaultSelector()
         self.deadlines: dict[str, float] = {}
         self.out: list[bytes] = []
+        self.unsent: deque[memoryview] = deque()  # encoded frames stdout did not take yet
+        self.unsent_bytes = 0
+        self.stdout_watched = False
         self.stdout_broken = False
         self.splitter = LineSplitter()
+        self.bad_frames = 0  # protocol errors: lines that are not a frame this worker takes
         # terminal input
         self.input: deque[_Input] = deque()
         self.master_open = True
+        self.master_events = selectors.EVENT_READ  # what the selector watches the master for
         # output
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        # Offsets count the bytes of the output as reported: the UTF-8 of the frames' text,
+        # the program's own bytes unless it wrote invalid UTF-8 (each bad byte is U+FFFD).
         self.fed = 0  # bytes read from the master
         self.emitted = 0  # byte offset where the next output frame starts
         self.batch: list[str] = []
-        self.batch_bytes = 0
+        self.batch_bytes = 0  # UTF-8 bytes in batch
+        self.batch_started = 0.0  # when the first text in batch was read
+        self.backlog: deque[str] = deque()  # decoded output not yet fed to the screen
+        self.backlog_chars = 0
+        self.parsed = 0  # bytes of output fed to the screen
         self.parse_errors_logged = 0
         # lifecycle
         self.ready = False
@@ -180,6 +218,11 @@ class PtyWorker:
         # the delivery in flight
         self.matcher: EchoMatcher | None = None
         self.typing: deque[tuple[float, bytes]] = deque()
+        self.typed_bytes = 0
+        self.typing_bytes = 0
+        self.paste_open = False
+        # write_input that came while a delivery was typed: written after its bytes
+        self.user_held: list[tuple[bytes, Callable[[OSError | None], None]]] = []
         self.injected_at = 0.0
         self._handlers: dict[str, Callable[[], None]] = {
             "settle": self._on_settled,
@@ -216,6 +259,7 @@ class PtyWorker:
             now = self.clock()
             self.deadlines["settle"] = now + self.opts.settle
             self.deadlines["ready_timeout"] = now + self.opts.ready_timeout
+            os.set_blocking(1, False)  # a broker that does not read must not stop the loop
             while self.exit_code is None:
                 for key, mask in self.selector.select(self._timeout()):
                     if key.fd == self.proc.master:
@@ -223,15 +267,25 @@ class PtyWorker:
                     else:
                         key.data()
                 self._run_due()
+                if self.backlog and self.exit_code is None:
+                    self._parse(PARSE_BUDGET)
                 self._flush_stdout()
+                self._watch_master()
+            self._final_flush(wake_r)
             return self.exit_code
         finally:
+            try:
+                os.set_blocking(1, True)
+            except OSError:
+                pass
             signal.set_wakeup_fd(-1)
             self.selector.close()
             os.close(wake_r)
             os.close(wake_w)
 
     def _timeout(self) -> float | None:
+        if self.backlog:
+            return 0.0  # output waits for the screen model: just poll
         if not self.deadlines:
             return None
         return max(0.0, min(self.deadlines.values()) - self.clock())
@@ -247,18 +301,58 @@ class PtyWorker:
         self.out.append(encode(frame))
 
     def _flush_stdout(self) -> None:
-        if not self.out:
-            return
-        data = memoryview(b"".join(self.out))
-        self.out.clear()
-        if self.stdout_broken:
-            return
+        """Write what stdout takes without blocking; keep the rest, and watch stdout for
+        room while anything is kept."""
+        if self.out:
+            data = b"".join(self.out)
+            self.out.clear()
+            if not self.stdout_broken:
+                self.unsent.append(memoryview(data))
+                self.unsent_bytes += len(data)
         try:
-            while data:
-                data = data[os.write(1, data) :]
-        except BrokenPipeError:
+            while self.unsent:
+                head = self.unsent[0]
+                written = os.write(1, head)
+                self.unsent_bytes -= written
+                if written < len(head):
+                    self.unsent[0] = head[written:]
+                    break
+                self.unsent.popleft()
+        except BlockingIOError:
+            pass
+        except OSError as exc:  # EPIPE: the broker is gone
             self.stdout_broken = True
-            log("stdout is closed: the broker is gone; dropping frames")
+            self.unsent.clear()
+            self.unsent_bytes = 0
+            log(f"stdout is closed ({exc.strerror}): the broker is gone; dropping frames")
+        want = bool(self.unsent)
+        if want != self.stdout_watched:
+            self.stdout_watched = want
+            if want:
+                self.selector.register(1, selectors.EVENT_WRITE, self._flush_stdout)
+            else:
+                self.selector.unregister(1)
+
+    def _final_flush(self, wake_r: int) -> None:
+        """After the end was reported: give the broker a while to take the last frames (a
+        signal ends the wait)."""
+        self._flush_stdout()
+        if not self.unsent:
+            return
+        grace = FINAL_FLUSH_STOPPING_SECONDS if self.stopping else FINAL_FLUSH_SECONDS
+        end = self.clock() + grace
+        with selectors.DefaultSelector() as sel:
+            sel.register(1, selectors.EVENT_WRITE)
+            sel.register(wake_r, selectors.EVENT_READ)
+            while self.unsent:
+                left = end - self.clock()
+                if left <= 0:
+                    break
+                if any(key.fd == wake_r for key, _ in sel.select(left)):
+                    break
+                self._flush_stdout()
+        if self.unsent:
+            log(f"the broker did not read the last {self.unsent_bytes} bytes of frames; dropped")
 
     # ------------------------------------------------------------ broker -> worker
 
@@ -276,7 +370,11 @@ class PtyWorker:
 
     def _handle_line(self, line: bytes | OversizedLine) -> None:
         if isinstance(line, OversizedLine):
-            log(f"discarded an oversized frame ({line.length} bytes): {line.head[:80]!r}")
+            self.bad_frames += 1
+            log(
+                f"bad frame ({self.bad_frames} so far): discarded an oversized frame "
+                f"({line.length} bytes): {line.head[:80]!r}"
+            )
             return
         try:
             frame = decode_broker_frame(line)
@@ -299,7 +397,8 @@ class PtyWorker:
             self._on_request(frame)
 
     def _bad_frame(self, line: bytes, exc: ProtocolError) -> None:
-        log(f"bad frame: {exc}: {line[:200]!r}")
+        self.bad_frames += 1
+        log(f"bad frame ({self.bad_frames} so far): {exc}: {line[:200]!r}")
         try:
             envelope = _envelope.decode(line)
         except msgspec.MsgspecError:
@@ -363,7 +462,21 @@ class PtyWorker:
             else:
                 self.answer(rid, error=ErrorInfo("write_failed", f"cannot write: {error}"))
 
+        current = self.book.current
+        if current is not None and current.state == "typing":
+            self.user_held.append((data, done))  # not between the chunks of a message
+            return
         self.queue_input(data, done)
+
+    def _release_user_input(self) -> None:
+        """Write the input held back while a delivery was typed (fail it if the terminal
+        is closed)."""
+        held, self.user_held = self.user_held, []
+        for data, done in held:
+            if self.master_open:
+                self.queue_input(data, done)
+            else:
+                done(OSError(errno.EIO, "the terminal is closed"))
 
     def _on_resize(self, frame: Resize) -> None:
         if not (1 <= frame.rows <= MAX_SIZE and 1 <= frame.cols <= MAX_SIZE):
@@ -410,11 +523,30 @@ class PtyWorker:
             item = self.input.popleft()
             if item.done is not None:
                 item.done(error)
+        held, self.user_held = self.user_held, []
+        for _, done in held:
+            done(error)
 
     def _watch_master(self) -> None:
-        if self.master_open:
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.input else 0)
+        """Watch the master for room while input waits, and for output unless too much waits
+        for the broker (stdout) or for the screen model."""
+        if not self.master_open:
+            return
+        events = (selectors.EVENT_WRITE if self.input else 0) | (
+            selectors.EVENT_READ if self._may_read() else 0
+        )
+        if events == self.master_events:
+            return
+        if not events:
+            self.selector.unregister(self.proc.master)
+        elif not self.master_events:
+            self.selector.register(self.proc.master, events, self._on_master)
+        else:
             self.selector.modify(self.proc.master, events, self._on_master)
+        self.master_events = events
+
+    def _may_read(self) -> bool:
+        return self.unsent_bytes < STDOUT_HIGH_WATER and self.backlog_chars < PARSE_BACKLOG
 
     def _on_master(self, mask: int) -> None:
         if mask & selectors.EVENT_READ:
@@ -424,6 +556,8 @@ class PtyWorker:
 
     def _read_master(self) -> None:
         for _ in range(16):
+            if not self._may_read():
+                return
             try:
                 data = os.read(self.proc.master, READ_SIZE)
             except BlockingIOError:
@@ -439,7 +573,9 @@ class PtyWorker:
 
     def _on_master_eof(self) -> None:
         self.master_open = False
-        self.selector.unregister(self.proc.master)
+        if self.master_events:
+            self.selector.unregister(self.proc.master)
+            self.master_events = 0
         self._fail_input(OSError(errno.EIO, "the terminal is closed"))
         if self.proc.returncode is not None:
             self._finish()
@@ -447,22 +583,48 @@ class PtyWorker:
             log("every process closed the terminal; waiting for the program to exit")
 
     def _on_output(self, data: bytes) -> None:
+        """Output read from the master: into the next output frame now, and into the backlog
+        of the screen model (see :meth:`_parse`)."""
         now = self.clock()
-        if self.batch and self.batch_bytes + len(data) > COALESCE_BYTES:
-            self._flush_output()
-        if not self.batch:
-            self.deadlines.setdefault("coalesce", now + COALESCE_SECONDS)
         self.fed += len(data)
-        text = self.decoder.decode(data)
-        self._apply(text)
-        self.batch.append(text)
-        self.batch_bytes += len(data)
+        self._add_output(self.decoder.decode(data), now)
         if self.batch_bytes >= COALESCE_BYTES:
             self._flush_output()
         if not self.ready:
             self.deadlines["settle"] = now + self.opts.settle
         else:
             self._arm_idle(now)
+
+    def _add_output(self, text: str, now: float) -> None:
+        if not text:
+            return
+        size = len(text.encode())
+        if self.batch and self.batch_bytes + size > COALESCE_BYTES:
+            self._flush_output()
+        # A frame goes out once the output has been quiet for COALESCE_QUIET (an echo, a
+        # prompt), or COALESCE_SECONDS after its first text (a flood).
+        if not self.batch:
+            self.batch_started = now
+        self.deadlines["coalesce"] = min(self.batch_started + COALESCE_SECONDS, now + COALESCE_QUIET)
+        self.batch.append(text)
+        self.batch_bytes += size
+        self.backlog.append(text)
+        self.backlog_chars += len(text)
+
+    def _parse(self, budget: float | None) -> None:
+        """Feed the backlog to the screen model, in slices, until it is empty or ``budget``
+        seconds were spent (None: all of it)."""
+        start = self.clock()
+        while self.backlog:
+            text = self.backlog.popleft()
+            if len(text) > PARSE_SLICE:
+                self.backlog.appendleft(text[PARSE_SLICE:])
+                text = text[:PARSE_SLICE]
+            self.backlog_chars -= len(text)
+            self.parsed += len(text.encode())
+            self._apply(text)
+            if budget is not None and self.clock() - start >= budget:
+                return
 
     def _apply(self, text: str) -> None:
         """Feed decoded output to the screen; answer its queries; look for the echo and the
@@ -483,23 +645,21 @@ class PtyWorker:
                 self._become_ready("prompt matched")
 
     @property
-    def decoded(self) -> int:
-        """Byte offset up to which output has been decoded to text."""
-        return self.fed - len(self.decoder.getstate()[0])
-
-    @property
     def screen_offset(self) -> int:
-        """Byte offset of the output the screen reflects (held-back query text is ASCII)."""
-        return self.decoded - self.screen.held
+        """Byte offset of the output the screen reflects (held-back query text is ASCII). It
+        can be behind the output frames sent: the screen model catches up within ms unless
+        the program floods the terminal."""
+        return self.parsed - self.screen.held
 
     def _flush_output(self) -> None:
         self.deadlines.pop("coalesce", None)
         data = "".join(self.batch)
+        size = self.batch_bytes
         self.batch.clear()
         self.batch_bytes = 0
         if data:
             self.send(Output(offset=self.emitted, data=data))
-        self.emitted = self.decoded
+            self.emitted += size
 
     # ------------------------------------------------------------ lifecycle
 
@@ -580,26 +740,26 @@ class PtyWorker:
     def _finish(self) -> None:
         """Report the end: remaining output, the delivery in flight, ``exited``."""
         self.deadlines.clear()
-        tail = self.decoder.decode(b"", final=True)
-        if tail:
-            self._apply(tail)
-            self.batch.append(tail)
+        self._add_output(self.decoder.decode(b"", final=True), self.clock())
+        self._parse(None)
         self.screen.finish()
         self._flush_output()
         current = self.book.current
+        if (
+            current is not None
+            and current.state == "verifying"
+            and self.matcher is not None
+            and self.matcher.check_text(self.screen.text())
+        ):
+            self._settle(Settled("echo"))  # it did reach the program before it exited
+        # Anything else is left unreported: the exit makes the broker requeue it for the
+        # next run of the program (or fail it naming the exit, if there is none).
+        current = self.book.current
         if current is not None:
-            if current.state == "verifying":
-                if self.matcher is not None and self.matcher.check_text(self.screen.text()):
-                    self._settle(Settled("echo"))
-                else:
-                    self._settle(
-                        Settled(
-                            "timeout_fallback",
-                            "the program exited before the message text appeared on screen",
-                        )
-                    )
-            else:
-                self._settle(Settled("failed", "the program exited while the message was typed"))
+            log(
+                f"delivery {current.delivery_id} not reported: the program exited while it"
+                f" was {current.state}"
+            )
         for delivery in (*self.book.queue, *self.book.held):
             log(f"delivery {delivery.delivery_id} was not typed: the program exited")
         returncode = self.proc.returncode
@@ -615,6 +775,10 @@ class PtyWorker:
 
     def _on_deliver(self, frame: Deliver) -> None:
         did = frame.delivery_id
+        previous = self.book.settled(did)
+        if previous is not None and previous.verification == "failed":
+            log(f"delivery {did} failed before ({previous.reason}); trying again")
+            self.book.forget(did)  # only what was typed is never typed again
         if self.book.known(did):
             settled = self.book.settled(did)
             if settled is None:
@@ -654,17 +818,24 @@ class PtyWorker:
             return
         delivery = self.book.next()
         assert delivery is not None
-        text = format_message(delivery.sender, delivery.delivery_id, delivery.body)
+        paste = self.screen.bracketed_paste
+        text = format_message(delivery.sender, delivery.delivery_id, delivery.body, paste)
         self.matcher = EchoMatcher(text)
         self.screen.on_draw = self.matcher.feed
         size = self.opts.chunk
+        # Whole characters per chunk: a chunk is never cut inside a UTF-8 sequence.
         pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]
-        if self.screen.bracketed_paste:
+        if paste:
             pieces[0] = BRACKETED_PASTE[0] + pieces[0]
             pieces[-1] += BRACKETED_PASTE[1]
+        self.paste_open = paste  # until the chunk with the end marker is written
         self.typing.clear()
         self.typing.extend((self.opts.key_delay, piece.encode()) for piece in pieces)
         self.typing.append((self.opts.enter_delay, b"\r"))
+        self.typed_bytes = 0
+        self.typing_bytes = sum(len(data) for _, data in self.typing)
+        # The typing deadline is a stall timeout: re-armed whenever a chunk was written, so a
+        # long message has as long as it needs while the program keeps reading.
         self.deadlines["typing"] = self.clock() + self.opts.verify_timeout
         self._type_next()
 
@@ -675,18 +846,31 @@ class PtyWorker:
         _, data = self.typing.popleft()
         self.queue_input(data, self._typed, owner=current.delivery_id)
 
+    def _program_gone(self) -> bool:
+        """CMD exited, or closed the terminal: what is in flight is left to the exit."""
+        return not self.master_open or self.proc.poll() is not None
+
     def _typed(self, error: OSError | None) -> None:
         current = self.book.current
         if current is None or current.state != "typing":
             return
         if error is not None:
+            if self._program_gone():
+                log(f"delivery {current.delivery_id}: the terminal closed while it was typed")
+                return
             self._settle(Settled("failed", f"cannot write to the terminal: {error}"))
             return
+        self.typed_bytes = self.typing_bytes - sum(len(data) for _, data in self.typing)
+        if len(self.typing) <= 1:
+            self.paste_open = False  # only the Enter is left (or nothing)
         if self.typing:
-            self.deadlines["key"] = self.clock() + self.typing[0][0]
+            now = self.clock()
+            self.deadlines["key"] = now + self.typing[0][0]
+            self.deadlines["typing"] = now + self.opts.verify_timeout
             return
         self.deadlines.pop("typing", None)
         current.state = "verifying"
+        self._release_user_input()
         self.send(DeliveryInjected(delivery_id=current.delivery_id))
         self.injected_at = self.clock()
         if self.matcher is not None and (
@@ -698,17 +882,29 @@ class PtyWorker:
 
     def _on_typing_timeout(self) -> None:
         current = self.book.current
-        if current is None or current.state != "typing":
+        if current is None or current.state != "typing" or self._program_gone():
             return
-        dropped = [item for item in self.input if item.owner == current.delivery_id]
-        for item in dropped:
-            self.input.remove(item)
+        # Abort cleanly: finish a chunk the terminal took part of (never half a character),
+        # drop the chunks not started, close a bracketed paste, and Ctrl-U to clear the
+        # line; the Enter is never typed, so the half message is not submitted.
+        started = self.typed_bytes > 0
+        for item in [item for item in self.input if item.owner == current.delivery_id]:
+            if item.data.nbytes < len(item.data.obj):
+                started = True
+                item.owner = None
+            else:
+                self.input.remove(item)
+        if started:
+            close = BRACKETED_PASTE[1].encode() if self.paste_open else b""
+            self.queue_input(close + b"\x15")
+        self.paste_open = False
         self._watch_master()
         self._settle(
             Settled(
                 "failed",
-                f"could not type the message within {self.opts.verify_timeout:g} s: "
-                "the program is not reading its input",
+                f"could not type the message: the program took none of its input for "
+                f"{self.opts.verify_timeout:g} s ({self.typed_bytes} of {self.typing_bytes} "
+                "bytes typed; the rest was dropped and the line cleared with Ctrl-U)",
             )
         )
 
@@ -716,11 +912,12 @@ class PtyWorker:
         current = self.book.current
         if current is None or current.state != "verifying" or self.matcher is None:
             return
+        if self._program_gone():
+            return  # CMD exited meanwhile: its exit decides (see _finish)
         if self.matcher.check_text(self.screen.text()):
             self._settle(Settled("echo"))
             return
-        seen = self.matcher.seen
-        what = f"{seen} other characters were drawn" if seen else "nothing was drawn"
+        what = self.matcher.describe_miss()
         self._settle(
             Settled(
                 "timeout_fallback",
@@ -731,6 +928,7 @@ class PtyWorker:
 
     def _settle(self, settled: Settled) -> None:
         delivery = self.book.settle(settled)
+        self._release_user_input()
         self.screen.on_draw = None
         self.matcher = None
         self.typing.clear()

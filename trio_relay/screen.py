@@ -45,10 +45,22 @@ _BG_CODES = {name: code for code, name in {**graphics.BG_ANSI, **graphics.BG_AIX
 _HEX = re.compile(r"[0-9a-fA-F]{6}\Z")
 
 
+class ListenerError(Exception):
+    """The :attr:`TerminalScreen.on_draw` listener raised (its exception is the cause): a bug
+    of the listener's, not a sequence pyte could not parse, so it is not swallowed."""
+
+
+# What pyte's handlers raise for sequences they cannot take (a handler called with keyword
+# arguments it does not accept, e.g. ``ESC[?6n``; odd parameters).
+_PARSE_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError)
+
+
 class _Stream(pyte.Stream):
     """A pyte stream that survives sequences its screen rejects (pyte calls some handlers
     with keyword arguments they do not take, e.g. ``ESC[?6n``). pyte resets its parser
-    before re-raising; this records the error and goes on with the next character."""
+    before re-raising; this records the error and goes on with the next character. Only the
+    exceptions pyte's handlers raise are taken so: an error of the draw listener propagates
+    as :class:`ListenerError`."""
 
     def __init__(self, screen: _Screen) -> None:
         super().__init__(screen)
@@ -58,7 +70,9 @@ class _Stream(pyte.Stream):
     def _send_to_parser(self, data: str) -> bool | None:
         try:
             return super()._send_to_parser(data)
-        except Exception as exc:  # noqa: BLE001 - counted and reported by the owner
+        except ListenerError:
+            raise
+        except _PARSE_ERRORS as exc:  # counted and reported by the owner
             self.parse_errors += 1
             self.last_parse_error = f"{type(exc).__name__}: {exc}"
             return self._taking_plain_text
@@ -72,7 +86,10 @@ class _Screen(pyte.Screen):
 
     def draw(self, data: str) -> None:
         if self.on_draw is not None:
-            self.on_draw(data)
+            try:
+                self.on_draw(data)
+            except Exception as exc:
+                raise ListenerError(f"the draw listener failed: {exc!r}") from exc
         super().draw(data)
 
     def report_device_status(self, *args: Any, **kwargs: Any) -> None:

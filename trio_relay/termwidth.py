@@ -6,10 +6,14 @@ about 5.5 MB of RSS and 35 ms per process, a third of the PTY worker's memory bu
 worker therefore calls :func:`install` before it imports pyte, so pyte's
 ``from wcwidth import wcwidth`` finds this module instead.
 
-The rules are wcwidth's, computed from Python's own Unicode database: -1 for C0/C1 control
+The rules follow wcwidth's in outline but are not the same tables: they are computed from
+Python's own Unicode database (whose version differs from the tables wcwidth ships), and
+wcwidth has special cases this module does not (for example emoji that are not East Asian
+Wide, some zero-width and prepended characters): a few thousand code points, almost all
+rarely drawn by terminal programs, get a different width. The rules: -1 for C0/C1 control
 characters, 0 for NUL, combining marks, format characters (except the soft hyphen), line and
-paragraph separators and Hangul medial vowels and final consonants, 2 for East Asian Wide and
-Fullwidth characters and regional indicators, 1 otherwise.
+paragraph separators and Hangul medial vowels and final consonants, 2 for East Asian Wide
+and Fullwidth characters and regional indicators, 1 otherwise.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import trio
 
 from helpers import pid_alive, wait_until
 from trio_relay import Broker, WorkerError, open_broker
+from trio_relay.sweep import session_members
 from trio_relay.protocol import (
     AgentExited,
     AgentIdle,
@@ -49,22 +50,6 @@ BASH = ["bash", "--norc", "--noprofile"]
 def pty_argv(*command: str, **options: object) -> list[str]:
     flags = [item for k, v in options.items() for item in (f"--{k.replace('_', '-')}", str(v))]
     return [*PTY_WORKER, *flags, "--", *command]
-
-
-def session_members(sid: int) -> list[int]:
-    """Live (non-zombie) processes in session ``sid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # it ended while we looked
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 @dataclass

@@ -196,7 +196,9 @@ def test_the_next_broker_sweeps_what_a_sigkilled_one_left_behind(broker: Relay) 
     marker = unique_sleep()
     broker.invoke("spawn", "sh", "--", "bash", "--norc")
     wait_for(lambda: "bash" in broker.invoke("snapshot", "sh").output)
-    broker.invoke("input", "sh", f"sleep {marker} &", "--enter")  # its own process group
+    # A job in its own process group that ignores SIGHUP (so bash cannot take it along
+    # when the terminal hangs up): only the sweep can end it.
+    broker.invoke("input", "sh", f"(trap '' HUP; exec sleep {marker}) &", "--enter")
     wait_for(lambda: len(processes_with(marker)) == 1)
     workers = agent_pids(broker)
     os.kill(broker.pid, signal.SIGKILL)  # the worker and bash die with it; the job does not

@@ -79,11 +79,11 @@ async def ask(ws, request: dict | str) -> dict:  # type: ignore[no-untyped-def]
 async def test_requests_and_answers_over_the_client(served: Served) -> None:
     async with open_client(served.url, TOKEN) as client:
         info = await client.spawn("w", REFERENCE_WORKER, native=True)
-        assert info["state"] == "running" and info["pid"]
-        assert [a["name"] for a in await client.agents()] == ["w"]
+        assert info.state == "running" and info.pid
+        assert [a.name for a in await client.agents()] == ["w"]
         status = await client.status()
-        assert status["agents"] == {"running": 1} and status["url"] == served.url
-        assert (await client.release("w"))["state"] == "released"
+        assert status.agents == {"running": 1} and status.url == served.url
+        assert (await client.release("w")).state == "released"
 
 
 @pytest.mark.parametrize(
@@ -175,7 +175,7 @@ async def test_a_client_that_disconnects_mid_request_cancels_it(served: Served) 
     await wait_until(lambda: served.broker.statistics().pending == 0)
     assert served.broker.statistics().cancelled == 1
     async with open_client(served.url, TOKEN) as client:  # the broker carries on
-        assert (await client.status())["agents"] == {"running": 1}
+        assert (await client.status()).agents == {"running": 1}
 
 
 async def test_concurrent_requests_and_a_subscription_on_one_connection(served: Served) -> None:
@@ -202,7 +202,7 @@ async def test_a_slow_subscriber_gets_a_gap_and_slows_nobody(served: Served) -> 
             if i % 500 == 0:
                 await trio.sleep(0)
         with trio.fail_after(5):  # meanwhile, others are served
-            assert (await fast.status())["last_seq"] == 6000
+            assert (await fast.status()).last_seq == 6000
         gap = None
         with trio.fail_after(30):
             while gap is None:
@@ -219,8 +219,8 @@ async def test_an_agent_token_may_only_act_as_itself(served: Served) -> None:
     agent_token = served.server.agent_token("alice")
     await wait_until(lambda: f"token={agent_token} url={served.url}" in served.broker.logs("alice"))
     async with open_client(served.url, agent_token) as alice:
-        assert [a["name"] for a in await alice.agents()] == ["alice"]
-        assert (await alice.status())["you"] == "alice"
+        assert [a.name for a in await alice.agents()] == ["alice"]
+        assert (await alice.status()).you == "alice"
         assert await alice.logs("alice")
         for call in (alice.release("bob"), alice.release("alice"), alice.logs("bob"),
                      alice.spawn("x", ["true"], native=True), alice.input("bob", "rm -rf /"),
@@ -248,13 +248,13 @@ async def test_send_waits_for_verification_and_is_listed(served: Served) -> None
     async with open_client(served.url, TOKEN) as client:
         await client.spawn("w", REFERENCE_WORKER, native=True)
         queued = await client.send("w", "hello there", sender="boss")
-        assert queued["state"] == "queued" and queued["evicted"] == []
+        assert queued.state == "queued" and queued.evicted == []
         done = await client.send("w", "and again", wait=True, timeout=20)
-        assert (done["state"], done["verification"], done["sender"]) == ("verified", "echo", "user")
-        listed = {d["delivery_id"]: d for d in await client.deliveries("w")}
-        assert set(listed) == {queued["delivery_id"], done["delivery_id"]}
-        assert listed[queued["delivery_id"]]["sender"] == "boss"
-        assert (await client.delivery(done["delivery_id"]))["body"] == "and again"
+        assert (done.state, done.verification, done.sender) == ("verified", "echo", "user")
+        listed = {d.delivery_id: d for d in await client.deliveries("w")}
+        assert set(listed) == {queued.delivery_id, done.delivery_id}
+        assert listed[queued.delivery_id].sender == "boss"
+        assert (await client.delivery(done.delivery_id)).body == "and again"
         with pytest.raises(RemoteError) as info:
             await client.send("ghost", "anyone?")
         assert info.value.code == "not_found"
@@ -265,9 +265,9 @@ async def test_an_agent_token_sends_as_itself_whatever_it_claims(served: Served)
     await served.broker.spawn("bob", REFERENCE_WORKER)
     async with open_client(served.url, served.server.agent_token("alice")) as alice:
         sent = await alice.send("bob", "hi bob", sender="mallory", wait=True, timeout=20)
-        assert sent["sender"] == "alice" and sent["state"] == "verified"
+        assert sent.sender == "alice" and sent.state == "verified"
         for call in (alice.mode("bob"), alice.pending("bob"), alice.mode("alice", "hold"),
-                     alice.redeliver(sent["delivery_id"]), alice.dead_letters()):
+                     alice.redeliver(sent.delivery_id), alice.dead_letters()):
             with pytest.raises(RemoteError) as info:
                 await call
             assert info.value.code == "forbidden"
@@ -281,20 +281,20 @@ async def test_hold_pending_flush_and_dead_letters_over_the_channel() -> None:
             url = await nursery.start(server.serve, "127.0.0.1", 0)
             async with open_client(url, TOKEN) as client:
                 await client.spawn("w", [*REFERENCE_WORKER, "--ignore-deliveries", "1"], native=True)
-                assert (await client.mode("w", "hold"))["mode"] == "hold"
+                assert (await client.mode("w", "hold")).mode == "hold"
                 held = await client.send("w", "held back")
                 pending = await client.pending("w")
-                assert [d["delivery_id"] for d in pending["deliveries"]] == [held["delivery_id"]]
-                assert (await client.flush("w"))["count"] == 1
+                assert [d.delivery_id for d in pending.deliveries] == [held.delivery_id]
+                assert (await client.flush("w")).count == 1
                 with trio.fail_after(20):  # ignored once, one attempt allowed: a dead letter
-                    while (await client.delivery(held["delivery_id"]))["state"] != "dead_letter":
+                    while (await client.delivery(held.delivery_id)).state != "dead_letter":
                         await trio.sleep(0.05)
                 (dead,) = await client.dead_letters()
-                assert dead["delivery_id"] == held["delivery_id"] and dead["last_error"]
+                assert dead.delivery_id == held.delivery_id and dead.last_error
                 await client.mode("w", "auto_inject")
-                await client.redeliver(held["delivery_id"])
+                await client.redeliver(held.delivery_id)
                 with trio.fail_after(20):
-                    while (await client.delivery(held["delivery_id"]))["state"] != "verified":
+                    while (await client.delivery(held.delivery_id)).state != "verified":
                         await trio.sleep(0.05)
                 assert await client.dead_letters() == []
             nursery.cancel_scope.cancel()

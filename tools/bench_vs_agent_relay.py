@@ -276,14 +276,14 @@ class TrioRelay:
         await self.client.spawn(name, argv)
 
     async def snapshot(self, name: str) -> str:
-        return (await self.client.snapshot(name))["text"]
+        return (await self.client.snapshot(name)).text
 
     async def input(self, name: str, data: str) -> None:
         await self.client.input(name, data)
 
     async def deliver(self, to: str, body: str) -> str:
         result = await self.client.send(to, body, sender="bench", wait=True, timeout=60)
-        return f"{result['state']}/{result.get('verification')}"
+        return f"{result.state}/{result.verification}"
 
 
 # ------------------------------------------------------------------ agent-relay

@@ -49,7 +49,12 @@ def documents() -> dict[str, bytes]:
             "JSON text messages over WebSocket: ControlRequest from the client; ControlAnswer "
             "(one per request) and ControlEvents (a subscription's events) from the broker.",
             {"ControlRequest": p.ControlOp, "ControlAnswer": p.ControlAnswer,
-             "ControlEvents": p.ControlEvents, "BrokerEvent": p.BrokerEvent},
+             "ControlEvents": p.ControlEvents, "BrokerEvent": p.BrokerEvent,
+             # what an answer's result holds, by operation
+             "AgentSummary": p.AgentSummary, "SendReceipt": p.SendReceipt,
+             "DeliveryRecord": p.DeliveryRecord, "ScreenSnapshot": p.ScreenSnapshot,
+             "BrokerStatus": p.BrokerStatus, "PendingDeliveries": p.PendingDeliveries,
+             "ModeResult": p.ModeResult, "FlushResult": p.FlushResult},
         ),
     }
 

@@ -18,15 +18,15 @@ from typing import Any, BinaryIO
 import trio
 
 from .client import RelayClient
-from .protocol import AgentExited, AgentOutput, Gap
+from .protocol import AgentExited, AgentOutput, Gap, ScreenSnapshot
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
 
 
-def paint(snapshot: dict[str, Any]) -> bytes:
+def paint(snapshot: ScreenSnapshot) -> bytes:
     """The bytes that draw ``snapshot`` (an ANSI snapshot) on a terminal and place the cursor."""
-    row, col = snapshot["cursor"]
-    lines = snapshot["text"].split("\n")
+    row, col = snapshot.cursor
+    lines = snapshot.text.split("\n")
     body = "\r\n".join(lines)
     return f"\x1b[0m\x1b[H\x1b[2J{body}\x1b[{row + 1};{col + 1}H".encode()
 
@@ -56,7 +56,7 @@ async def attach(
         snapshot = await client.snapshot(name, ansi=True)
         out.write(paint(snapshot))
         out.flush()
-        offset = snapshot["offset"]
+        offset = snapshot.offset or 0
         async with trio.open_nursery() as nursery:
             outcome: list[AgentExited | None] = [None]
             if drive:
@@ -72,7 +72,7 @@ async def attach(
                     snapshot = await client.snapshot(name, ansi=True)
                     out.write(paint(snapshot))
                     out.flush()
-                    offset = snapshot["offset"]
+                    offset = snapshot.offset or 0
                 elif isinstance(event, AgentExited):
                     outcome[0] = event
                     break

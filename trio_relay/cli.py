@@ -21,6 +21,13 @@ import msgspec
 import trio
 
 from . import __version__
+from .protocol import (
+    AgentSummary,
+    BrokerStatus,
+    DeliveryRecord,
+    PendingDeliveries,
+    SendReceipt,
+)
 
 T = TypeVar("T")
 
@@ -208,12 +215,12 @@ def down(timeout: float, **kwargs: Any) -> None:
     status = call_broker(kwargs, lambda c: c.status())
     call_broker(kwargs, lambda c: c.shutdown())
     deadline = time.monotonic() + timeout
-    while process_alive(status["pid"]):
+    while process_alive(status.pid):
         if time.monotonic() > deadline:
-            click.echo(f"Error: the broker (pid {status['pid']}) did not stop in {timeout:g} s", err=True)
+            click.echo(f"Error: the broker (pid {status.pid}) did not stop in {timeout:g} s", err=True)
             sys.exit(EXIT_FAILED)
         time.sleep(0.05)
-    emit({"stopped": status["pid"]}, kwargs["as_json"], lambda r: click.echo(f"broker {r['stopped']} stopped"))
+    emit({"stopped": status.pid}, kwargs["as_json"], lambda r: click.echo(f"broker {r['stopped']} stopped"))
 
 
 @main.command()
@@ -221,11 +228,11 @@ def down(timeout: float, **kwargs: Any) -> None:
 def status(**kwargs: Any) -> None:
     """Show the broker's pid, URL, uptime and agents."""
 
-    def human(s: dict[str, Any]) -> None:
-        agents = ", ".join(f"{n} {state}" for state, n in sorted(s["agents"].items())) or "none"
-        click.echo(f"broker {s['version']}  pid {s['pid']}  {s['url']}  up {_age(time.time() - s['uptime'])}")
+    def human(s: BrokerStatus) -> None:
+        agents = ", ".join(f"{n} {state}" for state, n in sorted(s.agents.items())) or "none"
+        click.echo(f"broker {s.version}  pid {s.pid}  {s.url}  up {_age(time.time() - s.uptime)}")
         click.echo(f"agents: {agents}")
-        r = s["requests"]
+        r = s.requests
         click.echo(
             f"requests: {r['pending']} pending, {r['completed']} completed, {r['timed_out']} timed out, "
             f"{r['failed']} failed, {r['late_dropped']} late answers dropped"
@@ -260,7 +267,7 @@ def spawn(name: str, command: tuple[str, ...], native: bool, cwd: str | None, en
     result = call_broker(kwargs, lambda c: c.spawn(
         name, list(command), cwd=os.path.abspath(cwd) if cwd else None, env=variables,
         native=native, rows=rows, cols=cols, restart=restart))
-    emit(result, kwargs["as_json"], lambda a: click.echo(f"{a['name']} running, pid {a['pid']}"))
+    emit(result, kwargs["as_json"], lambda a: click.echo(f"{a.name} running, pid {a.pid}"))
 
 
 @main.command()
@@ -269,16 +276,16 @@ def ps(**kwargs: Any) -> None:
     """List the agents: state, pid, uptime, restarts, pending deliveries, last activity,
     last exit."""
 
-    def human(agents: list[dict[str, Any]]) -> None:
+    def human(agents: list[AgentSummary]) -> None:
         if not agents:
             click.echo("no agents")
             return
         table(
-            [[a["name"], a["state"], str(a["pid"] or "-"),
-              _age(a["started_at"]) if a["state"] == "running" else "-",
-              str(a["restarts"]), str(a["pending_deliveries"]),
-              f"{_age(a['last_activity'])} ago" if a["last_activity"] else "-",
-              a["last_exit"] or "-"]
+            [[a.name, a.state, str(a.pid or "-"),
+              _age(a.started_at) if a.state == "running" else "-",
+              str(a.restarts), str(a.pending_deliveries),
+              f"{_age(a.last_activity)} ago" if a.last_activity else "-",
+              a.last_exit or "-"]
              for a in agents],
             ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "PENDING", "LAST ACTIVITY", "LAST EXIT"],
         )
@@ -292,7 +299,7 @@ def ps(**kwargs: Any) -> None:
 def release(name: str, **kwargs: Any) -> None:
     """Stop agent NAME for good (shutdown, then SIGTERM, then SIGKILL)."""
     result = call_broker(kwargs, lambda c: c.release(name))
-    emit(result, kwargs["as_json"], lambda a: click.echo(f"{a['name']} released ({a['last_exit']})"))
+    emit(result, kwargs["as_json"], lambda a: click.echo(f"{a.name} released ({a.last_exit})"))
 
 
 @main.command("input")
@@ -325,7 +332,7 @@ def resize(name: str, rows: int, cols: int, **kwargs: Any) -> None:
 def snapshot(name: str, ansi: bool, **kwargs: Any) -> None:
     """Print what agent NAME's screen shows now."""
     emit(call_broker(kwargs, lambda c: c.snapshot(name, ansi=ansi)), kwargs["as_json"],
-         lambda s: click.echo(s["text"]))
+         lambda s: click.echo(s.text))
 
 
 @main.command()
@@ -336,7 +343,7 @@ def mode(name: str, new_mode: str | None, **kwargs: Any) -> None:
     """Show, or set, agent NAME's delivery mode: auto_inject (deliver as they come) or
     hold (keep them queued until `flush` or auto_inject)."""
     emit(call_broker(kwargs, lambda c: c.mode(name, new_mode)), kwargs["as_json"],
-         lambda r: click.echo(r["mode"]))
+         lambda r: click.echo(r.mode))
 
 
 @main.command()
@@ -345,12 +352,12 @@ def mode(name: str, new_mode: str | None, **kwargs: Any) -> None:
 def pending(name: str, **kwargs: Any) -> None:
     """List the deliveries queued for agent NAME, oldest first."""
 
-    def human(r: dict[str, Any]) -> None:
-        click.echo(f"mode: {r['mode']}")
-        if not r["deliveries"]:
+    def human(r: PendingDeliveries) -> None:
+        click.echo(f"mode: {r.mode}")
+        if not r.deliveries:
             click.echo("nothing pending")
         else:
-            _delivery_table(r["deliveries"])
+            _delivery_table(r.deliveries)
 
     emit(call_broker(kwargs, lambda c: c.pending(name)), kwargs["as_json"], human)
 
@@ -361,7 +368,7 @@ def pending(name: str, **kwargs: Any) -> None:
 def flush(name: str, **kwargs: Any) -> None:
     """Hand what is held for agent NAME to it now (hold mode stays on)."""
     emit(call_broker(kwargs, lambda c: c.flush(name)), kwargs["as_json"],
-         lambda r: click.echo(f"{r['count']} released for delivery"))
+         lambda r: click.echo(f"{r.count} released for delivery"))
 
 
 @main.command()
@@ -381,16 +388,14 @@ def send(to: str, message: str, sender: str | None, thread: str | None, wait: bo
     """
     result = call_broker(kwargs, lambda c: c.send(
         to, message, sender=sender, thread=thread, wait=wait, timeout=timeout))
-    evicted = result.get("evicted") or []
-
-    def human(r: dict[str, Any]) -> None:
-        click.echo(f"{r['delivery_id']} {_describe(r)}")
-        for gone in evicted:
+    def human(r: SendReceipt) -> None:
+        click.echo(f"{r.delivery_id} {_describe(r)}")
+        for gone in r.evicted:
             click.echo(f"note: the queue was full; {gone} was dropped to make room", err=True)
 
     emit(result, kwargs["as_json"], human)
-    if wait and result["state"] != "verified":
-        click.echo(f"Agent error: {result['delivery_id']} {_describe(result)}", err=True)
+    if wait and result.state != "verified":
+        click.echo(f"Agent error: {result.delivery_id} {_describe(result)}", err=True)
         sys.exit(EXIT_FAILED)
 
 
@@ -420,25 +425,24 @@ def dead_letters(agent: str | None, **kwargs: Any) -> None:
 def redeliver(delivery_id: str, **kwargs: Any) -> None:
     """Queue a dead letter (or failed delivery) again, with a fresh retry budget."""
     emit(call_broker(kwargs, lambda c: c.redeliver(delivery_id)), kwargs["as_json"],
-         lambda r: click.echo(f"{r['delivery_id']} {r['state']}"))
+         lambda r: click.echo(f"{r.delivery_id} {r.state}"))
 
 
-def _describe(d: dict[str, Any]) -> str:
+def _describe(d: DeliveryRecord) -> str:
     """A delivery's state in words; timeout_fallback is never shown as plain success."""
-    state = d["state"]
-    if state == "verified":
-        return f"verified ({d.get('verification')})"
-    if state == "unverified":
-        return f"typed but not verified ({d.get('verification')}: {d.get('reason')})"
-    if d.get("last_error") and state in ("failed", "dead_letter", "dropped"):
-        return f"{state}: {d['last_error']}"
-    return state
+    if d.state == "verified":
+        return f"verified ({d.verification})"
+    if d.state == "unverified":
+        return f"typed but not verified ({d.verification}: {d.reason})"
+    if d.state in ("failed", "dead_letter", "dropped") and (d.last_error or d.reason):
+        return f"{d.state}: {d.last_error or d.reason}"
+    return d.state
 
 
-def _delivery_table(ds: list[dict[str, Any]]) -> None:
+def _delivery_table(ds: list[DeliveryRecord]) -> None:
     table(
-        [[d["delivery_id"], d["agent"], d["sender"], _describe(d), str(d["attempts"]),
-          (d["body"][:40] + "...") if len(d["body"]) > 43 else d["body"]] for d in ds],
+        [[d.delivery_id, d.agent, d.sender, _describe(d), str(d.attempts),
+          (d.body[:40] + "...") if len(d.body) > 43 else d.body] for d in ds],
         ["ID", "TO", "FROM", "STATE", "ATTEMPTS", "BODY"],
     )
 

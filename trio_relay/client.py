@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import trio
@@ -31,7 +31,20 @@ from trio_websocket import (
 )
 
 from .errors import RelayError
-from .protocol import BrokerEvent, ControlError, Event, Gap
+from .protocol import (
+    AgentSummary,
+    BrokerEvent,
+    BrokerStatus,
+    ControlError,
+    DeliveryRecord,
+    Event,
+    FlushResult,
+    Gap,
+    ModeResult,
+    PendingDeliveries,
+    ScreenSnapshot,
+    SendReceipt,
+)
 from .state import StateDir
 
 MAX_BUFFERED_EVENTS = 4096
@@ -59,6 +72,16 @@ class _ServerMessage(msgspec.Struct):
 
 _decoder = msgspec.json.Decoder(_ServerMessage)
 _encoder = msgspec.json.Encoder()
+T = TypeVar("T")
+
+
+def _as(kind: type[T], result: Any) -> T:
+    """A result as its protocol Struct. Raises RemoteError("internal") if the broker sent
+    something of another shape (a broker of another version, say)."""
+    try:
+        return msgspec.convert(result, kind)
+    except msgspec.ValidationError as exc:
+        raise RemoteError("internal", f"unexpected result from the broker: {exc}") from None
 
 
 def find_broker(
@@ -254,8 +277,8 @@ class RelayClient:
 
     # -- operations
 
-    async def status(self) -> dict[str, Any]:
-        return await self.call("status")
+    async def status(self) -> BrokerStatus:
+        return _as(BrokerStatus, await self.call("status"))
 
     async def spawn(
         self,
@@ -268,17 +291,17 @@ class RelayClient:
         rows: int = 24,
         cols: int = 80,
         restart: str = "never",
-    ) -> dict[str, Any]:
-        return await self.call(
+    ) -> AgentSummary:
+        return _as(AgentSummary, await self.call(
             "spawn", name=name, command=command, cwd=cwd, env=env or {}, native=native,
             rows=rows, cols=cols, restart=restart,
-        )
+        ))
 
-    async def agents(self) -> list[dict[str, Any]]:
-        return await self.call("agents")
+    async def agents(self) -> list[AgentSummary]:
+        return _as(list[AgentSummary], await self.call("agents"))
 
-    async def release(self, name: str) -> dict[str, Any]:
-        return await self.call("release", name=name)
+    async def release(self, name: str) -> AgentSummary:
+        return _as(AgentSummary, await self.call("release", name=name))
 
     async def send(
         self,
@@ -289,27 +312,28 @@ class RelayClient:
         thread: str | None = None,
         wait: bool = False,
         timeout: float = 30.0,
-    ) -> dict[str, Any]:
+    ) -> SendReceipt:
         """A durable message for agent ``to``; answered once committed (``queued``), or
         with ``wait`` once it is verified, unverified, failed, dropped or dead-lettered."""
         fields: dict[str, Any] = {"to": to, "body": body, "thread": thread, "wait": wait, "timeout": timeout}
         if sender is not None:
             fields["from"] = sender
-        return await self.call("send", **fields)
+        return _as(SendReceipt, await self.call("send", **fields))
 
     async def deliveries(
         self, agent: str | None = None, *, states: list[str] | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        return await self.call("deliveries", agent=agent, states=states, limit=limit)
+    ) -> list[DeliveryRecord]:
+        return _as(list[DeliveryRecord], await self.call(
+            "deliveries", agent=agent, states=states, limit=limit))
 
-    async def delivery(self, delivery_id: str) -> dict[str, Any]:
-        return await self.call("delivery", delivery_id=delivery_id)
+    async def delivery(self, delivery_id: str) -> DeliveryRecord:
+        return _as(DeliveryRecord, await self.call("delivery", delivery_id=delivery_id))
 
-    async def dead_letters(self, agent: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        return await self.call("dead_letters", agent=agent, limit=limit)
+    async def dead_letters(self, agent: str | None = None, limit: int = 100) -> list[DeliveryRecord]:
+        return _as(list[DeliveryRecord], await self.call("dead_letters", agent=agent, limit=limit))
 
-    async def redeliver(self, delivery_id: str) -> dict[str, Any]:
-        return await self.call("redeliver", delivery_id=delivery_id)
+    async def redeliver(self, delivery_id: str) -> SendReceipt:
+        return _as(SendReceipt, await self.call("redeliver", delivery_id=delivery_id))
 
     async def input(self, name: str, data: str) -> None:
         await self.call("input", name=name, data=data)
@@ -317,17 +341,17 @@ class RelayClient:
     async def resize(self, name: str, rows: int, cols: int) -> None:
         await self.call("resize", name=name, rows=rows, cols=cols)
 
-    async def snapshot(self, name: str, *, ansi: bool = False) -> dict[str, Any]:
-        return await self.call("snapshot", name=name, ansi=ansi)
+    async def snapshot(self, name: str, *, ansi: bool = False) -> ScreenSnapshot:
+        return _as(ScreenSnapshot, await self.call("snapshot", name=name, ansi=ansi))
 
-    async def mode(self, name: str, set: str | None = None) -> dict[str, Any]:
-        return await self.call("mode", name=name, set=set)
+    async def mode(self, name: str, set: str | None = None) -> ModeResult:
+        return _as(ModeResult, await self.call("mode", name=name, set=set))
 
-    async def pending(self, name: str) -> dict[str, Any]:
-        return await self.call("pending", name=name)
+    async def pending(self, name: str) -> PendingDeliveries:
+        return _as(PendingDeliveries, await self.call("pending", name=name))
 
-    async def flush(self, name: str) -> dict[str, Any]:
-        return await self.call("flush", name=name)
+    async def flush(self, name: str) -> FlushResult:
+        return _as(FlushResult, await self.call("flush", name=name))
 
     async def logs(self, name: str, lines: int = 100) -> list[str]:
         return await self.call("logs", name=name, lines=lines)

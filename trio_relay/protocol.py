@@ -607,3 +607,86 @@ ControlOp = Union[
 
 #: What the broker sends a control client: an answer, or a subscription's events.
 ControlMessage = Union[ControlAnswer, ControlEvents]
+
+
+# ---------------------------------------------------------------- control results
+#
+# What the ``result`` of each answer holds; the client returns these Structs.
+
+
+class AgentSummary(msgspec.Struct, kw_only=True):
+    """An agent as ``spawn``, ``agents`` and ``release`` report it."""
+
+    name: str
+    state: str
+    pid: int | None
+    argv: list[str]
+    restarts: int
+    started_at: float | None
+    last_exit: str | None
+    last_reason: str
+    last_activity: float | None
+    pending_deliveries: int
+    pending_requests: int
+    protocol_errors: int
+
+
+class DeliveryRecord(msgspec.Struct, kw_only=True):
+    """A delivery as the store has it (``deliveries``, ``delivery``, ``dead_letters``,
+    ``pending``)."""
+
+    delivery_id: str
+    agent: str
+    state: str
+    sender: str = ""
+    body: str = ""
+    thread: str | None = None
+    attempts: int = 0
+    seq: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    deadline_at: float = 0.0
+    last_error: str | None = None
+    verification: str | None = None
+    reason: str | None = None
+
+
+class SendReceipt(DeliveryRecord, kw_only=True):
+    """The answer to ``send`` and ``redeliver``: ``queued`` once committed, or with ``wait``
+    the delivery's end state. ``evicted`` are older deliveries dropped to make room."""
+
+    evicted: list[str] = []
+
+
+class ScreenSnapshot(msgspec.Struct, kw_only=True):
+    """What an agent's screen shows; ``offset`` is the output byte offset it reflects."""
+
+    text: str
+    rows: int
+    cols: int
+    cursor: list[int]
+    offset: int | None = None
+
+
+class BrokerStatus(msgspec.Struct, kw_only=True):
+    version: str
+    pid: int
+    url: str
+    uptime: float
+    agents: dict[str, int]
+    last_seq: int
+    requests: dict[str, int]
+    you: str | None = None
+
+
+class PendingDeliveries(msgspec.Struct, kw_only=True):
+    mode: str
+    deliveries: list[DeliveryRecord]
+
+
+class ModeResult(msgspec.Struct, kw_only=True):
+    mode: str
+
+
+class FlushResult(msgspec.Struct, kw_only=True):
+    count: int

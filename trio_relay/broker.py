@@ -12,7 +12,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -23,7 +22,7 @@ from .delivery import DeliveryEngine, DeliveryPolicy, Receipt
 from .errors import AgentExists, SpawnFailed, WorkerNotFound
 from .events import EventLog
 from .framing import DEFAULT_MAX_LINE
-from .protocol import Resize, StoreErrorEvent, WriteInput, encode
+from .protocol import AgentSummary, Resize, StoreErrorEvent, WriteInput, encode
 from .state import StateDir
 from .sweep import RUN_ENV, kill_run
 from .store import DeliveryInfo, Store, open_store
@@ -34,22 +33,8 @@ log = logging.getLogger(__name__)
 DEFAULT_REQUEST_TIMEOUT = 10.0
 
 
-@dataclass(frozen=True)
-class AgentInfo:
-    """A snapshot of one agent's state, for listing."""
-
-    name: str
-    state: str
-    pid: int | None
-    argv: list[str]
-    restarts: int
-    started_at: float | None
-    last_exit: str | None
-    last_reason: str
-    last_activity: float | None  # wall clock of the worker's last frame
-    pending_deliveries: int  # queued for it or handed to it, not yet settled
-    pending_requests: int
-    protocol_errors: int
+#: A snapshot of one agent's state, for listing (the control channel sends it as is).
+AgentInfo = AgentSummary
 
 
 class Broker:

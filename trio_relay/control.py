@@ -456,8 +456,9 @@ class _Connection:
         self.nursery.start_soon(forward)
 
 
-def _info(info: Any) -> dict[str, Any]:
-    return asdict(info)
+def _info(info: Any) -> Any:
+    """A result as the encoder takes it: Structs as they are, dataclasses as dicts."""
+    return info if isinstance(info, msgspec.Struct) else asdict(info)
 
 
 def _peer(request: WebSocketRequest) -> str:

@@ -277,7 +277,7 @@ class PtyWorker:
             try:
                 os.set_blocking(1, True)
             except OSError:
-                pass
+                pass  # stdout is already closed: nothing left to restore
             signal.set_wakeup_fd(-1)
             self.selector.close()
             os.close(wake_r)
@@ -319,7 +319,7 @@ class PtyWorker:
                     break
                 self.unsent.popleft()
         except BlockingIOError:
-            pass
+            pass  # the pipe is full: the rest waits for fd 1 to be writable
         except OSError as exc:  # EPIPE: the broker is gone
             self.stdout_broken = True
             self.unsent.clear()

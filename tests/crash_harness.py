@@ -34,6 +34,8 @@ from typing import Any, Callable
 
 import trio
 
+from helpers import kill_and_reap
+
 DRIVER = Path(__file__).with_name("crash_driver.py")
 ID = re.compile(r"\[([0-9a-f]+-\d+)\]")
 
@@ -112,11 +114,7 @@ async def run_life(
             while chunk := await proc.stdout.receive_some():  # acknowledged before it died
                 take(chunk)
     finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            await proc.stdout.aclose()  # type: ignore[union-attr]
+        await kill_and_reap(proc)
     if kill_after is None:
         assert proc.returncode == 0, f"the draining broker failed ({proc.returncode})"
     return life

@@ -50,3 +50,15 @@ async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.005) 
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(interval)
+
+
+async def kill_and_reap(proc: trio.Process) -> None:
+    """SIGKILL ``proc`` if it is still running, reap it and close its pipes (shielded, so
+    a cancelled test still leaves no child behind)."""
+    with trio.CancelScope(shield=True):
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                await stream.aclose()

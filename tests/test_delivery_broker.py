@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from helpers import REFERENCE_WORKER, pid_alive, wait_until
+from helpers import REFERENCE_WORKER, kill_and_reap, pid_alive, wait_until
 from trio_relay import RestartPolicy, WorkerNotFound, open_broker
 from trio_relay.delivery import DeliveryPolicy
 from trio_relay.framing import LineSplitter
@@ -200,11 +200,7 @@ async def test_a_broker_killed_with_sigkill_mid_stream_loses_no_acknowledged_del
                 for line in splitter.feed(chunk):  # acknowledged before it died
                     acknowledged.append(json.loads(line)["queued"])  # type: ignore[arg-type]
     finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            await proc.stdout.aclose()  # type: ignore[union-attr]
+        await kill_and_reap(proc)
     assert first_worker is not None
     await wait_until(lambda: not pid_alive(first_worker), timeout=10)
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from helpers import pid_alive, wait_until
+from helpers import kill_and_reap, pid_alive, wait_until
 from trio_relay import Broker, WorkerError, open_broker
 from trio_relay.sweep import session_members
 from trio_relay.protocol import (
@@ -401,12 +401,6 @@ async def test_the_worker_does_not_import_trio() -> None:
 HELLO = b'{"kind": "hello", "protocol": 1}\n'
 
 
-async def close_pipes(proc: trio.Process) -> None:
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            await stream.aclose()
-
-
 @asynccontextmanager
 async def open_worker(command: list[str]) -> AsyncIterator[tuple[trio.Process, WorkerHello]]:
     """The PTY worker as a plain child, without a broker; yields it once it said hello."""
@@ -426,11 +420,7 @@ async def open_worker(command: list[str]) -> AsyncIterator[tuple[trio.Process, W
         assert isinstance(hello, WorkerHello)
         yield proc, hello
     finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            await close_pipes(proc)
+        await kill_and_reap(proc)
 
 
 async def run_directly(command: list[str]) -> list[Any]:
@@ -445,11 +435,7 @@ async def run_directly(command: list[str]) -> list[Any]:
                 data += chunk
             await proc.wait()
     finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            await close_pipes(proc)
+        await kill_and_reap(proc)
     return [decode_worker_frame(line) for line in data.splitlines() if line]
 
 
@@ -535,12 +521,9 @@ async def direct_worker(command: list[str], **options: object) -> AsyncIterator[
             yield worker
             nursery.cancel_scope.cancel()
     finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            await close_pipes(proc)
-            if sid is not None:
+        await kill_and_reap(proc)
+        if sid is not None:
+            with trio.CancelScope(shield=True):
                 await wait_until(lambda: not session_members(sid), timeout=5)
 
 
@@ -573,11 +556,7 @@ async def test_a_broker_that_stops_reading_cannot_stall_the_worker(how: str) -> 
             await proc.wait()
         assert not session_members(sid)
     finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            await close_pipes(proc)
+        await kill_and_reap(proc)
 
 
 async def test_heavy_output_does_not_stall_requests_or_output_frames() -> None:

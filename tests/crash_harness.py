@@ -157,6 +157,9 @@ async def crash_loop(
             f" {len(life.agents)} agents up")
     final = await run_life(state, journals, f"{run_id}-final", "drain")
     lives.append(final)
+    with trio.move_on_after(10):  # its processes end as it stops; give them a moment
+        while processes_tagged(final.tag):
+            await trio.sleep(0.01)
     assert not processes_tagged(final.tag), f"seed {seed}: the drained life left processes"
     assert final.states is not None
 

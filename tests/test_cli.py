@@ -218,8 +218,9 @@ def test_send_hold_pending_and_flush_through_the_cli(broker: Relay) -> None:
     assert "held for later" in broker.invoke("pending", "cat").output
     assert broker.invoke("flush", "cat").output.strip() == "1 released for delivery"
     wait_for(lambda: "held for later" in broker.invoke("snapshot", "cat").output)
-    listing = broker.invoke("deliveries", "cat").output
-    assert listing.count("verified (echo)") == 2 or "held for later" in listing
+    wait_for(lambda: [d["state"] for d in json.loads(broker.invoke("deliveries", "cat", "--json").output)]
+             == ["verified", "verified"])
+    assert broker.invoke("deliveries", "cat").output.count("verified (echo)") == 2
     assert broker.invoke("dead-letters").output.strip() == "no dead letters"
     missing = broker.invoke("send", "nobody", "hi")
     assert missing.exit_code == 1 and "Error:" in missing.output
@@ -248,7 +249,7 @@ def test_foreground_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 
 def test_help_explains_every_command() -> None:
     result = CliRunner().invoke(main, ["--help"])
-    for command in ["up", "down", "status", "spawn", "ps", "release", "send", "input", "resize",
+    for command in ["up", "down", "status", "spawn", "ps", "release", "send", "input", "resize", "attach",
                     "snapshot", "events", "pending", "flush", "mode", "deliveries",
                     "dead-letters", "redeliver", "logs"]:
         assert f"  {command} " in result.output

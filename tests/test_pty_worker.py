@@ -6,8 +6,11 @@ session (the ``relay`` fixture), besides the suite-wide check on worker processe
 
 from __future__ import annotations
 
+import fcntl
 import signal
+import struct
 import sys
+import termios
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -546,7 +549,7 @@ async def test_a_broker_that_stops_reading_cannot_stall_the_worker(how: str) -> 
         await proc.stdin.send_all(HELLO)
         hello = decode_worker_frame((await proc.stdout.receive_some(4096)).split(b"\n")[0])
         sid = hello.program_pid
-        await trio.sleep(1.0)  # the pipe to the broker is full by now
+        await pipe_filled(proc.stdout.fileno())  # the broker has stopped reading
         assert proc.returncode is None and session_members(sid)
         if how == "stdin_closed":
             await proc.stdin.aclose()
@@ -557,6 +560,17 @@ async def test_a_broker_that_stops_reading_cannot_stall_the_worker(how: str) -> 
         assert not session_members(sid)
     finally:
         await kill_and_reap(proc)
+
+
+async def pipe_filled(fd: int, timeout: float = 10) -> None:
+    """Wait until the pipe behind ``fd`` holds nearly its capacity (a writer would block)."""
+    capacity = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    with trio.fail_after(timeout):
+        while True:
+            waiting = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+            if waiting >= capacity - 16384:
+                return
+            await trio.sleep(0.01)
 
 
 async def test_heavy_output_does_not_stall_requests_or_output_frames() -> None:
@@ -606,7 +620,9 @@ async def test_a_newline_in_the_body_is_not_enter_without_bracketed_paste(tmp_pa
         verified = await worker.wait_for(is_kind(DeliveryVerified, delivery_id="nl"))
         assert verified.verification == "echo"
         await worker.wait_for(lambda f: "command not found" in worker.output())
-        await trio.sleep(0.2)
+        # bash runs its input in order: once a later command has run, a `touch` would have too
+        await worker.send(encode(WriteInput(data="echo s-$((1+1))\r")))
+        await worker.wait_for(lambda f: "s-2" in worker.output())
         assert not marker.exists()
         assert f"[nl]: hi touch {marker}" in worker.output()  # one line
 
@@ -627,7 +643,7 @@ async def test_input_written_during_an_injection_waits_for_the_message(tmp_path:
     async with direct_worker(["sh", "-c", f"cat > {received}"], **options) as worker:
         await worker.wait_for(is_kind(Ready))
         await worker.send(encode(Deliver(delivery_id="d1", sender="a", body="do not interleave")))
-        await trio.sleep(0.05)  # the message is being typed
+        await worker.wait_for(lambda f: "Relay mes" in worker.output())  # typing has begun
         await worker.send(encode(WriteInput(data="USER INPUT\r", request_id="w1")))
         await worker.wait_for(is_kind(DeliveryVerified, delivery_id="d1"))
         await worker.wait_for(is_kind(Response, request_id="w1"))

@@ -294,3 +294,24 @@ async def test_release_during_backoff_stops_the_restarts(broker: Broker) -> None
     with trio.fail_after(5):
         await broker.release("w")
     assert broker.agent("w").state == "released"
+
+
+async def test_a_nul_byte_in_the_environment_is_a_clear_spawn_failure(broker: Broker) -> None:
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(SpawnFailed, match="NUL"):
+        await broker.spawn("w", REFERENCE_WORKER, env={"X": "a\0b"})
+    assert len(os.listdir("/proc/self/fd")) == fds_before  # no pipe left open
+    await broker.spawn("w", REFERENCE_WORKER)  # the name is free, nothing half-recorded
+
+
+async def test_input_to_a_worker_that_never_reads_times_out(tmp_path: Path) -> None:
+    deaf = tmp_path / "deaf.py"  # says hello, then never reads its stdin
+    deaf.write_text(
+        "import sys, time\n"
+        "sys.stdout.write('{\"kind\": \"hello\", \"protocol\": 1}\\n'); sys.stdout.flush()\n"
+        "time.sleep(60)\n"
+    )
+    async with open_broker(request_timeout=0.5) as broker:
+        await broker.spawn("deaf", [sys.executable, str(deaf)], grace=0.1, kill_grace=0.1)
+        with trio.fail_after(10), pytest.raises(RequestTimeout, match="input"):
+            await broker.write_input("deaf", "x" * 1_000_000)  # more than a pipe holds

@@ -19,7 +19,7 @@ import trio
 from . import store as sql
 from .correlator import Correlator, CorrelatorStatistics
 from .delivery import DeliveryEngine, DeliveryPolicy, Receipt
-from .errors import AgentExists, SpawnFailed, WorkerNotFound
+from .errors import AgentExists, RequestTimeout, SpawnFailed, WorkerNotFound
 from .events import EventLog
 from .framing import DEFAULT_MAX_LINE
 from .protocol import AgentSummary, Resize, StoreErrorEvent, WriteInput, encode
@@ -110,8 +110,10 @@ class Broker:
         self.delivery_engine.register(name, mode)
         try:
             return self._info(await self.supervisor.spawn(spec))
-        except SpawnFailed:
-            await self._forget_agent(name)
+        except BaseException:
+            # Not started (or the caller gave up before its hello): not one to respawn.
+            with trio.CancelScope(shield=True):
+                await self._forget_agent(name)
             raise
 
     async def respawn(self) -> list[AgentInfo]:
@@ -252,15 +254,23 @@ class Broker:
 
     async def write_input(self, name: str, data: str) -> None:
         """Type ``data`` into the agent's terminal; return once the frame is written.
-        Raises WorkerNotFound or ChannelClosed."""
-        await self.supervisor.running(name).writer.send(encode(WriteInput(data=data)))
+        Raises WorkerNotFound, ChannelClosed, or RequestTimeout if the worker has not read
+        it within ``request_timeout`` (the frame then stays queued, whole)."""
+        await self._write(name, "input", encode(WriteInput(data=data)))
 
     async def resize(self, name: str, rows: int, cols: int) -> None:
-        """Resize the agent's terminal; return once the frame is written.
-        Raises WorkerNotFound, ChannelClosed, or ValueError for a size out of range."""
+        """Resize the agent's terminal; return once the frame is written. Raises
+        WorkerNotFound, ChannelClosed, RequestTimeout, or ValueError for a size out of range."""
         if not (1 <= rows <= 1000 and 1 <= cols <= 1000):
             raise ValueError(f"terminal size {rows}x{cols} out of range 1..1000")
-        await self.supervisor.running(name).writer.send(encode(Resize(rows=rows, cols=cols)))
+        await self._write(name, "resize", encode(Resize(rows=rows, cols=cols)))
+
+    async def _write(self, name: str, what: str, frame: bytes) -> None:
+        writer = self.supervisor.running(name).writer
+        with trio.move_on_after(self.request_timeout) as scope:
+            await writer.send(frame)
+        if scope.cancelled_caught:
+            raise RequestTimeout(name, what, self.request_timeout)
 
     def agent(self, name: str) -> AgentInfo:
         """Raises WorkerNotFound."""

@@ -31,6 +31,8 @@ from .sweep import kill_session
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+#: How long to wait for a SIGKILLed child before reporting it as stuck in the kernel.
+UNKILLABLE_AFTER = 10.0
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -113,9 +115,10 @@ class FrameWriter:
     worker's nursery, the only other writer of the pipe) writes when the pipe drains.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, name: str = "worker") -> None:
         os.set_blocking(fd, False)
         self._fd = fd
+        self._name = name
         self._open = _Batch()
         self._busy = False
         self._error: BaseException | None = None
@@ -130,7 +133,7 @@ class FrameWriter:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._error is not None:
-            raise ChannelClosed(f"cannot write to worker: {self._error}")
+            raise self._closed(self._error)
         if not self._busy and not self._open.frames:
             try:
                 written = os.write(self._fd, frame)
@@ -138,7 +141,7 @@ class FrameWriter:
                 written = 0
             except OSError as exc:
                 self._fail(exc)
-                raise ChannelClosed(f"cannot write to worker: {exc}") from exc
+                raise self._closed(exc) from exc
             if written == len(frame):
                 return
             frame = frame[written:]
@@ -147,7 +150,7 @@ class FrameWriter:
         self._lot.unpark_all()
         await batch.done.wait()
         if batch.error is not None:
-            raise ChannelClosed(f"cannot write to worker: {batch.error}") from batch.error
+            raise self._closed(batch.error) from batch.error
 
     def send_nowait(self, frame: bytes) -> None:
         """Queue one frame without waiting for it to be written (best effort).
@@ -155,7 +158,7 @@ class FrameWriter:
         Raises ChannelClosed if the writer is already closed or broken.
         """
         if self._error is not None:
-            raise ChannelClosed(f"cannot write to worker: {self._error}")
+            raise self._closed(self._error)
         self._open.frames.append(frame)
         self._lot.unpark_all()
 
@@ -190,6 +193,12 @@ class FrameWriter:
             else:
                 view = view[written:]
 
+    def _closed(self, cause: BaseException) -> ChannelClosed:
+        return ChannelClosed(
+            f"cannot write to agent {self._name!r} ({cause}): it has exited or closed its "
+            f"stdin; see `trio-relay ps` and `trio-relay logs {self._name}`"
+        )
+
     def _fail(self, error: BaseException) -> None:
         if self._error is None:
             self._error = error
@@ -218,7 +227,7 @@ class WorkerProcess:
         self.pgid = popen.pid  # start_new_session: the child leads its own group
         self.argv = [os.fsdecode(a) for a in popen.args]  # type: ignore[union-attr]
         self._popen = popen
-        self.writer = FrameWriter(stdin)
+        self.writer = FrameWriter(stdin, name)
         self.stdout = trio.lowlevel.FdStream(stdout)
         self._stderr = trio.lowlevel.FdStream(stderr)
         self.stderr_ring = StderrRing()
@@ -317,28 +326,41 @@ class WorkerProcess:
             except ChannelClosed:
                 pass  # its stdin is gone; the signals below still apply
             with trio.move_on_after(grace):
-                await self.wait_until(self._has_status)
+                await self.wait_until(lambda: self.has_exited)
         if self.status is None:
             log.info("%s: no exit %.1fs after shutdown; sending SIGTERM", self.name, grace)
             self.signal_group(signal.SIGTERM)
             with trio.move_on_after(kill_grace):
-                await self.wait_until(self._has_status)
+                await self.wait_until(lambda: self.has_exited)
         if self.status is None:
             log.warning("%s: ignored SIGTERM for %.1fs; sending SIGKILL", self.name, kill_grace)
             self.signal_group(signal.SIGKILL)
-            await self.wait_until(self._has_status)
-        assert self.status is not None
+            with trio.move_on_after(max(kill_grace, UNKILLABLE_AFTER)):
+                await self.wait_until(lambda: self.has_exited)
+        if self.status is None:
+            # Stuck in the kernel (uninterruptible sleep, a hung mount): we cannot wait for
+            # ever in a shielded stop. Report it and let close() reap it if it ever dies.
+            log.error(
+                "%s: pid %d survived SIGKILL for %.0f s (uninterruptible?); giving up on it",
+                self.name, self.pid, max(kill_grace, UNKILLABLE_AFTER),
+            )
+            return ExitStatus(None, signal.SIGKILL)
         return self.status
 
-    def _has_status(self) -> bool:
-        return self.status is not None
-
     async def close(self) -> None:
-        """Release the pipes and the pidfd, killing and reaping the child first if it is
-        somehow still there. Idempotent. Run it shielded, after the background tasks ended."""
+        """Release the pipes and the pidfd, killing the child first if it is somehow still
+        there, and reaping it if it has died. Idempotent; never blocks for long. Run it
+        shielded, after the background tasks ended."""
         if self.status is None:
             self.signal_group(signal.SIGKILL)
-            self.status = ExitStatus.from_returncode(self._popen.wait())  # SIGKILL: prompt
+            for _ in range(100):  # SIGKILL is prompt unless the child is stuck in the kernel
+                returncode = self._popen.poll()
+                if returncode is not None:
+                    self.status = ExitStatus.from_returncode(returncode)
+                    break
+                await trio.sleep(0.01)
+            else:
+                log.error("%s: pid %d is still not reaped after SIGKILL", self.name, self.pid)
         self.writer.close()
         await self.stdout.aclose()
         await self._stderr.aclose()
@@ -362,7 +384,13 @@ def spawn_process(
     """
     if not argv:
         raise SpawnFailed(name, "empty command")
-    fds = [*os.pipe(), *os.pipe(), *os.pipe()]
+    fds: list[int] = []
+    try:
+        for _ in range(3):
+            fds.extend(os.pipe())
+    except OSError as exc:
+        _close_all(fds)
+        raise SpawnFailed(name, f"cannot create its pipes: {exc.strerror}", exc.errno) from exc
     stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w = fds
     try:
         popen = subprocess.Popen(
@@ -376,16 +404,34 @@ def spawn_process(
             preexec_fn=_die_with_parent(os.getpid()),
         )
     except OSError as exc:
-        for fd in fds:
-            os.close(fd)
+        _close_all(fds)
         where = "working directory" if cwd is not None and exc.filename == cwd else "command"
         raise SpawnFailed(
             name, f"{where} {exc.filename or argv[0]!r}: {exc.strerror}", exc.errno
         ) from exc
-    except subprocess.SubprocessError as exc:
-        for fd in fds:
-            os.close(fd)
+    except (subprocess.SubprocessError, ValueError) as exc:
+        _close_all(fds)
+        if isinstance(exc, ValueError):  # "embedded null byte"
+            raise SpawnFailed(
+                name, f"the command, cwd or environment is not valid: {exc}; remove NUL bytes"
+            ) from exc
         raise SpawnFailed(name, f"child set-up failed: {exc}") from exc
-    for fd in (stdin_r, stdout_w, stderr_w):
+    except BaseException:
+        _close_all(fds)
+        raise
+    _close_all([stdin_r, stdout_w, stderr_w])
+    try:
+        return WorkerProcess(name, popen, stdin_w, stdout_r, stderr_r)
+    except BaseException as exc:
+        # It runs, but cannot be watched (no pidfd here, say): it must not outlive us.
+        os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()  # prompt after SIGKILL
+        _close_all([stdin_w, stdout_r, stderr_r])
+        if isinstance(exc, OSError):
+            raise SpawnFailed(name, f"cannot watch the child: {exc.strerror}", exc.errno) from exc
+        raise
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
         os.close(fd)
-    return WorkerProcess(name, popen, stdin_w, stdout_r, stderr_r)

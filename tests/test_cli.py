@@ -301,3 +301,31 @@ def test_attach_mirrors_and_drives_an_agent_through_a_real_terminal(broker: Rela
 def test_attach_to_an_unknown_agent_fails_clearly(broker: Relay) -> None:
     result = broker.invoke("attach", "ghost")
     assert result.exit_code == 1 and "no running agent named 'ghost'" in result.output
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = relay("up", "--state-dir", str(tmp_path / "s"), "--port", str(port))
+    assert result.returncode == 1
+    assert f"Error: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_events_for_one_agent_end_without_follow(broker: Relay) -> None:
+    broker.invoke("spawn", "a", "--native", "--", *REFERENCE_WORKER)
+    broker.invoke("spawn", "b", "--native", "--", *REFERENCE_WORKER)  # the newest events are b's
+    result = broker.invoke("events", "--agent", "a", "--json")
+    kinds = [(e["agent"], e["kind"]) for e in map(json.loads, result.output.splitlines())]
+    assert ("a", "agent_spawned") in kinds and all(agent == "a" for agent, _ in kinds)
+
+
+def test_input_keeps_non_ascii_text_and_honours_escapes(broker: Relay) -> None:
+    broker.invoke("spawn", "sh", "--", "bash", "--norc")
+    wait_for(lambda: "bash" in broker.invoke("snapshot", "sh").output)
+    assert broker.invoke("input", "sh", "echo héllo-日本\\x41", "--enter").exit_code == 0
+    wait_for(lambda: "héllo-日本A" in broker.invoke("snapshot", "sh").output)

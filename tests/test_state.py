@@ -54,3 +54,11 @@ def test_connection_file_round_trip(tmp_path: Path) -> None:
     state.write_connection("ws://127.0.0.1:1234")
     conn = state.read_connection()
     assert conn is not None and conn.url == "ws://127.0.0.1:1234" and conn.pid == os.getpid()
+
+
+def test_an_empty_token_file_is_replaced_not_used(tmp_path: Path) -> None:
+    state = StateDir.open(tmp_path)
+    state.token_path.write_text("")  # a first start that died before writing it
+    token = state.token()
+    assert len(token) >= 32 and state.token_path.read_text().strip() == token
+    assert stat.S_IMODE(state.token_path.stat().st_mode) == 0o600

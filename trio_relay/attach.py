@@ -10,10 +10,9 @@ leaves the agent running.
 from __future__ import annotations
 
 import os
-import sys
 import termios
 import tty
-from typing import Any, BinaryIO
+from typing import Any
 
 import trio
 
@@ -46,16 +45,27 @@ async def attach(
     *,
     drive: bool,
     stdin_fd: int = 0,
-    out: BinaryIO | None = None,
+    stdout_fd: int = 1,
 ) -> AgentExited | None:
     """Mirror agent ``name`` until it exits (returns its ``agent_exited`` event) or, when
     driving, until the detach key is pressed (returns None). Raises RemoteError (for
     example not_found) and BrokerUnreachable like any client call."""
-    out = out or sys.stdout.buffer
+    # A Trio stream, not a blocking write: with --drive, stdin and stdout are one open
+    # terminal, and reading it the Trio way makes both non-blocking.
+    out = trio.lowlevel.FdStream(os.dup(stdout_fd))
+    try:
+        return await _mirror(client, name, drive, stdin_fd, out)
+    finally:
+        with trio.CancelScope(shield=True):
+            await out.aclose()
+
+
+async def _mirror(
+    client: RelayClient, name: str, drive: bool, stdin_fd: int, out: trio.lowlevel.FdStream
+) -> AgentExited | None:
     async with client.subscribe(agent=name, kinds=["agent_output", "agent_exited", "gap"]) as events:
         snapshot = await client.snapshot(name, ansi=True)
-        out.write(paint(snapshot))
-        out.flush()
+        await out.send_all(paint(snapshot))
         offset = snapshot.offset or 0
         async with trio.open_nursery() as nursery:
             outcome: list[AgentExited | None] = [None]
@@ -66,12 +76,10 @@ async def attach(
                     chunk = unseen_part(event, offset)
                     offset = max(offset, event.offset + len(event.data.encode()))
                     if chunk:
-                        out.write(chunk)
-                        out.flush()
+                        await out.send_all(chunk)
                 elif isinstance(event, Gap):  # fell behind: repaint from a fresh snapshot
                     snapshot = await client.snapshot(name, ansi=True)
-                    out.write(paint(snapshot))
-                    out.flush()
+                    await out.send_all(paint(snapshot))
                     offset = snapshot.offset or 0
                 elif isinstance(event, AgentExited):
                     outcome[0] = event

@@ -153,8 +153,13 @@ def up(state_dir: str | None, host: str, port: int, origins: tuple[str, ...], ev
     except BrokerAlreadyRunning as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_FAILED)
-    except OSError as exc:
-        click.echo(f"Error: cannot listen on {host}:{port}: {exc}", err=True)
+    except BaseExceptionGroup as group:  # binding the port fails inside the broker's nurseries
+        bind = group.subgroup(OSError)
+        if bind is None:
+            raise
+        while isinstance(bind, BaseExceptionGroup):
+            bind = bind.exceptions[0]
+        click.echo(f"Error: cannot listen on {host}:{port}: {bind}", err=True)
         sys.exit(EXIT_FAILED)
 
 
@@ -309,7 +314,10 @@ def release(name: str, **kwargs: Any) -> None:
 @client_options
 def input_(name: str, text: str, enter: bool, **kwargs: Any) -> None:
     """Type TEXT into agent NAME's terminal (escapes such as \\r or \\x03 are honoured)."""
-    data = text.encode("utf-8").decode("unicode_escape") + ("\r" if enter else "")
+    # Honour escapes such as \x03 without mangling non-ASCII text (which unicode_escape
+    # would read as Latin-1 bytes): anything beyond Latin-1 travels as \uXXXX meanwhile.
+    data = text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    data += "\r" if enter else ""
     call_broker(kwargs, lambda c: c.input(name, data))
     emit({"ok": True}, kwargs["as_json"], lambda r: None)
 
@@ -471,8 +479,11 @@ def attach(name: str, drive: bool, **kwargs: Any) -> None:
     from .attach import RawTerminal
     from .attach import attach as run_attach
 
-    with RawTerminal(0) if drive else contextlib.nullcontext():
-        exited = call_broker(kwargs, lambda c: run_attach(c, name, drive=drive))
+    try:
+        with RawTerminal(0) if drive else contextlib.nullcontext():
+            exited = call_broker(kwargs, lambda c: run_attach(c, name, drive=drive))
+    except KeyboardInterrupt:  # Ctrl-C stops watching (without --drive it is not sent on)
+        exited = None
     if exited is None:
         click.echo(f"\r\n[detached from {name}; it keeps running]", err=True)
     else:
@@ -491,11 +502,14 @@ def events(since: int, follow: bool, agent: str | None, **kwargs: Any) -> None:
     as_json = kwargs["as_json"]
 
     async def stream(client: Any) -> None:
-        async with client.subscribe(since, agent=agent) as subscription:
+        # Without --follow, the agent filter is applied here: the stream must reach the
+        # newest event (whoever it belongs to) to know that the replay is over.
+        async with client.subscribe(since, agent=agent if follow else None) as subscription:
             if not follow and subscription.last_seq <= since:
                 return
             async for event in subscription:
-                _print_event(event, as_json)
+                if agent is None or getattr(event, "agent", agent) == agent:
+                    _print_event(event, as_json)
                 if not follow and event.seq >= subscription.last_seq:
                     return
 

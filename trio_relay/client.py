@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from pathlib import Path
 from urllib.parse import urlsplit
 from collections import deque
 from collections.abc import AsyncIterator
@@ -45,7 +46,7 @@ from .protocol import (
     ScreenSnapshot,
     SendReceipt,
 )
-from .state import StateDir
+from .state import DEFAULT_DIR_NAME, StateDir
 
 MAX_BUFFERED_EVENTS = 4096
 
@@ -60,6 +61,14 @@ class RemoteError(RelayError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code, self.message = code, message
+
+
+def _gone(exc: ConnectionClosed) -> BrokerUnreachable:
+    reason = exc.reason.reason if exc.reason is not None and exc.reason.reason else ""
+    return BrokerUnreachable(
+        "the broker went away (it stopped or crashed"
+        + (f": {reason}" if reason else "") + "); check `trio-relay status`"
+    )
 
 
 class _ServerMessage(msgspec.Struct):
@@ -94,26 +103,19 @@ def find_broker(
     token = token or os.environ.get("TRIO_RELAY_TOKEN")
     if url and token:
         return url, token
-    state = StateDir(StateDir.open(state_dir).path) if state_dir else _default_state()
+    state = StateDir(Path(state_dir) if state_dir else Path.cwd() / DEFAULT_DIR_NAME)
+    up = f"trio-relay up --state-dir {state_dir}" if state_dir else "trio-relay up"
     connection = state.read_connection()
     if url is None:
         if connection is None:
-            raise BrokerUnreachable(f"no broker is running on {state.path}; start one with `trio-relay up`")
+            raise BrokerUnreachable(f"no broker is running on {state.path}; start one with `{up}`")
         url = connection.url
     if token is None:
         try:
             token = state.token_path.read_text().strip()
         except FileNotFoundError:
-            raise BrokerUnreachable(f"no token in {state.path}; start a broker with `trio-relay up`") from None
+            raise BrokerUnreachable(f"no token in {state.path}; start a broker with `{up}`") from None
     return url, token
-
-
-def _default_state() -> StateDir:
-    from pathlib import Path
-
-    from .state import DEFAULT_DIR_NAME
-
-    return StateDir(Path.cwd() / DEFAULT_DIR_NAME)
 
 
 @asynccontextmanager
@@ -146,10 +148,15 @@ async def open_client(
         # We own the stream (trio-websocket's own connect leaves it open when the
         # handshake is refused), so it is closed however this ends.
         async with trio.open_nursery() as nursery:
-            with trio.fail_after(connect_timeout):
+            with trio.move_on_after(connect_timeout) as handshake:
                 ws = await wrap_client_stream(
                     nursery, stream, f"{parts.hostname}:{parts.port}", parts.path or "/",
                     extra_headers=headers, max_message_size=16 * 1024 * 1024,
+                )
+            if handshake.cancelled_caught:
+                raise BrokerUnreachable(
+                    f"{url} accepted a connection but did not complete a WebSocket handshake "
+                    f"in {connect_timeout:g} s; is it a trio-relay broker?"
                 )
             connected = True
             client = RelayClient(ws)
@@ -170,16 +177,23 @@ async def open_client(
                 f"the broker at {url} refused the connection ({exc.status_code}): "
                 f"{(exc.body or b'').decode(errors='replace')}"
             ) from None
-        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], trio.Cancelled):
-            raise group.exceptions[0] from None  # the block's own exception, unwrapped
+        inner = _single(group)
+        if inner is not None:
+            raise inner from None  # the block's own exception, unwrapped
         raise
-    except trio.TooSlowError:
-        if connected:
-            raise
-        raise BrokerUnreachable(f"the broker at {url} did not complete the handshake") from None
     finally:
         with trio.CancelScope(shield=True):
             await stream.aclose()
+
+
+def _single(group: BaseExceptionGroup) -> BaseException | None:
+    """The one exception a chain of one-member groups wraps (not Cancelled), else None."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, (BaseExceptionGroup, trio.Cancelled)):
+        return None
+    return exc
 
 
 class _Subscription:
@@ -240,7 +254,7 @@ class RelayClient:
                 if waiter is not None:
                     waiter.send_nowait(message)
         except ConnectionClosed as exc:
-            self._closed = BrokerUnreachable(f"the broker closed the connection: {exc.reason}")
+            self._closed = _gone(exc)
         finally:
             for waiter in self._waiting.values():
                 waiter.close()
@@ -267,7 +281,7 @@ class RelayClient:
             except trio.EndOfChannel:
                 raise self._closed or BrokerUnreachable("connection closed") from None
         except ConnectionClosed as exc:
-            raise BrokerUnreachable(f"the broker closed the connection: {exc.reason}") from None
+            raise _gone(exc) from None
         finally:
             self._waiting.pop(request_id, None)
         if not answer.ok:

@@ -413,13 +413,13 @@ class _Connection:
 
     async def _dispatch(self, op: ControlRequest) -> Any:
         if self.principal.agent is not None and not isinstance(op, AGENT_OPS):
-            raise Forbidden(f"an agent token may not use {type(op).__name__[:-2].lower()!r}")
+            raise Forbidden(f"an agent token may not use {type(op).__struct_config__.tag!r}")
         if isinstance(op, SubscribeOp):
             return await self._subscribe(op)
         if isinstance(op, UnsubscribeOp):
             scope = self.subscriptions.pop(op.subscription, None)
             if scope is None:
-                raise WorkerNotFound(f"subscription {op.subscription!r}")
+                raise ValueError(f"no subscription {op.subscription!r} on this connection")
             scope.cancel()
             return None
         name = getattr(op, "name", None)
@@ -430,7 +430,7 @@ class _Connection:
 
     async def _subscribe(self, op: SubscribeOp) -> None:
         if op.id in self.subscriptions:
-            raise AgentExists(f"subscription {op.id!r}")
+            raise ValueError(f"a subscription with id {op.id!r} is already open on this connection")
         agent = self.principal.agent or op.agent
         kinds = frozenset(op.kinds) if op.kinds else None
         log_ = self.server.broker.events

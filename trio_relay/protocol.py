@@ -527,17 +527,14 @@ class ModeOp(ControlRequest, tag="mode", kw_only=True):
 
     name: str
     set: Literal["auto_inject", "hold"] | None = None
-    timeout: float | None = None
 
 
 class PendingOp(ControlRequest, tag="pending", kw_only=True):
     name: str
-    timeout: float | None = None
 
 
 class FlushOp(ControlRequest, tag="flush", kw_only=True):
     name: str
-    timeout: float | None = None
 
 
 class LogsOp(ControlRequest, tag="logs", kw_only=True):
@@ -604,9 +601,6 @@ ControlOp = Union[
     UnsubscribeOp,
     ShutdownOp,
 ]
-
-#: What the broker sends a control client: an answer, or a subscription's events.
-ControlMessage = Union[ControlAnswer, ControlEvents]
 
 
 # ---------------------------------------------------------------- control results

@@ -99,8 +99,15 @@ class StateDir:
             holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
             raise BrokerAlreadyRunning(self.path, int(holder) if holder.isdigit() else None) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except BaseException:
+            os.close(fd)  # drops the lock too
+            raise
         self._lock_fd = fd
 
     def release_lock(self) -> None:
@@ -113,15 +120,20 @@ class StateDir:
     # -- the token and the connection file
 
     def token(self) -> str:
-        """The broker's token, generated at first use and kept mode 0600."""
+        """The broker's token, generated at first use and kept mode 0600. An empty token
+        file (a first start that died mid-write) is replaced, never used as a key."""
         try:
-            return self.token_path.read_text().strip()
+            token = self.token_path.read_text().strip()
         except FileNotFoundError:
-            pass
+            token = ""
+        if token:
+            return token
         token = secrets.token_urlsafe(32)
-        fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = self.token_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
+        tmp.replace(self.token_path)  # whole or not at all
         return token
 
     def write_connection(self, url: str) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up the project's virtual environment if needed, then run a command in it.
 
-    python3 tools/dev.py up [ARGS...]     start the broker (trio-relay up)
+    python3 tools/dev.py up [ARGS...]     start the broker (trio-relay up) for this directory
     python3 tools/dev.py test [ARGS...]   run the test suite (pytest)
     python3 tools/dev.py run CMD [ARGS...] run any command from the venv's bin/
 
@@ -50,11 +50,11 @@ def main(argv: list[str]) -> None:
         program = [str(BIN / "trio-relay"), "up", *rest]
     elif command == "test":
         program = [str(BIN / "python"), "-m", "pytest", *rest]
+        os.chdir(ROOT)  # where pytest's configuration and the tests are
     elif command == "run" and rest:
         program = [str(BIN / rest[0]), *rest[1:]]
     else:
         sys.exit(f"dev.py: unknown command {command!r}; try --help")
-    os.chdir(ROOT)
     os.execv(program[0], program)
 
 

@@ -588,10 +588,12 @@ async def test_heavy_output_does_not_stall_requests_or_output_frames() -> None:
             latencies.append(trio.current_time() - start)
             await trio.sleep(0.03)
         latencies.sort()
-        assert latencies[len(latencies) // 2] < 0.1, latencies
+        # Bounds far above what is measured (~20 ms, tools/bench_pty.py) and far below the
+        # 0.4-1 s stalls of a loop that parses a whole batch of output before anything else.
+        assert latencies[len(latencies) // 2] < 0.25, latencies
         outputs = [t for f, t in zip(worker.frames, worker.times) if isinstance(f, Output)]
         gaps = sorted(b - a for a, b in zip(outputs[-60:], outputs[-59:]))
-        assert gaps[int(len(gaps) * 0.95)] < 0.15, gaps
+        assert gaps[int(len(gaps) * 0.95)] < 0.3, gaps
 
 
 # ---------------------------------------------------------------- injection details

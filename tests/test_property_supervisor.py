@@ -153,12 +153,10 @@ class FakeProcess:
     start_io_task = WorkerProcess.start_io_task
     cancel_io_tasks = WorkerProcess.cancel_io_tasks
     stop = WorkerProcess.stop
-    _has_status = WorkerProcess._has_status
 
     def __init__(self, name: str, argv: list[str], run: int, behaviour: str, sc: Scenario) -> None:
         self.name, self.run, self.behaviour, self._sc = name, run, behaviour, sc
         self.pid = self.pgid = 1_000_000 + run  # never signalled for real: signal_group is fake
-        self.argv = list(argv)
         self._inbox_send, self._inbox = trio.open_memory_channel[bytes](float("inf"))
         self.writer = FakeWriter(self._inbox_send.send_nowait)
         self.stdout = trio.testing.MemoryReceiveStream()
@@ -166,7 +164,6 @@ class FakeProcess:
         self.stderr_closed = False
         self.status: ExitStatus | None = None
         self.program_session: int | None = None
-        self.started_at = trio.current_time()
         self._lot = trio.lowlevel.ParkingLot()
         self._io_scopes: list[trio.CancelScope] = []
         # the child's side

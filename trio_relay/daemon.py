@@ -58,7 +58,7 @@ async def run_daemon(
                     for info in await broker.respawn():
                         log.info("respawned %s (pid %s)", info.name, info.pid)
                     state.write_connection(url)
-                    log.info("broker %s listening on %s (state in %s)", _pid(), url, state.path)
+                    log.info("broker %s listening on %s (state in %s)", os.getpid(), url, state.path)
                     task_status.started(url)
                     nursery.start_soon(_stop_on_signal, signals, server)
                     await server.shutdown_requested.wait()
@@ -75,6 +75,3 @@ async def _stop_on_signal(signals: trio.abc.ReceiveChannel[int], server: Control
         log.info("%s received", signal.Signals(signum).name)
         server.shutdown_requested.set()
 
-
-def _pid() -> int:
-    return os.getpid()

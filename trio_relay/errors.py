@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class RelayError(Exception):
     """Base of every trio-relay error."""
@@ -47,7 +49,7 @@ class WorkerExited(RelayError):
     """The worker died while the request was in flight."""
 
     def __init__(self, name: str, code: int | None, signal: int | None) -> None:
-        how = f"killed by signal {signal}" if signal is not None else f"exited with code {code}"
+        how = f"killed by {signal_name(signal)}" if signal is not None else f"exited with code {code}"
         super().__init__(f"{name!r} {how}")
         self.name, self.code, self.signal = name, code, signal
 
@@ -62,3 +64,11 @@ class SpawnFailed(RelayError):
     def __init__(self, name: str, message: str, errno: int | None = None) -> None:
         super().__init__(f"cannot start {name!r}: {message}")
         self.name, self.reason, self.errno = name, message, errno
+
+
+def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9; ``signal 77`` for a number without a name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

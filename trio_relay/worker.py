@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .errors import ChannelClosed, SpawnFailed
+from .errors import ChannelClosed, SpawnFailed, signal_name
 from .protocol import Shutdown, encode
 from .sweep import kill_session
 
@@ -67,11 +67,7 @@ class ExitStatus:
 
     def describe(self) -> str:
         if self.signal is not None:
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = f"signal {self.signal}"
-            return f"killed by {name}"
+            return f"killed by {signal_name(self.signal)}"
         return f"exited with code {self.code}"
 
 
@@ -225,7 +221,6 @@ class WorkerProcess:
         self.name = name
         self.pid = popen.pid
         self.pgid = popen.pid  # start_new_session: the child leads its own group
-        self.argv = [os.fsdecode(a) for a in popen.args]  # type: ignore[union-attr]
         self._popen = popen
         self.writer = FrameWriter(stdin, name)
         self.stdout = trio.lowlevel.FdStream(stdout)
@@ -236,7 +231,6 @@ class WorkerProcess:
         #: The session of the program a wrapper runs (from its hello): killed with it.
         self.program_session: int | None = None
         self.stderr_closed = False
-        self.started_at = trio.current_time()
         self._lot = trio.lowlevel.ParkingLot()
         self._io_scopes: list[trio.CancelScope] = []
 

@@ -298,3 +298,16 @@ async def test_hold_pending_flush_and_dead_letters_over_the_channel() -> None:
                         await trio.sleep(0.05)
                 assert await client.dead_letters() == []
             nursery.cancel_scope.cancel()
+
+
+async def test_on_shutdown_subscribers_get_the_last_events_then_a_reasoned_close(served: Served) -> None:
+    async with open_client(served.url, TOKEN) as client:
+        await client.spawn("w", REFERENCE_WORKER, native=True)
+        async with client.subscribe(kinds=["agent_exited"]) as events:
+            await served.broker.shutdown()
+            await served.server.close_all("the broker is shutting down")
+            with trio.fail_after(10):
+                exited = await events.__anext__()
+                assert exited.agent == "w" and exited.intended
+                with pytest.raises(BrokerUnreachable, match="shutting down"):
+                    await events.__anext__()

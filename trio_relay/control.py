@@ -36,6 +36,7 @@ from .errors import (
     WorkerExited,
     WorkerNotFound,
 )
+from .events import Subscription
 from .protocol import (
     AgentEvent,
     AgentsOp,
@@ -144,6 +145,7 @@ class ControlServer:
         self._allowed_origins = frozenset(allowed_origins)
         self._max_message_size = max_message_size
         self.shutdown_requested = trio.Event()
+        self._connections: set[_Connection] = set()
         self.started_at = time.time()
         self.url = ""
         self._handlers: dict[type, Callable[..., Any]] = {
@@ -230,11 +232,28 @@ class ControlServer:
                 await request.reject(status, body=reason.encode())
                 return
             ws = await request.accept()
-            await _Connection(self, ws, principal).run()
+            connection = _Connection(self, ws, principal)
+            self._connections.add(connection)
+            try:
+                await connection.run()
+            finally:
+                self._connections.discard(connection)
         except ConnectionClosed:
             log.debug("connection from %s closed during its handshake", peer)
         except Exception:
             log.exception("connection from %s failed", peer)
+
+    async def close_all(self, reason: str, timeout: float = 2.0) -> None:
+        """Let every subscription send what the event log holds now (the last agent_exited
+        events of a shutdown, say), then close each connection with 1001 and ``reason``.
+        Gives up after ``timeout`` seconds: a client that does not read is not waited for."""
+        last = self.broker.events.last_seq
+        with trio.move_on_after(timeout):
+            while not all(c.caught_up(last) for c in self._connections):
+                await trio.sleep(0.01)
+            async with trio.open_nursery() as nursery:
+                for connection in list(self._connections):
+                    nursery.start_soon(connection.ws.aclose, 1001, reason)
 
     # -- the operations: each takes the decoded request and the caller
 
@@ -351,7 +370,7 @@ class _Connection:
         self.server = server
         self.ws = ws
         self.principal = principal
-        self.subscriptions: dict[Any, trio.CancelScope] = {}
+        self.subscriptions: dict[Any, tuple[trio.CancelScope, Subscription]] = {}
         self._slots = trio.Semaphore(MAX_REQUESTS_PER_CONNECTION)
 
     async def run(self) -> None:
@@ -365,6 +384,10 @@ class _Connection:
             except ConnectionClosed:
                 pass  # the client left (or sent too big a message): its requests end with it
             nursery.cancel_scope.cancel()
+
+    def caught_up(self, seq: int) -> bool:
+        """Whether every subscription has taken the events up to ``seq``."""
+        return all(stream.cursor > seq for _, stream in self.subscriptions.values())
 
     async def send(self, message: ControlAnswer | ControlEvents) -> None:
         """Send one message; a client that is gone is not an error of the broker's."""
@@ -417,10 +440,10 @@ class _Connection:
         if isinstance(op, SubscribeOp):
             return await self._subscribe(op)
         if isinstance(op, UnsubscribeOp):
-            scope = self.subscriptions.pop(op.subscription, None)
-            if scope is None:
+            open_ = self.subscriptions.pop(op.subscription, None)
+            if open_ is None:
                 raise ValueError(f"no subscription {op.subscription!r} on this connection")
-            scope.cancel()
+            open_[0].cancel()
             return None
         name = getattr(op, "name", None)
         if isinstance(name, str) and not isinstance(op, (AgentsOp, StatusOp)):
@@ -436,7 +459,7 @@ class _Connection:
         log_ = self.server.broker.events
         stream = log_.subscribe(op.since)  # fixed now, so no event falls between answer and stream
         scope = trio.CancelScope()
-        self.subscriptions[op.id] = scope
+        self.subscriptions[op.id] = (scope, stream)
         await self.send(ControlAnswer(id=op.id, ok=True, result={"last_seq": log_.last_seq}))
 
         def wanted(event: Event) -> bool:

@@ -64,6 +64,7 @@ async def run_daemon(
                     await server.shutdown_requested.wait()
                     log.info("shutting down: releasing %d agent(s)", len(broker.agents()))
                     await broker.shutdown()  # the server still answers meanwhile
+                    await server.close_all("the broker is shutting down")
                     nursery.cancel_scope.cancel()
     finally:
         state.release_lock()

@@ -397,13 +397,13 @@ def send(to: str, message: str, sender: str | None, thread: str | None, wait: bo
     result = call_broker(kwargs, lambda c: c.send(
         to, message, sender=sender, thread=thread, wait=wait, timeout=timeout))
     def human(r: SendReceipt) -> None:
-        click.echo(f"{r.delivery_id} {_describe(r)}")
+        click.echo(f"{r.delivery_id} {r.describe()}")
         for gone in r.evicted:
             click.echo(f"note: the queue was full; {gone} was dropped to make room", err=True)
 
     emit(result, kwargs["as_json"], human)
     if wait and result.state != "verified":
-        click.echo(f"Agent error: {result.delivery_id} {_describe(result)}", err=True)
+        click.echo(f"Agent error: {result.delivery_id} {result.describe()}", err=True)
         sys.exit(EXIT_FAILED)
 
 
@@ -436,20 +436,9 @@ def redeliver(delivery_id: str, **kwargs: Any) -> None:
          lambda r: click.echo(f"{r.delivery_id} {r.state}"))
 
 
-def _describe(d: DeliveryRecord) -> str:
-    """A delivery's state in words; timeout_fallback is never shown as plain success."""
-    if d.state == "verified":
-        return f"verified ({d.verification})"
-    if d.state == "unverified":
-        return f"typed but not verified ({d.verification}: {d.reason})"
-    if d.state in ("failed", "dead_letter", "dropped") and (d.last_error or d.reason):
-        return f"{d.state}: {d.last_error or d.reason}"
-    return d.state
-
-
 def _delivery_table(ds: list[DeliveryRecord]) -> None:
     table(
-        [[d.delivery_id, d.agent, d.sender, _describe(d), str(d.attempts),
+        [[d.delivery_id, d.agent, d.sender, d.describe(), str(d.attempts),
           (d.body[:40] + "...") if len(d.body) > 43 else d.body] for d in ds],
         ["ID", "TO", "FROM", "STATE", "ATTEMPTS", "BODY"],
     )

@@ -310,7 +310,8 @@ class ControlServer:
         receipt = await self.broker.send(op.to, op.body, sender=sender, thread=op.thread)
         result = _info(receipt)
         if op.wait:
-            result.update(_info(await self.broker.wait_delivery(receipt.delivery_id, op.timeout)))
+            done = await self.broker.wait_delivery(receipt.delivery_id, op.timeout)
+            result.update(msgspec.structs.asdict(done))
         return result
 
     async def _deliveries(self, op: DeliveriesOp, principal: Principal) -> list[dict[str, Any]]:

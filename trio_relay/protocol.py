@@ -625,9 +625,15 @@ class AgentSummary(msgspec.Struct, kw_only=True):
     protocol_errors: int
 
 
+OPEN_STATES = ("queued", "sent", "injected")
+TERMINAL_STATES = ("verified", "unverified", "failed", "dropped", "dead_letter")
+
+
 class DeliveryRecord(msgspec.Struct, kw_only=True):
     """A delivery as the store has it (``deliveries``, ``delivery``, ``dead_letters``,
-    ``pending``)."""
+    ``pending``). ``state`` is one of :data:`OPEN_STATES` or :data:`TERMINAL_STATES`;
+    ``unverified`` is an injection the worker could not see echoed (``verification`` is
+    ``timeout_fallback``, ``reason`` says why): never a plain success."""
 
     delivery_id: str
     agent: str
@@ -643,6 +649,20 @@ class DeliveryRecord(msgspec.Struct, kw_only=True):
     last_error: str | None = None
     verification: str | None = None
     reason: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def describe(self) -> str:
+        """The state in words, e.g. ``verified (echo)`` or ``injected but not verified
+        (timeout_fallback: ...)``."""
+        if self.state == "verified":
+            return f"verified ({self.verification})"
+        if self.state == "unverified":
+            return f"injected but not verified ({self.verification}: {self.reason})"
+        detail = self.reason or self.last_error
+        return f"{self.state} ({detail})" if detail and self.terminal else self.state
 
 
 class SendReceipt(DeliveryRecord, kw_only=True):

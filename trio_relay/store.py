@@ -43,14 +43,13 @@ from typing import Any, Generic, TypeVar
 import trio
 
 from .errors import RelayError
+from .protocol import OPEN_STATES, TERMINAL_STATES, DeliveryRecord
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
-OPEN_STATES = ("queued", "sent", "injected")
-TERMINAL_STATES = ("verified", "unverified", "failed", "dropped", "dead_letter")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -106,40 +105,14 @@ class StoreError(RelayError):
         self.operation, self.error = operation, str(error)
 
 
-@dataclass(frozen=True)
-class DeliveryInfo:
-    """One delivery as stored. ``state`` is one of :data:`OPEN_STATES` or
-    :data:`TERMINAL_STATES`; ``unverified`` is an injection the worker could not see echoed
-    (``verification`` is ``timeout_fallback``, ``reason`` says why): never a plain success."""
+#: One delivery as stored: the protocol's record (states, ``terminal`` and ``describe()``).
+DeliveryInfo = DeliveryRecord
 
-    delivery_id: str
-    seq: int
-    agent: str
-    sender: str
-    body: str
-    thread: str | None
-    state: str
-    attempts: int
-    created_at: float
-    updated_at: float
-    deadline_at: float
-    last_error: str | None
-    verification: str | None
-    reason: str | None
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    def describe(self) -> str:
-        """The state in words, e.g. ``verified (echo)`` or ``unverified (timeout_fallback:
-        ...)``."""
-        if self.state == "verified":
-            return f"verified ({self.verification})"
-        if self.state == "unverified":
-            return f"injected but not verified ({self.verification}: {self.reason})"
-        detail = self.reason or self.last_error
-        return f"{self.state} ({detail})" if detail and self.terminal else self.state
+#: The columns of a delivery row, in the order the queries select them.
+_ROW = (
+    "seq", "agent", "sender", "body", "thread", "state", "attempts", "created_at",
+    "updated_at", "deadline_at", "last_error", "verification", "reason",
+)
 
 
 @dataclass(frozen=True)
@@ -464,7 +437,7 @@ def parse_delivery_id(tag: str, value: str) -> int | None:
 
 
 def row_info(tag: str, row: Sequence[Any]) -> DeliveryInfo:
-    return DeliveryInfo(delivery_id(tag, row[0]), *row)
+    return DeliveryRecord(delivery_id=delivery_id(tag, row[0]), **dict(zip(_ROW, row)))
 
 
 def insert_delivery(

@@ -93,6 +93,26 @@ async def test_listeners_see_every_event_in_order_even_past_the_ring() -> None:
     assert seen == list(range(1, 11))
 
 
+async def test_a_failing_listener_stops_neither_the_emitter_nor_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = EventLog()
+    seen: list[int] = []
+
+    def broken(event: object) -> None:
+        raise RuntimeError("a bug in a listener")
+
+    log.listen(broken)
+    log.listen(lambda event: seen.append(event.seq))
+    stream = log.subscribe(0)
+    for n in range(3):
+        assert log.emit(idle(n)).seq == n + 1
+    assert seen == [1, 2, 3]
+    assert [e.seq for e in stream.ready(10)] == [1, 2, 3]
+    assert log.listener_failures == 3
+    assert "a bug in a listener" in caplog.text
+
+
 async def test_ready_takes_what_is_there_without_waiting_and_reports_a_gap() -> None:
     log = EventLog(capacity=4)
     sub = log.subscribe(since=0)

@@ -164,6 +164,8 @@ class FakeProcess:
         self.stderr_closed = False
         self.status: ExitStatus | None = None
         self.program_session: int | None = None
+        self.on_exit: Any = None
+        self.unkillable: list[str] = []
         self._lot = trio.lowlevel.ParkingLot()
         self._io_scopes: list[trio.CancelScope] = []
         # the child's side
@@ -179,7 +181,15 @@ class FakeProcess:
     async def _watch_exit(self) -> None:
         await self._died.wait()
         self.status = self._exit
+        if self.on_exit is not None:
+            self.on_exit()
         self.poke()
+
+    def stdout_pending(self) -> int:
+        return 0  # its frames reach the reader at once
+
+    async def kill_tagged(self) -> None:
+        """Nothing of a fake escapes its group."""
 
     async def _drain_stderr(self) -> None:
         await self._died.wait()
@@ -754,7 +764,12 @@ def test_racy_interleavings(sc: Scenario) -> None:
     exits = [(e[0], e[2], e[3]) for e in life if e[1] == "exited"]
     stops = [a.time for a in sc.timeline if a.what == "release"] + [END]
     for t, _, code, sig, intended in [e for e in life if e[1] == "exited"]:
-        assert intended == any(at <= t for at in stops), f"exit at {t}: intended={intended}"
+        # Whether the broker saw the death or the stop first decides; an exit of the same
+        # instant as a stop may go either way.
+        if any(at < t for at in stops):
+            assert intended, f"exit at {t}, after a stop, reported as a crash"
+        elif not any(at == t for at in stops):
+            assert not intended, f"exit at {t}, before any stop, reported as intended"
     for i, req in enumerate(sc.requests):
         (outcome,) = p.outcomes[i]
         end, kind = p.ends[i], outcome[0]
@@ -776,4 +791,8 @@ def test_racy_interleavings(sc: Scenario) -> None:
     for index, (how, t) in p.releases.items():
         assert t >= sc.timeline[index].time
         if how == "released":
-            assert p.final_state == "released"
+            # Released, unless the death it raced with was seen first: then it stays a crash.
+            crashed_then = any(
+                e[1] == "exited" and not e[4] and e[0] == sc.timeline[index].time for e in life
+            )
+            assert p.final_state == "released" or crashed_then, p.final_state

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Set up the project's virtual environment if needed, then run a command in it.
 
-    python3 tools/dev.py up [ARGS...]     start the broker (trio-relay up) for this directory
-    python3 tools/dev.py test [ARGS...]   run the test suite (pytest)
+    python3 tools/dev.py up [ARGS...]      start the broker (trio-relay up) for this directory
+    python3 tools/dev.py test [ARGS...]    run the test suite (pytest)
     python3 tools/dev.py run CMD [ARGS...] run any command from the venv's bin/
+    python3 tools/dev.py lock              re-resolve requirements.lock (newest versions that
+                                           pyproject.toml's ranges allow, with hashes)
 
-Needs only python3 (3.11+). The venv lives in .venv/ at the repository root and
-is reinstalled whenever pyproject.toml changes.
+Needs only python3 (3.11, 3.12 or 3.13). The venv lives in .venv/ at the repository root
+(another Python version gets .venv-3.X/ beside it) and is reinstalled whenever
+pyproject.toml or requirements.lock changes. It installs exactly the versions pinned in
+requirements.lock, checked against their hashes, so every machine runs what CI ran.
 """
 
 import hashlib
@@ -17,27 +21,77 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".venv"
+LOCK = ROOT / "requirements.lock"
+#: The resolver that writes the lock; installed into the venv only by `lock`.
+UV = "uv==0.13.9"
+SUPPORTED = ((3, 11), (3, 12), (3, 13))
+
+
+def venv_dir() -> Path:
+    """.venv/ for the Python that made it; another minor version gets its own."""
+    default = ROOT / ".venv"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    try:
+        config = (default / "pyvenv.cfg").read_text().splitlines()
+    except FileNotFoundError:
+        return default
+    settings = dict(line.partition("=")[::2] for line in config)
+    made_by = {key.strip(): value.strip() for key, value in settings.items()}
+    made_with = made_by.get("version_info") or made_by.get("version") or ""
+    if made_with.split(".")[:2] == version.split("."):
+        return default
+    return ROOT / f".venv-{version}"
+
+
+VENV = venv_dir()
 BIN = VENV / "bin"
 STAMP = VENV / ".installed-from"
 
 
-def ensure_venv() -> None:
-    if sys.version_info < (3, 11):
-        sys.exit(f"trio-relay needs Python 3.11 or newer; this is {sys.version.split()[0]}")
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if STAMP.exists() and STAMP.read_text().strip() == wanted:
-        return
+def pip(*args: str) -> None:
+    subprocess.run(
+        [str(BIN / "python"), "-m", "pip", "--quiet", "--disable-pip-version-check", *args],
+        check=True,
+    )
+
+
+def check_python() -> None:
+    if sys.version_info[:2] not in SUPPORTED:
+        supported = ", ".join(f"{major}.{minor}" for major, minor in SUPPORTED)
+        sys.exit(f"trio-relay supports Python {supported}; this is {sys.version.split()[0]}")
+
+
+def create_venv() -> None:
     if not (BIN / "python").exists():
         print(f"dev.py: creating {VENV}", file=sys.stderr)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    print("dev.py: installing trio-relay and its test dependencies", file=sys.stderr)
-    subprocess.run(
-        [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "-e", f"{ROOT}[test]"],
-        check=True,
-    )
+
+
+def ensure_venv() -> None:
+    if not LOCK.exists():
+        sys.exit(f"dev.py: {LOCK} is missing; `python3 tools/dev.py lock` writes it")
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + LOCK.read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text().strip() == wanted:
+        return
+    create_venv()
+    print(f"dev.py: installing the locked dependencies ({LOCK.name}) and trio-relay", file=sys.stderr)
+    pip("install", "--require-hashes", "-r", str(LOCK))
+    pip("install", "--no-deps", "-e", str(ROOT))
     STAMP.write_text(wanted)
+
+
+def lock() -> None:
+    """Resolve pyproject.toml's ranges (with the test extra) for every supported Python and
+    platform, and write the pins with their hashes to requirements.lock."""
+    if not (BIN / "uv").exists():
+        pip("install", UV)
+    subprocess.run(
+        [str(BIN / "uv"), "pip", "compile", "pyproject.toml", "--extra", "test",
+         "--universal", "--python-version", "3.11", "--generate-hashes", "--upgrade",
+         "--no-header", "--quiet", "--output-file", str(LOCK)],
+        cwd=ROOT, check=True,
+    )
+    print(f"dev.py: wrote {LOCK}; the next command reinstalls the venv from it", file=sys.stderr)
 
 
 def main(argv: list[str]) -> None:
@@ -45,6 +99,11 @@ def main(argv: list[str]) -> None:
         print(__doc__.strip())
         sys.exit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
+    check_python()
+    if command == "lock" and not rest:
+        create_venv()
+        lock()
+        return
     ensure_venv()
     if command == "up":
         program = [str(BIN / "trio-relay"), "up", *rest]

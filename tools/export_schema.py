@@ -11,6 +11,7 @@ writes nothing and exits 1 if the files differ from what the code says.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,28 @@ sys.path.insert(0, str(ROOT))
 from trio_relay import protocol as p  # noqa: E402
 
 
+def _normalise(node: Any) -> Any:
+    """The schema in a form that does not depend on msgspec's version: descriptions with
+    their whitespace collapsed (0.23 dedents docstrings, older versions do not) and the
+    members of each ``anyOf`` in a fixed order (versions list ``X | None`` differently)."""
+    if isinstance(node, dict):
+        out = {
+            key: " ".join(value.split()) if key == "description" and isinstance(value, str)
+            else _normalise(value)
+            for key, value in node.items()
+        }
+        if isinstance(out.get("anyOf"), list):
+            out["anyOf"] = sorted(out["anyOf"], key=lambda item: json.dumps(item, sort_keys=True))
+        return out
+    if isinstance(node, list):
+        return [_normalise(item) for item in node]
+    return node
+
+
 def schema(title: str, description: str, roots: dict[str, Any]) -> bytes:
     names = list(roots)
     refs, components = msgspec.json.schema_components(list(roots.values()), ref_template="#/$defs/{name}")
+    components = _normalise(components)
     document = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": title,

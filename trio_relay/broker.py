@@ -26,7 +26,7 @@ from .protocol import AgentSummary, Resize, StoreErrorEvent, WriteInput, encode
 from .state import StateDir
 from .sweep import RUN_ENV, kill_run
 from .store import DeliveryInfo, Store, open_store
-from .supervisor import Agent, AgentSpec, RestartPolicy, Supervisor
+from .supervisor import DEFAULT_HISTORY, Agent, AgentSpec, RestartPolicy, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,15 @@ class Broker:
         event_capacity: int = 4096,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         max_line: int = DEFAULT_MAX_LINE,
+        history: int = DEFAULT_HISTORY,
         rng: random.Random | None = None,
     ) -> None:
         self.events = EventLog(event_capacity)
         self.correlator = Correlator()
         self.supervisor = Supervisor(
-            nursery, self.correlator, self.events, max_line=max_line, rng=rng
+            nursery, self.correlator, self.events, max_line=max_line, history=history, rng=rng
         )
+        self._spawning: set[str] = set()  # names whose spawn is under way
         self.request_timeout = request_timeout
         #: Tags every process this broker's workers start (see sweep.py).
         self.run_id = secrets.token_hex(8)
@@ -67,6 +69,7 @@ class Broker:
         )
         self.events.listen(self.delivery_engine.on_event)
         self.supervisor.delivery_reports = self.delivery_engine.on_report
+        self.supervisor.forgotten = self.delivery_engine.forget
         #: Extra environment for each agent's child, by agent name (the control channel
         #: sets it: TRIO_RELAY_URL and the agent's scoped TRIO_RELAY_TOKEN).
         self.agent_environment: Callable[[str], Mapping[str, str]] | None = None
@@ -96,7 +99,7 @@ class Broker:
             name, tuple(argv), cwd=cwd, env=child_env,
             restart=restart or RestartPolicy(), **timing,
         )
-        if self._active(name):
+        if self.supervisor.taken(name) or name in self._spawning:
             await trio.lowlevel.checkpoint()
             raise AgentExists(name)
         stored = {
@@ -104,17 +107,21 @@ class Broker:
             "restart": dataclasses.asdict(spec.restart), "timing": timing,
         }
         now = time.time()
-        mode = await self.store.write(
-            lambda conn: sql.put_agent(conn, name, stored, now), f"record agent {name!r}"
-        )
-        self.delivery_engine.register(name, mode)
+        self._spawning.add(name)  # from here on a second spawn of the name is refused
         try:
-            return self._info(await self.supervisor.spawn(spec))
-        except BaseException:
-            # Not started (or the caller gave up before its hello): not one to respawn.
-            with trio.CancelScope(shield=True):
-                await self._forget_agent(name)
-            raise
+            mode = await self.store.write(
+                lambda conn: sql.put_agent(conn, name, stored, now), f"record agent {name!r}"
+            )
+            self.delivery_engine.register(name, mode)
+            try:
+                return self._info(await self.supervisor.spawn(spec))
+            except BaseException:
+                # Not started (or the caller gave up before its hello): not one to respawn.
+                with trio.CancelScope(shield=True):
+                    await self._forget_agent(name)
+                raise
+        finally:
+            self._spawning.discard(name)
 
     async def respawn(self) -> list[AgentInfo]:
         """Start again every stored agent that was running when the last broker on this
@@ -318,7 +325,7 @@ class _SupervisorTransport:
 
     def active(self, agent: str) -> bool:
         record = self._record(agent)
-        return record is not None and record.active
+        return record is not None and record.live
 
     def deliver(self, agent: str, frame: bytes) -> None:
         self._supervisor.running(agent).writer.send_nowait(frame)
@@ -333,7 +340,7 @@ class _SupervisorTransport:
         record = self._record(agent)
         if record is None:
             return "it is no longer supervised"
-        if record.active or record.state == "released":
+        if record.live or record.state == "released":
             return None
         if record.state == "gave_up":
             return f"it gave up after {record.restarts} restarts"

@@ -304,6 +304,16 @@ class DeliveryEngine:
         deliveries fails with ``reason``, and it is no longer one to respawn."""
         self._fail_open(self._mailbox(agent), f"agent {agent!r} {reason}")
 
+    def forget(self, agent: str) -> None:
+        """The supervisor forgot an ended agent: drop its mailbox unless deliveries are
+        still open in it (they keep it until they end)."""
+        box = self._mailboxes.get(agent)
+        if box is None or box.running:
+            return
+        if not (box.queued or box.inflight or box.incoming or box.dispatching or box.busy):
+            del self._mailboxes[agent]
+            self._modes.pop(agent, None)
+
     def agent_released(self, agent: str) -> None:
         """An agent released on request (not at shutdown): each of its open deliveries
         fails, as nobody will take them."""

@@ -58,6 +58,17 @@ class ChannelClosed(RelayError):
     """The worker's stdin pipe broke (or was closed) before the frame was written."""
 
 
+class InputQueueFull(RelayError):
+    """Too many frames already wait for a worker that does not read its stdin."""
+
+    def __init__(self, name: str, queued: int, limit: int) -> None:
+        super().__init__(
+            f"agent {name!r} is not reading its input: {queued} bytes of frames already wait"
+            f" for it (at most {limit}); try again later, or release it"
+        )
+        self.name, self.queued, self.limit = name, queued, limit
+
+
 class SpawnFailed(RelayError):
     """The worker could not be started: missing binary, not executable, bad cwd, no hello."""
 

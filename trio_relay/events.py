@@ -8,6 +8,7 @@ and a subscriber that falls behind by more than the ring holds gets one explicit
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -17,6 +18,7 @@ import trio
 from .protocol import Event, Gap
 
 E = TypeVar("E", bound=Event)
+log = logging.getLogger(__name__)
 
 
 class EventLog:
@@ -30,6 +32,7 @@ class EventLog:
         self._next = 1
         self._lot = trio.lowlevel.ParkingLot()
         self._listeners: list[Callable[[Event], None]] = []
+        self.listener_failures = 0
 
     @property
     def last_seq(self) -> int:
@@ -42,13 +45,18 @@ class EventLog:
         return max(1, self._next - self.capacity)
 
     def emit(self, event: E) -> E:
-        """Number, timestamp and record ``event``, and wake subscribers. Never blocks."""
+        """Number, timestamp and record ``event``, and wake subscribers. Never blocks, and
+        never raises: a listener that fails is logged and counted (``listener_failures``)."""
         event.seq = self._next
         event.time = time.time()
         self._ring[self._next % self.capacity] = event
         self._next += 1
         for listener in self._listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception:  # a listener's bug must not stop the emitter, or the others
+                self.listener_failures += 1
+                log.exception("event listener %r failed on %r", listener, event)
         self._lot.unpark_all()
         return event
 

@@ -728,6 +728,9 @@ class PtyWorker:
         left = self.proc.signal_session(signal.SIGKILL)
         if left:
             log(f"killed {left} process(es) the program left in its session")
+        if self.proc.refused:
+            log(f"not allowed to signal {len(self.proc.refused)} process(es) in the program's"
+                f" session (pids {', '.join(map(str, self.proc.refused))}); left running")
         if not self.master_open:
             self._finish()
         else:

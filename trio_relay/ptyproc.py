@@ -34,6 +34,8 @@ class PtyProcess:
         self.argv = list(argv)
         self.pidfd = os.pidfd_open(pid)
         self.returncode: int | None = None
+        #: Processes in its session that could not be signalled (not ours to signal).
+        self.refused: list[int] = []
 
     @classmethod
     def spawn(
@@ -87,7 +89,9 @@ class PtyProcess:
     def signal_session(self, sig: int) -> int:
         """Send ``sig`` to every process left in the program's session (its own process
         group, and the groups job control made). Returns how many processes were signalled;
-        processes that vanish meanwhile are skipped."""
+        processes that vanish meanwhile are skipped, and those it may not signal (another
+        user's, such as a ``sudo`` in the terminal) are left alone and listed in
+        :attr:`refused`."""
         count = 0
         for pid in _session_members(self.pid):
             try:
@@ -95,6 +99,9 @@ class PtyProcess:
                 count += 1
             except ProcessLookupError:
                 pass  # it exited between the scan and the signal
+            except PermissionError:
+                if pid not in self.refused:
+                    self.refused.append(pid)
         return count
 
     def poll(self) -> int | None:

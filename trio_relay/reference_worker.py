@@ -4,7 +4,7 @@
                                           [--exit-after SECONDS [--exit-code CODE]]
                                           [--never-answer KIND ...]
                                           [--ignore-deliveries N] [--crash-on-deliver MARKER]
-                                          [--journal FILE]
+                                          [--journal FILE] [--program-pid PID]
 
 It is the example to copy when writing a native worker in any language, and the program the
 tests and benchmarks drive. It is deliberately plain: no Trio, one thread, ``selectors`` and
@@ -22,6 +22,8 @@ Requests it answers (each carries a ``request_id``):
 ``crash``                  exits at once with ``code``, unanswered
 ``kill``                   kills itself with ``signal``, unanswered
 ``received``               ``{"deliveries": [ids received, in order], "senders": [their from]}``
+``run``                    starts ``argv`` as a helper that inherits the worker's stdout and
+                           stderr (in a session of its own with ``detach``); ``{"pid": pid}``
 anything else              an error answer with code ``unknown_kind``
 =========================  ========================================================
 
@@ -35,6 +37,8 @@ unacknowledged (duplicates count); ``--crash-on-deliver MARKER`` exits with code
 delivery, before acknowledging it, if the file MARKER does not exist yet (creating it, so
 only the first run crashes); ``--journal FILE`` appends ``<pid> <delivery_id>`` for each
 delivery recorded, flushed at once, so a test can see what every run received.
+``--program-pid PID`` names PID as the program it wraps in its hello (a wrapper's claim, which
+the broker checks before it trusts it).
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ class Incoming(msgspec.Struct):
     signal: int = 0
     delivery_id: str = ""
     sender: str = msgspec.field(default="", name="from")
+    argv: list[str] = []
+    detach: bool = False
 
 
 _decoder = msgspec.json.Decoder(Incoming)
@@ -94,6 +100,7 @@ class ReferenceWorker:
         self.crash_marker: str | None = None
         self.journal: Any = None
         self.exit_code: int | None = None
+        self.helpers: list[Any] = []  # started by ``run``; never waited for
 
     def answer(self, request_id: str, payload: Any = None, error: ErrorInfo | None = None) -> None:
         self.out.append(encode(Response(request_id=request_id, payload=payload, error=error)))
@@ -153,6 +160,12 @@ class ReferenceWorker:
         elif kind == "kill":
             self.flush()
             os.kill(os.getpid(), frame.signal or signal.SIGKILL)
+        elif kind == "run":
+            import subprocess  # only this request needs it
+
+            helper = subprocess.Popen(frame.argv, stdin=subprocess.DEVNULL, start_new_session=frame.detach)
+            self.helpers.append(helper)
+            self.answer(rid, {"pid": helper.pid})
         elif kind == "received":
             self.answer(rid, {"deliveries": list(self.deliveries), "senders": list(self.senders)})
         else:
@@ -200,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--exit-code", type=int, default=0, metavar="CODE", help="the code for --exit-after"
     )
+    parser.add_argument(
+        "--program-pid", type=int, metavar="PID", help="name PID as its program in the hello"
+    )
     args = parser.parse_args(argv)
     exit_at = None if args.exit_after is None else time.monotonic() + args.exit_after
     if args.ignore_sigterm:
@@ -212,7 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         worker.journal = open(args.journal, "a")
     if not args.no_hello:
         worker.out.append(
-            encode(WorkerHello(protocol=PROTOCOL_VERSION, worker="reference", pid=os.getpid()))
+            encode(
+                WorkerHello(
+                    protocol=PROTOCOL_VERSION, worker="reference", pid=os.getpid(),
+                    program_pid=args.program_pid,
+                )
+            )
         )
         worker.out.append(encode(Ready()))
         worker.flush()

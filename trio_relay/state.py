@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RelayError
+from .sweep import process_alive
+
+__all__ = ["BrokerAlreadyRunning", "Connection", "StateDir", "process_alive"]
 
 DEFAULT_DIR_NAME = ".trio-relay"
 
@@ -26,15 +29,6 @@ class BrokerAlreadyRunning(RelayError):
         who = f"pid {pid}" if pid else "another process"
         super().__init__(f"a broker ({who}) is already running on {path}")
         self.path, self.pid = path, pid
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie, dead but unreaped, counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 @dataclass(frozen=True)

@@ -14,25 +14,31 @@ SIGTERM to its group after a grace period, then SIGKILL) and release its pipes w
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import signal
+import struct
 import subprocess
+import termios
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
 
-from .errors import ChannelClosed, SpawnFailed, signal_name
+from .errors import ChannelClosed, InputQueueFull, SpawnFailed, signal_name
 from .protocol import Shutdown, encode
-from .sweep import kill_session
+from .sweep import AGENT_ENV, RUN_ENV, kill_session, kill_tagged
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 #: How long to wait for a SIGKILLed child before reporting it as stuck in the kernel.
 UNKILLABLE_AFTER = 10.0
+#: Bytes of frames that may wait for a worker that does not read its stdin; beyond this a
+#: send fails with InputQueueFull instead of growing the broker.
+DEFAULT_MAX_QUEUED = 8 * 1024 * 1024
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -108,10 +114,11 @@ class FrameWriter:
 
     :meth:`send` writes at once when the pipe has room and nothing is queued (the common
     case, no task switch); otherwise the frame joins a batch that :meth:`run` (a task of the
-    worker's nursery, the only other writer of the pipe) writes when the pipe drains.
+    worker's nursery, the only other writer of the pipe) writes when the pipe drains. At
+    most ``max_queued`` bytes wait: a worker that does not read cannot grow the broker.
     """
 
-    def __init__(self, fd: int, name: str = "worker") -> None:
+    def __init__(self, fd: int, name: str = "worker", max_queued: int = DEFAULT_MAX_QUEUED) -> None:
         os.set_blocking(fd, False)
         self._fd = fd
         self._name = name
@@ -119,13 +126,17 @@ class FrameWriter:
         self._busy = False
         self._error: BaseException | None = None
         self._lot = trio.lowlevel.ParkingLot()
+        self.max_queued = max_queued
+        #: Bytes of frames not yet written (queued, or in the batch being written).
+        self.queued = 0
 
     async def send(self, frame: bytes) -> None:
         """Write one encoded frame; return once it is written.
 
-        Raises ChannelClosed if the pipe is broken or closed before the frame is written.
-        Cancellation: a cancel point. If cancelled while waiting for a full pipe, the frame
-        stays queued and is still written whole; it is never cut.
+        Raises ChannelClosed if the pipe is broken or closed before the frame is written,
+        InputQueueFull if ``max_queued`` bytes already wait. Cancellation: a cancel point.
+        If cancelled while its frame waits for the pipe, the frame is dropped unless its
+        writing has begun; then it is still written whole, never cut.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._error is not None:
@@ -141,22 +152,44 @@ class FrameWriter:
             if written == len(frame):
                 return
             frame = frame[written:]
-        batch = self._open
-        batch.frames.append(frame)
-        self._lot.unpark_all()
-        await batch.done.wait()
+            # Begun: it must be finished whole, so it is queued whatever the bound says.
+        elif self.queued + len(frame) > self.max_queued:
+            raise self._full(len(frame))
+        batch = self._enqueue(frame)
+        try:
+            await batch.done.wait()
+        except BaseException:
+            if batch is self._open:  # not taken for writing yet: it never reaches the worker
+                self._dequeue(batch, frame)
+            raise
         if batch.error is not None:
             raise self._closed(batch.error) from batch.error
 
     def send_nowait(self, frame: bytes) -> None:
         """Queue one frame without waiting for it to be written (best effort).
 
-        Raises ChannelClosed if the writer is already closed or broken.
+        Raises ChannelClosed if the writer is already closed or broken, InputQueueFull if
+        ``max_queued`` bytes already wait.
         """
         if self._error is not None:
             raise self._closed(self._error)
-        self._open.frames.append(frame)
+        if self.queued + len(frame) > self.max_queued:
+            raise self._full(len(frame))
+        self._enqueue(frame)
+
+    def _enqueue(self, frame: bytes) -> _Batch:
+        batch = self._open
+        batch.frames.append(frame)
+        self.queued += len(frame)
         self._lot.unpark_all()
+        return batch
+
+    def _dequeue(self, batch: _Batch, frame: bytes) -> None:
+        for i, queued in enumerate(batch.frames):
+            if queued is frame:
+                del batch.frames[i]
+                self.queued -= len(frame)
+                return
 
     async def run(self) -> None:
         """Write queued batches until closed. Never raises on a broken pipe: the pipe's
@@ -167,14 +200,16 @@ class FrameWriter:
                     await self._lot.park()
                     continue
                 batch, self._open = self._open, _Batch()
+                data = b"".join(batch.frames)
                 self._busy = True
                 try:
-                    await self._write_all(b"".join(batch.frames))
+                    await self._write_all(data)
                 except (OSError, trio.ClosedResourceError) as exc:
                     batch.error = exc
                     self._fail(exc)
                 finally:
                     self._busy = False
+                    self.queued -= len(data)
                     batch.done.set()
         finally:
             self._fail(ChannelClosed("writer stopped"))
@@ -195,10 +230,14 @@ class FrameWriter:
             f"stdin; see `trio-relay ps` and `trio-relay logs {self._name}`"
         )
 
+    def _full(self, size: int) -> InputQueueFull:
+        return InputQueueFull(self._name, self.queued, self.max_queued)
+
     def _fail(self, error: BaseException) -> None:
         if self._error is None:
             self._error = error
         batch, self._open = self._open, _Batch()
+        self.queued -= sum(len(frame) for frame in batch.frames)
         batch.error = self._error
         batch.done.set()
         self._lot.unpark_all()
@@ -216,20 +255,35 @@ class WorkerProcess:
     """A running worker child. Created by :func:`spawn_process`."""
 
     def __init__(
-        self, name: str, popen: subprocess.Popen[bytes], stdin: int, stdout: int, stderr: int
+        self,
+        name: str,
+        popen: subprocess.Popen[bytes],
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.pid = popen.pid
         self.pgid = popen.pid  # start_new_session: the child leads its own group
         self._popen = popen
         self.writer = FrameWriter(stdin, name)
+        self._stdout_fd = stdout
         self.stdout = trio.lowlevel.FdStream(stdout)
         self._stderr = trio.lowlevel.FdStream(stderr)
         self.stderr_ring = StderrRing()
         self._pidfd = os.pidfd_open(self.pid)
         self.status: ExitStatus | None = None
-        #: The session of the program a wrapper runs (from its hello): killed with it.
+        #: The session of the program a wrapper runs (from its hello, once checked): killed
+        #: with it.
         self.program_session: int | None = None
+        #: Called once, synchronously, when the exit is seen (before anyone is woken).
+        self.on_exit: Callable[[], None] | None = None
+        #: Processes it left that the broker was not allowed to kill ("pid N: reason").
+        self.unkillable: list[str] = []
+        env = env or {}
+        #: The tags its descendants inherit (see sweep.py): what carries them dies with it.
+        self._tags = (env.get(RUN_ENV), env.get(AGENT_ENV))
         self.stderr_closed = False
         self._lot = trio.lowlevel.ParkingLot()
         self._io_scopes: list[trio.CancelScope] = []
@@ -281,14 +335,33 @@ class WorkerProcess:
         await trio.lowlevel.wait_readable(self._pidfd)
         # The leader is a zombie until reaped, so its group id cannot be reused yet:
         # kill whatever it left behind in its group (and in its program's session), then
-        # reap it.
-        self.signal_group(signal.SIGKILL)
-        if self.program_session is not None:
-            kill_session(self.program_session)
-        returncode = self._popen.poll()
-        assert returncode is not None, "pidfd readable but the child is not reapable"
-        self.status = ExitStatus.from_returncode(returncode)
-        self.poke()
+        # reap it. Whatever goes wrong killing them, the exit is recorded.
+        try:
+            self.signal_group(signal.SIGKILL)
+            if self.program_session is not None:
+                self.unkillable += kill_session(self.program_session)
+        finally:
+            returncode = self._popen.poll()
+            assert returncode is not None, "pidfd readable but the child is not reapable"
+            self.status = ExitStatus.from_returncode(returncode)
+            if self.on_exit is not None:
+                self.on_exit()
+            self.poke()
+
+    def stdout_pending(self) -> int:
+        """Bytes written to the worker's stdout that the reader has not taken yet."""
+        try:
+            return struct.unpack("i", fcntl.ioctl(self._stdout_fd, termios.FIONREAD, b"\0" * 4))[0]
+        except OSError:
+            return 0  # closed meanwhile: nothing more to take
+
+    async def kill_tagged(self) -> None:
+        """Kill what still carries this worker's agent and run tags (its descendants that
+        left its group and session, such as a daemon a program started), off the Trio
+        thread. Those the broker may not signal are added to :attr:`unkillable`."""
+        run, agent = self._tags
+        if run and agent:
+            self.unkillable += await trio.to_thread.run_sync(kill_tagged, run, agent)
 
     async def _drain_stderr(self) -> None:
         while chunk := await self._stderr.receive_some(65536):
@@ -306,6 +379,10 @@ class WorkerProcess:
             os.killpg(self.pgid, sig)
         except ProcessLookupError:
             pass  # the group is already empty: nothing to signal
+        except PermissionError:
+            # Nothing left in it is ours to signal (a setuid program it started, say).
+            log.warning("%s: not allowed to send %s to its process group %d",
+                        self.name, signal_name(sig), self.pgid)
 
     async def stop(self, grace: float, kill_grace: float) -> ExitStatus:
         """Stop the worker and wait until it is reaped: a shutdown frame; after ``grace``
@@ -317,8 +394,8 @@ class WorkerProcess:
         if self.status is None:
             try:
                 self.writer.send_nowait(encode(Shutdown()))
-            except ChannelClosed:
-                pass  # its stdin is gone; the signals below still apply
+            except (ChannelClosed, InputQueueFull):
+                pass  # it cannot hear it (stdin gone, or not read); the signals below apply
             with trio.move_on_after(grace):
                 await self.wait_until(lambda: self.has_exited)
         if self.status is None:
@@ -415,7 +492,7 @@ def spawn_process(
         raise
     _close_all([stdin_r, stdout_w, stderr_w])
     try:
-        return WorkerProcess(name, popen, stdin_w, stdout_r, stderr_r)
+        return WorkerProcess(name, popen, stdin_w, stdout_r, stderr_r, env)
     except BaseException as exc:
         # It runs, but cannot be watched (no pidfd here, say): it must not outlive us.
         os.killpg(popen.pid, signal.SIGKILL)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 import trio_relay.supervisor
-from helpers import children_of, group_alive
+from helpers import Relay, children_of, group_alive, pid_alive, relay, wait_for
+from trio_relay.state import StateDir
 from trio_relay import Broker, open_broker
 
 @pytest.fixture(autouse=True)
@@ -40,3 +43,24 @@ def no_leftover_processes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]
 async def broker() -> AsyncIterator[Broker]:
     async with open_broker() as b:
         yield b
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Relay]:
+    """A broker started with `up --detach` (so it is not our child); stopped after."""
+    state = str(tmp_path / "state")
+    started = relay("up", "--detach", "--state-dir", state)
+    assert started.returncode == 0, started.stderr
+    assert "broker running: pid" in started.stdout
+    r = Relay(state)
+    pids = {r.pid}
+    yield r
+    connection = StateDir(Path(state)).read_connection()  # a test may have started another
+    if connection is not None:
+        pids.add(connection.pid)
+    if any(pid_alive(p) for p in pids):
+        relay("down", "--state-dir", state)
+    for pid in pids:
+        if pid_alive(pid):  # `down` failed: do not leave it behind either way
+            os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not any(pid_alive(p) for p in pids))

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+from click.testing import CliRunner
+
+from trio_relay.cli import main
+from trio_relay.state import StateDir
 
 REFERENCE_WORKER = [sys.executable, "-m", "trio_relay.reference_worker"]
 
@@ -62,3 +69,42 @@ async def kill_and_reap(proc: trio.Process) -> None:
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 await stream.aclose()
+
+
+RELAY = [sys.executable, "-m", "trio_relay"]
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("TRIO_RELAY_")}
+
+
+def relay(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `trio-relay ARGS` as a real process."""
+    return subprocess.run(
+        [*RELAY, *args], capture_output=True, text=True, timeout=timeout, env=CLEAN_ENV
+    )
+
+
+def wait_for(predicate, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` (a sync test runs no Trio loop) until true, or fail."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.02)
+
+
+@dataclass
+class Relay:
+    state: str
+
+    @property
+    def pid(self) -> int:
+        connection = StateDir(Path(self.state)).read_connection()
+        assert connection is not None
+        return connection.pid
+
+    def invoke(self, *args: str):  # type: ignore[no-untyped-def]
+        """Run a command in-process through click's CliRunner."""
+        command, *rest = args
+        return CliRunner().invoke(
+            main, [command, "--state-dir", self.state, *rest],
+            env=dict.fromkeys(["TRIO_RELAY_URL", "TRIO_RELAY_TOKEN"]), catch_exceptions=False,
+        )

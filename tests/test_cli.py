@@ -18,68 +18,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from helpers import REFERENCE_WORKER, pid_alive
+from helpers import CLEAN_ENV, RELAY, REFERENCE_WORKER, Relay, pid_alive, relay, wait_for
 from trio_relay.cli import main
 from trio_relay.state import StateDir
 
-RELAY = [sys.executable, "-m", "trio_relay"]
-CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("TRIO_RELAY_")}
-
-
-def relay(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `trio-relay ARGS` as a real process."""
-    return subprocess.run(
-        [*RELAY, *args], capture_output=True, text=True, timeout=timeout, env=CLEAN_ENV
-    )
-
-
-def wait_for(predicate, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` (a sync test runs no Trio loop) until true, or fail."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.02)
-
-
-@dataclass
-class Relay:
-    state: str
-
-    @property
-    def pid(self) -> int:
-        connection = StateDir(Path(self.state)).read_connection()
-        assert connection is not None
-        return connection.pid
-
-    def invoke(self, *args: str):  # type: ignore[no-untyped-def]
-        """Run a command in-process through click's CliRunner."""
-        command, *rest = args
-        return CliRunner().invoke(
-            main, [command, "--state-dir", self.state, *rest],
-            env=dict.fromkeys(["TRIO_RELAY_URL", "TRIO_RELAY_TOKEN"]), catch_exceptions=False,
-        )
-
-
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Relay]:
-    """A broker started with `up --detach` (so it is not our child); stopped after."""
-    state = str(tmp_path / "state")
-    started = relay("up", "--detach", "--state-dir", state)
-    assert started.returncode == 0, started.stderr
-    assert "broker running: pid" in started.stdout
-    r = Relay(state)
-    pids = {r.pid}
-    yield r
-    connection = StateDir(Path(state)).read_connection()  # a test may have started another
-    if connection is not None:
-        pids.add(connection.pid)
-    if any(pid_alive(p) for p in pids):
-        relay("down", "--state-dir", state)
-    for pid in pids:
-        if pid_alive(pid):  # `down` failed: do not leave it behind either way
-            os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not any(pid_alive(p) for p in pids))
+def broker(daemon: Relay) -> Relay:
+    """A broker started with `up --detach` (see conftest.daemon)."""
+    return daemon
 
 
 def agent_pids(r: Relay) -> list[int]:

@@ -22,6 +22,7 @@ from .delivery import DeliveryEngine, DeliveryPolicy, Receipt
 from .errors import AgentExists, RequestTimeout, SpawnFailed, WorkerNotFound
 from .events import EventLog
 from .framing import DEFAULT_MAX_LINE
+from .peers import AgentProcesses
 from .protocol import AgentSummary, Resize, StoreErrorEvent, WriteInput, encode
 from .state import StateDir
 from .sweep import RUN_ENV, kill_run
@@ -278,6 +279,21 @@ class Broker:
             await writer.send(frame)
         if scope.cancelled_caught:
             raise RequestTimeout(name, what, self.request_timeout)
+
+    def agent_processes(self) -> AgentProcesses:
+        """Each running agent's worker pid and the sessions its processes live in, by
+        name: who a connecting process belongs to (see peers.py)."""
+        workers: dict[int, str] = {}
+        sessions: dict[int, str] = {}
+        for agent in self.supervisor.agents():
+            proc = agent.proc
+            if proc is None or proc.has_exited or not agent.live:
+                continue
+            workers[proc.pid] = agent.name
+            sessions[proc.pid] = agent.name  # a worker leads its own session
+            if proc.program_session is not None:
+                sessions[proc.program_session] = agent.name
+        return AgentProcesses(self.run_id, workers, sessions)
 
     def agent(self, name: str) -> AgentInfo:
         """Raises WorkerNotFound."""

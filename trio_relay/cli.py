@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import string
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -58,7 +59,7 @@ def call_broker(
 ) -> T:
     """Connect with the shared options in ``kwargs``, run ``action(client)``, and turn the
     errors into the documented messages and exit codes."""
-    from .client import BrokerUnreachable, RemoteError, open_client
+    from .client import BadAddress, BrokerUnreachable, RemoteError, open_client
 
     async def run() -> T:
         async with open_client(kwargs.get("url"), kwargs.get("token"), kwargs.get("state_dir")) as client:
@@ -69,6 +70,9 @@ def call_broker(
     except BrokerUnreachable as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_UNREACHABLE)
+    except BadAddress as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     except RemoteError as exc:
         if exc.code == "bad_request":
             click.echo(f"Error: {exc.message}", err=True)
@@ -311,15 +315,57 @@ def release(name: str, **kwargs: Any) -> None:
 @click.argument("name")
 @click.argument("text")
 @click.option("--enter", is_flag=True, help="Press Enter after TEXT.")
+@click.option("--raw", is_flag=True, help="Send TEXT as it is: no escapes.")
 @client_options
-def input_(name: str, text: str, enter: bool, **kwargs: Any) -> None:
-    """Type TEXT into agent NAME's terminal (escapes such as \\r or \\x03 are honoured)."""
-    # Honour escapes such as \x03 without mangling non-ASCII text (which unicode_escape
-    # would read as Latin-1 bytes): anything beyond Latin-1 travels as \uXXXX meanwhile.
-    data = text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+def input_(name: str, text: str, enter: bool, raw: bool, **kwargs: Any) -> None:
+    """Type TEXT into agent NAME's terminal.
+
+    Escapes are honoured unless --raw: \\r (Enter), \\n, \\t, \\e (Esc), \\xHH,
+    \\uHHHH, \\UHHHHHHHH, \\\\ (a backslash); for example \\x03 is Ctrl-C. Put -- before a
+    TEXT that starts with a dash: `trio-relay input NAME -- -R`.
+    """
+    try:
+        data = text if raw else unescape(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}; write \\\\ for a backslash, or pass --raw", param_hint="TEXT")
     data += "\r" if enter else ""
     call_broker(kwargs, lambda c: c.input(name, data))
     emit({"ok": True}, kwargs["as_json"], lambda r: None)
+
+
+_ESCAPES = {"r": "\r", "n": "\n", "t": "\t", "e": "\x1b", "a": "\a", "b": "\b", "0": "\0", "\\": "\\"}
+_HEX_DIGITS = {"x": 2, "u": 4, "U": 8}
+
+
+def unescape(text: str) -> str:
+    """``text`` with its backslash escapes replaced (see ``input --help``); any other
+    character, non-ASCII included, is kept as it is. Raises ValueError naming a bad escape."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char != "\\":
+            out.append(char)
+            i += 1
+            continue
+        code = text[i + 1 : i + 2]
+        if code in _ESCAPES:
+            out.append(_ESCAPES[code])
+            i += 2
+        elif code in _HEX_DIGITS:
+            digits = text[i + 2 : i + 2 + _HEX_DIGITS[code]]
+            if len(digits) != _HEX_DIGITS[code] or not all(c in string.hexdigits for c in digits):
+                raise ValueError(
+                    f"\\{code} at position {i} needs {_HEX_DIGITS[code]} hex digits, got {digits!r}"
+                )
+            value = int(digits, 16)
+            if value > sys.maxunicode:
+                raise ValueError(f"\\{code}{digits} at position {i} is not a character")
+            out.append(chr(value))
+            i += 2 + len(digits)
+        else:
+            raise ValueError(f"unknown escape \\{code} at position {i}")
+    return "".join(out)
 
 
 @main.command()
@@ -491,15 +537,14 @@ def events(since: int, follow: bool, agent: str | None, **kwargs: Any) -> None:
     as_json = kwargs["as_json"]
 
     async def stream(client: Any) -> None:
-        # Without --follow, the agent filter is applied here: the stream must reach the
-        # newest event (whoever it belongs to) to know that the replay is over.
-        async with client.subscribe(since, agent=agent if follow else None) as subscription:
-            if not follow and subscription.last_seq <= since:
+        async with client.subscribe(since, agent=agent) as subscription:
+            # Without --follow: up to the newest event the filters pass (the broker says
+            # which), whoever the very newest event belongs to.
+            if not follow and subscription.replay_end <= since:
                 return
             async for event in subscription:
-                if agent is None or getattr(event, "agent", agent) == agent:
-                    _print_event(event, as_json)
-                if not follow and event.seq >= subscription.last_seq:
+                _print_event(event, as_json)
+                if not follow and event.seq >= subscription.replay_end:
                     return
 
     try:

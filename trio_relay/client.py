@@ -47,12 +47,21 @@ from .protocol import (
     SendReceipt,
 )
 from .state import DEFAULT_DIR_NAME, StateDir
+from .sweep import AGENT_ENV
+
+#: The URL scheme of a broker's Unix socket: ``ws+unix:///path/to/control.sock``.
+UNIX_SCHEME = "ws+unix"
 
 MAX_BUFFERED_EVENTS = 4096
 
 
 class BrokerUnreachable(RelayError):
     """No broker could be reached (none running, wrong url, or refused the token)."""
+
+
+class BadAddress(RelayError):
+    """What the client was told to use cannot be used: a URL that is not a broker's, or the
+    owner's token from inside an agent."""
 
 
 class RemoteError(RelayError):
@@ -97,25 +106,55 @@ def find_broker(
     url: str | None = None, token: str | None = None, state_dir: str | None = None
 ) -> tuple[str, str]:
     """The url and token to use: the arguments, else ``TRIO_RELAY_URL`` and
-    ``TRIO_RELAY_TOKEN``, else the state directory's connection file and token.
-    Raises BrokerUnreachable if none says where a broker is."""
+    ``TRIO_RELAY_TOKEN``, else the state directory's connection file (its Unix socket when
+    it has one) and token.
+
+    Raises BrokerUnreachable if none says where a running broker is, BadAddress if inside
+    an agent (``TRIO_RELAY_AGENT`` set) the owner's token would be taken from the state
+    directory: an agent acts only with its own scoped token.
+    """
     url = url or os.environ.get("TRIO_RELAY_URL")
     token = token or os.environ.get("TRIO_RELAY_TOKEN")
     if url and token:
         return url, token
     state = StateDir(Path(state_dir) if state_dir else Path.cwd() / DEFAULT_DIR_NAME)
     up = f"trio-relay up --state-dir {state_dir}" if state_dir else "trio-relay up"
+    if token is None and os.environ.get(AGENT_ENV):
+        raise BadAddress(
+            f"this runs inside agent {os.environ[AGENT_ENV]!r} ({AGENT_ENV} is set) without"
+            " its TRIO_RELAY_TOKEN; an agent acts only with its own token, never the"
+            " broker owner's"
+        )
     connection = state.read_connection()
+    if connection is not None and state.lock_holder() is None:
+        connection = None  # left by a broker that died: nobody listens there
     if url is None:
         if connection is None:
             raise BrokerUnreachable(f"no broker is running on {state.path}; start one with `{up}`")
-        url = connection.url
+        url = f"{UNIX_SCHEME}://{connection.socket}" if connection.socket else connection.url
     if token is None:
         try:
             token = state.token_path.read_text().strip()
         except FileNotFoundError:
             raise BrokerUnreachable(f"no token in {state.path}; start a broker with `{up}`") from None
     return url, token
+
+
+def parse_address(url: str) -> tuple[str, int] | str:
+    """``ws://HOST:PORT`` as (host, port), ``ws+unix:///PATH`` as its path. Raises
+    BadAddress naming what is wrong."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme == UNIX_SCHEME and parts.path:
+            return parts.path
+        if parts.scheme == "ws" and parts.hostname and parts.port:
+            return parts.hostname, parts.port
+        problem = "no port" if parts.scheme == "ws" and parts.hostname else "not of that form"
+    except ValueError as exc:  # a port that is not a number, or out of range
+        problem = str(exc)
+    raise BadAddress(
+        f"not a broker URL (ws://HOST:PORT or {UNIX_SCHEME}:///PATH): {url!r}: {problem}"
+    )
 
 
 @asynccontextmanager
@@ -128,17 +167,21 @@ async def open_client(
 ) -> AsyncIterator[RelayClient]:
     """Connect to a broker for the duration of the block (see :func:`find_broker`).
 
-    Raises BrokerUnreachable if it cannot connect or the broker refuses the token. An
-    exception raised in the block comes out as itself, not wrapped in a group.
+    Raises BrokerUnreachable if it cannot connect or the broker refuses the token,
+    BadAddress for a URL that is not a broker's. An exception raised in the block comes
+    out as itself, not wrapped in a group.
     """
     url, token = find_broker(url, token, state_dir)
-    parts = urlsplit(url)
-    if parts.scheme != "ws" or not parts.hostname or not parts.port:
-        raise BrokerUnreachable(f"not a broker URL (ws://HOST:PORT): {url!r}")
+    address = parse_address(url)
     headers = [(b"Authorization", f"Bearer {token}".encode())]
     try:
         with trio.fail_after(connect_timeout):
-            stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+            if isinstance(address, str):
+                stream: trio.abc.Stream = await trio.open_unix_socket(address)
+                host, resource = "localhost", "/"
+            else:
+                stream = await trio.open_tcp_stream(*address)
+                host, resource = f"{address[0]}:{address[1]}", urlsplit(url).path or "/"
     except (OSError, trio.TooSlowError) as exc:
         raise BrokerUnreachable(
             f"cannot reach a broker at {url}: {exc or 'timed out'}; is `trio-relay up` running?"
@@ -150,7 +193,7 @@ async def open_client(
         async with trio.open_nursery() as nursery:
             with trio.move_on_after(connect_timeout) as handshake:
                 ws = await wrap_client_stream(
-                    nursery, stream, f"{parts.hostname}:{parts.port}", parts.path or "/",
+                    nursery, stream, host, resource,
                     extra_headers=headers, max_message_size=16 * 1024 * 1024,
                 )
             if handshake.cancelled_caught:
@@ -205,6 +248,8 @@ class _Subscription:
         self.missed: tuple[int, int] | None = None
         self.closed: BaseException | None = None
         self.last_seq = 0  # the newest event when the subscription began
+        #: The newest event of the replay that passes the subscription's filters (0: none).
+        self.replay_end = 0
 
     def push(self, event: Event) -> None:
         if len(self.events) >= MAX_BUFFERED_EVENTS:
@@ -388,6 +433,7 @@ class RelayClient:
                 request_id, "subscribe", {"since": since, "agent": agent, "kinds": kinds}
             )
             subscription.last_seq = answer["last_seq"]
+            subscription.replay_end = answer.get("replay_end", answer["last_seq"])
             yield subscription
         finally:
             self._subscriptions.pop(request_id, None)

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -22,13 +23,14 @@ from typing import Any
 
 import msgspec
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
 
 from . import __version__
 from .broker import Broker
 from .errors import (
     AgentExists,
     ChannelClosed,
+    InputQueueFull,
     RelayError,
     RequestTimeout,
     SpawnFailed,
@@ -37,8 +39,10 @@ from .errors import (
     WorkerNotFound,
 )
 from .events import Subscription
+from .peers import UNPLACED, owner_agent, peer_processes
 from .protocol import (
     AgentEvent,
+    Gap,
     AgentsOp,
     ControlAnswer,
     ControlError,
@@ -72,14 +76,24 @@ from .supervisor import RestartPolicy
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE = 1024 * 1024
+#: Requests in flight and open subscriptions, together, on one connection.
 MAX_REQUESTS_PER_CONNECTION = 64
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 16
+MAX_CONNECTIONS = 1024
+MAX_CONNECTIONS_PER_AGENT = 8
 EVENTS_PER_MESSAGE = 256
+HANDSHAKE_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 5.0
 
 _encoder = msgspec.json.Encoder()
 
 
 class Forbidden(RelayError):
     """The caller's token does not allow this operation."""
+
+
+class TooMany(RelayError):
+    """A limit of the connection (requests, subscriptions) is reached."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,8 @@ def error_of(exc: BaseException) -> ControlError:
 
 _ERROR_CODES: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
     (Forbidden, "forbidden"),
+    (TooMany, "too_many"),
+    (InputQueueFull, "overloaded"),
     ((WorkerNotFound, DeliveryNotFound), "not_found"),
     ((AgentExists, DeliveryStateError, IntakeClosed), "conflict"),
     ((RequestTimeout, DeliveryTimeout), "timeout"),
@@ -177,8 +193,15 @@ class ControlServer:
     def _signature(self, agent: str) -> str:
         return hmac.new(self._token.encode(), agent.encode(), hashlib.sha256).hexdigest()[:32]
 
-    def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal | tuple[int, str]:
-        """The caller's principal, or the HTTP status and reason to refuse it with."""
+    def authenticate(
+        self, headers: list[tuple[bytes, bytes]], process_of: str | None = None
+    ) -> Principal | tuple[int, str]:
+        """The caller's principal, or the HTTP status and reason to refuse it with.
+
+        ``process_of`` is the agent the connecting process belongs to (see peers.py): such a
+        connection acts as that agent whatever valid token it presents, and one from an
+        agent's process that cannot be placed is refused.
+        """
         fields = {name.lower(): value.decode("latin-1") for name, value in headers}
         origin = fields.get(b"origin")
         if origin is not None and origin not in self._allowed_origins:
@@ -186,6 +209,24 @@ class ControlServer:
         scheme, _, token = fields.get(b"authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             return 401, "unauthorized: send Authorization: Bearer <token>"
+        principal = self._token_principal(token)
+        if principal is None:
+            return 401, "unauthorized: wrong token"
+        if process_of == UNPLACED:
+            return 403, (
+                "forbidden: this connection comes from an agent's process that the broker"
+                " cannot place with one running agent; agents use their own TRIO_RELAY_TOKEN"
+            )
+        if process_of is not None and principal.agent != process_of:
+            log.warning(
+                "a process of agent %r presented %s; it acts as %r",
+                process_of, "the owner's token" if principal.agent is None
+                else f"agent {principal.agent!r}'s token", process_of,
+            )
+            return Principal(process_of)
+        return principal
+
+    def _token_principal(self, token: str) -> Principal | None:
         if hmac.compare_digest(token.encode(), self._token.encode()):
             return Principal()
         prefix, _, rest = token.partition(".")
@@ -194,54 +235,105 @@ class ControlServer:
             signature.encode(), self._signature(agent).encode()
         ):
             return Principal(agent)
-        return 401, "unauthorized: wrong token"
+        return None
 
     # -- serving
 
     async def serve(
-        self, host: str, port: int, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+        self,
+        host: str,
+        port: int,
+        *,
+        socket_path: str | os.PathLike[str] | None = None,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on ``host:port`` (0: a free port) until cancelled; ``started`` gives the url."""
-
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                lambda task_status: serve_websocket(
-                    self._handle,
-                    host,
-                    port,
-                    None,
-                    max_message_size=self._max_message_size,
-                    connect_timeout=10,
-                    disconnect_timeout=5,
-                    task_status=task_status,
-                )
-            )
-            listener = server.listeners[0]
-            self.url = f"ws://{listener.address}:{listener.port}"
-            task_status.started(self.url)
-
-    async def _handle(self, request: WebSocketRequest) -> None:
-        """One connection, start to end. Whatever goes wrong here stays here: it is logged
-        and ends this connection, never the server or another connection."""
-        peer = _peer(request)
+        """Listen on ``host:port`` (0: a free port) and, with ``socket_path``, on a Unix
+        socket there (mode 0600), until cancelled; ``started`` gives the TCP url. Raises
+        OSError if either cannot be bound."""
+        listeners: list[trio.SocketListener] = await trio.open_tcp_listeners(port, host=host)
+        address = listeners[0].socket.getsockname()
+        self.url = f"ws://{address[0]}:{address[1]}"
         try:
-            principal = self.authenticate(request.headers)
-            if not isinstance(principal, Principal):
-                status, reason = principal
-                log.warning("refused a connection from %s: %s", peer, reason)
-                await request.reject(status, body=reason.encode())
-                return
-            ws = await request.accept()
-            connection = _Connection(self, ws, principal)
-            self._connections.add(connection)
-            try:
-                await connection.run()
-            finally:
-                self._connections.discard(connection)
+            if socket_path is not None:
+                listeners.append(await _unix_listener(os.fspath(socket_path)))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(trio.serve_listeners, self._handle_stream, listeners)
+                task_status.started(self.url)
+        finally:
+            for listener in listeners:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+            if socket_path is not None:
+                _unlink_socket(os.fspath(socket_path))
+
+    async def _handle_stream(self, stream: trio.SocketStream) -> None:
+        """One connection, from accept to close. Whatever goes wrong here stays here: it is
+        logged and ends this connection, never the server or another connection."""
+        try:
+            agent = await self._identify(stream)
+            async with trio.open_nursery() as nursery:
+                with trio.move_on_after(HANDSHAKE_TIMEOUT) as handshake:
+                    request = await wrap_server_stream(
+                        nursery, stream, max_message_size=self._max_message_size
+                    )
+                if not handshake.cancelled_caught:
+                    await self._handle(request, agent)
+                nursery.cancel_scope.cancel()
         except ConnectionClosed:
-            log.debug("connection from %s closed during its handshake", peer)
+            log.debug("a connection closed during its handshake")
         except Exception:
-            log.exception("connection from %s failed", peer)
+            log.exception("a connection failed")
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                await stream.aclose()
+
+    async def _identify(self, stream: trio.SocketStream) -> str | None:
+        """The agent whose process is at the other end of ``stream``, if any (off the Trio
+        thread: it reads /proc)."""
+        agents = self.broker.agent_processes()
+
+        def look() -> str | None:
+            holders = peer_processes(stream.socket)
+            return owner_agent(holders, agents) if holders else None
+
+        try:
+            return await trio.to_thread.run_sync(look)
+        except OSError as exc:
+            log.debug("cannot tell who is behind a connection: %s", exc)
+            return None
+
+    async def _handle(self, request: WebSocketRequest, process_of: str | None) -> None:
+        peer = _peer(request)
+        principal = self.authenticate(request.headers, process_of)
+        if isinstance(principal, Principal):
+            principal = self._admit(principal)
+        if not isinstance(principal, Principal):
+            status, reason = principal
+            log.warning("refused a connection from %s: %s", peer, reason)
+            await request.reject(status, body=reason.encode())
+            return
+        ws = await request.accept()
+        connection = _Connection(self, ws, principal)
+        self._connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self._connections.discard(connection)
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                await ws.aclose()
+
+    def _admit(self, principal: Principal) -> Principal | tuple[int, str]:
+        """The connection limits: in all, and per agent."""
+        if len(self._connections) >= MAX_CONNECTIONS:
+            return 503, f"unavailable: {MAX_CONNECTIONS} connections are open"
+        if principal.agent is not None:
+            mine = sum(1 for c in self._connections if c.principal.agent == principal.agent)
+            if mine >= MAX_CONNECTIONS_PER_AGENT:
+                return 429, (
+                    f"too many connections: agent {principal.agent!r} already has {mine}"
+                    f" (at most {MAX_CONNECTIONS_PER_AGENT})"
+                )
+        return principal
 
     async def close_all(self, reason: str, timeout: float = 2.0) -> None:
         """Let every subscription send what the event log holds now (the last agent_exited
@@ -455,29 +547,92 @@ class _Connection:
     async def _subscribe(self, op: SubscribeOp) -> None:
         if op.id in self.subscriptions:
             raise ValueError(f"a subscription with id {op.id!r} is already open on this connection")
-        agent = self.principal.agent or op.agent
-        kinds = frozenset(op.kinds) if op.kinds else None
-        log_ = self.server.broker.events
-        stream = log_.subscribe(op.since)  # fixed now, so no event falls between answer and stream
-        scope = trio.CancelScope()
-        self.subscriptions[op.id] = (scope, stream)
-        await self.send(ControlAnswer(id=op.id, ok=True, result={"last_seq": log_.last_seq}))
-
-        def wanted(event: Event) -> bool:
-            if agent is not None and isinstance(event, AgentEvent) and event.agent != agent:
-                return False
-            return kinds is None or type(event).__struct_config__.tag in kinds
+        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+            raise TooMany(
+                f"{MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions are already open on this"
+                " connection; unsubscribe one first"
+            )
+        try:
+            self._slots.acquire_nowait()  # an open subscription holds a request slot
+        except trio.WouldBlock:
+            raise TooMany(
+                f"{MAX_REQUESTS_PER_CONNECTION} requests and subscriptions are already open on"
+                " this connection"
+            ) from None
+        try:
+            wanted = _event_filter(self.principal.agent or op.agent, op.kinds)
+            log_ = self.server.broker.events
+            stream = log_.subscribe(op.since)  # fixed now: no event falls between answer and stream
+            replay_end = 0
+            if op.since is not None:
+                replay_end = next(
+                    (e.seq for e in reversed(log_.since(op.since)) if wanted(e)), 0
+                )
+            scope = trio.CancelScope()
+            self.subscriptions[op.id] = (scope, stream)
+            await self.send(
+                ControlAnswer(
+                    id=op.id, ok=True,
+                    result={"last_seq": log_.last_seq, "replay_end": replay_end},
+                )
+            )
+        except BaseException:
+            self.subscriptions.pop(op.id, None)
+            self._slots.release()
+            raise
 
         async def forward() -> None:
-            with scope:
-                async for event in stream:
-                    # Whatever else is already there goes in the same message.
-                    batch = [e for e in [event, *stream.ready(EVENTS_PER_MESSAGE - 1)] if wanted(e)]
-                    if batch:
-                        await self.send(ControlEvents(id=op.id, events=batch))  # type: ignore[arg-type]
-            self.subscriptions.pop(op.id, None)
+            try:
+                with scope:
+                    async for event in stream:
+                        # Whatever else is already there goes in the same message.
+                        ready = [event, *stream.ready(EVENTS_PER_MESSAGE - 1)]
+                        batch = [e for e in ready if wanted(e)]
+                        if batch:
+                            await self.send(ControlEvents(id=op.id, events=batch))  # type: ignore[arg-type]
+            finally:
+                self.subscriptions.pop(op.id, None)
+                self._slots.release()
 
         self.nursery.start_soon(forward)
+
+
+def _event_filter(agent: str | None, kinds: list[str] | None) -> Callable[[Event], bool]:
+    """What a subscription passes on: a gap always; with ``agent``, only that agent's own
+    events (never another's, nor the broker's own such as ``store_error``); with ``kinds``,
+    only those kinds."""
+    wanted_kinds = frozenset(kinds) if kinds else None
+
+    def wanted(event: Event) -> bool:
+        if type(event) is Gap:
+            return True
+        if agent is not None and (not isinstance(event, AgentEvent) or event.agent != agent):
+            return False
+        return wanted_kinds is None or type(event).__struct_config__.tag in wanted_kinds
+
+    return wanted
+
+
+async def _unix_listener(path: str) -> trio.SocketListener:
+    """A listening Unix socket at ``path`` (mode 0600), replacing a stale socket file."""
+    _unlink_socket(path)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+        os.chmod(path, 0o600)  # the state directory (0700) already keeps others out
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+def _unlink_socket(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass  # nothing to replace or remove
 
 
 def _info(info: Any) -> Any:
@@ -490,3 +645,5 @@ def _peer(request: WebSocketRequest) -> str:
         return str(request.remote)
     except OSError:  # the peer is already gone: its address cannot be read any more
         return "a departed client"
+    except ValueError:  # a Unix socket's peer has no address
+        return "the Unix socket"

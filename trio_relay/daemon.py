@@ -3,6 +3,7 @@ file, the log file, and a graceful stop on SIGINT, SIGTERM or the ``shutdown`` o
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ from collections.abc import Iterable
 import trio
 
 from .broker import open_broker
+from .client import UNIX_SCHEME
 from .control import ControlServer
 from .state import StateDir
 
@@ -49,15 +51,23 @@ async def run_daemon(
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_broker(state, respawn=False, event_capacity=event_buffer) as broker:
                 server = ControlServer(broker, token, allowed_origins=allowed_origins)
+                socket = str(state.socket_path.absolute()) if state.socket_usable() else None
+                if socket is None:
+                    log.warning("%s is too long a path for a Unix socket; serving TCP only",
+                                state.socket_path)
                 async with trio.open_nursery() as nursery:
-                    url = await nursery.start(server.serve, host, port)
+                    url = await nursery.start(
+                        functools.partial(server.serve, host, port, socket_path=socket)
+                    )
+                    # Agents connect on the Unix socket, which says who they are.
+                    agent_url = f"{UNIX_SCHEME}://{socket}" if socket else url
                     broker.agent_environment = lambda name: {
-                        "TRIO_RELAY_URL": url,
+                        "TRIO_RELAY_URL": agent_url,
                         "TRIO_RELAY_TOKEN": server.agent_token(name),
                     }
                     for info in await broker.respawn():
                         log.info("respawned %s (pid %s)", info.name, info.pid)
-                    state.write_connection(url)
+                    state.write_connection(url, socket)
                     log.info("broker %s listening on %s (state in %s)", os.getpid(), url, state.path)
                     task_status.started(url)
                     nursery.start_soon(_stop_on_signal, signals, server)

@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .sweep import process_alive
 __all__ = ["BrokerAlreadyRunning", "Connection", "StateDir", "process_alive"]
 
 DEFAULT_DIR_NAME = ".trio-relay"
+LOCK_ATTEMPTS = 5
 
 
 class BrokerAlreadyRunning(RelayError):
@@ -33,10 +35,12 @@ class BrokerAlreadyRunning(RelayError):
 
 @dataclass(frozen=True)
 class Connection:
-    """What a client needs to reach a running broker."""
+    """What a client needs to reach a running broker: its TCP url, its pid, and its Unix
+    socket (None if it has none)."""
 
     url: str
     pid: int
+    socket: str | None = None
 
 
 class StateDir:
@@ -71,6 +75,15 @@ class StateDir:
         return self.path / "relay.db"
 
     @property
+    def socket_path(self) -> Path:
+        """The broker's Unix socket (see :meth:`socket_usable`)."""
+        return self.path / "control.sock"
+
+    def socket_usable(self) -> bool:
+        """Whether the socket's path fits a Unix socket address (107 bytes on Linux)."""
+        return len(os.fsencode(self.socket_path.absolute())) <= 107
+
+    @property
     def log_path(self) -> Path:
         return self.path / "broker.log"
 
@@ -88,11 +101,18 @@ class StateDir:
         """
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
-            os.close(fd)
-            raise BrokerAlreadyRunning(self.path, int(holder) if holder.isdigit() else None) from None
+            for attempt in range(LOCK_ATTEMPTS):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    # A client asking who holds it (lock_holder) has it for a moment.
+                    if attempt == LOCK_ATTEMPTS - 1:
+                        holder = os.read(fd, 32).decode(errors="replace").strip()
+                        raise BrokerAlreadyRunning(
+                            self.path, int(holder) if holder.isdigit() else None
+                        ) from None
+                    time.sleep(0.01)
         except BaseException:
             os.close(fd)
             raise
@@ -130,15 +150,40 @@ class StateDir:
         tmp.replace(self.token_path)  # whole or not at all
         return token
 
-    def write_connection(self, url: str) -> None:
+    def write_connection(self, url: str, socket: str | None = None) -> None:
         tmp = self.connection_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+        tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "socket": socket}))
         tmp.replace(self.connection_path)
 
     def read_connection(self) -> Connection | None:
-        """The running broker's url and pid, or None if no connection file is there."""
+        """The broker's url, pid and socket as its connection file says, or None if there
+        is no connection file. The file may be stale (left by a broker that was killed):
+        :meth:`lock_holder` tells whether a broker runs."""
         try:
             data = json.loads(self.connection_path.read_text())
-            return Connection(url=str(data["url"]), pid=int(data["pid"]))
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            socket = data.get("socket")
+            return Connection(
+                url=str(data["url"]), pid=int(data["pid"]),
+                socket=str(socket) if socket else None,
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
+
+    def lock_holder(self) -> int | None:
+        """The pid of the broker that holds this directory's lock (0 if it cannot be read),
+        or None if no broker holds it: the lock, not a connection file a dead broker left,
+        says whether one runs."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip()
+                return int(holder) if holder.isdigit() else 0
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)

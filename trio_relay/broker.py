@@ -23,15 +23,18 @@ from .errors import AgentExists, RequestTimeout, SpawnFailed, WorkerNotFound
 from .events import EventLog
 from .framing import DEFAULT_MAX_LINE
 from .peers import AgentProcesses
-from .protocol import AgentSummary, Resize, StoreErrorEvent, WriteInput, encode
+from .protocol import AgentSummary, PruneResult, Resize, StoreErrorEvent, WriteInput, encode
 from .state import StateDir
 from .sweep import RUN_ENV, kill_run
-from .store import DeliveryInfo, Store, open_store
+from .store import DeliveryInfo, Store, StoreError, open_store
 from .supervisor import DEFAULT_HISTORY, Agent, AgentSpec, RestartPolicy, Supervisor
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
+#: Ended deliveries and released agents are kept this long (seconds) by default.
+DEFAULT_RETENTION = 7 * 24 * 3600.0
+PRUNE_BATCH = 1000
 
 
 #: A snapshot of one agent's state, for listing (the control channel sends it as is).
@@ -240,6 +243,39 @@ class Broker:
         await trio.lowlevel.checkpoint()
         return self.delivery_engine.flush(agent)
 
+    async def prune(self, older_than: float) -> PruneResult:
+        """Delete from the store the ended deliveries (dead letters included) and the agents
+        not to be respawned that have not changed for ``older_than`` seconds, in batches
+        that do not hold up other writes. Returns how many of each. Raises StoreError,
+        ValueError for a negative age."""
+        if not older_than >= 0:
+            raise ValueError(f"an age must not be negative, got {older_than!r}")
+        before = time.time() - older_than
+        deliveries = 0
+        while True:
+            n = await self.store.write(
+                lambda conn: sql.prune_deliveries(conn, before, PRUNE_BATCH), "prune deliveries"
+            )
+            deliveries += n
+            if n < PRUNE_BATCH:
+                break
+        agents = await self.store.write(lambda conn: sql.prune_agents(conn, before), "prune agents")
+        if deliveries or agents:
+            log.info("pruned %d ended deliveries and %d agents older than %g s",
+                     deliveries, agents, older_than)
+        return PruneResult(deliveries=deliveries, agents=agents)
+
+    async def prune_every(self, retention: float) -> None:
+        """Prune what is older than ``retention`` now and then (every hour at most), until
+        cancelled. A store that cannot write is tried again at the next round."""
+        period = min(3600.0, max(retention / 4, 0.05))
+        while True:
+            try:
+                await self.prune(retention)
+            except StoreError as exc:
+                log.warning("retention: %s; trying again in %g s", exc, period)
+            await trio.sleep(period)
+
     def _store_failed(self, operation: str, error: str) -> None:
         self.events.emit(StoreErrorEvent(operation=operation, error=error))
 
@@ -371,6 +407,7 @@ async def open_broker(
     *,
     respawn: bool = True,
     busy_timeout: float = 5.0,
+    retention: float | None = DEFAULT_RETENTION,
     **options: Any,
 ) -> AsyncIterator[Broker]:
     """Run a broker for the duration of the block; its worker nursery lives inside.
@@ -380,7 +417,9 @@ async def open_broker(
     (its lock is the caller's). None: an in-memory store, nothing survives the block.
     On entry, open deliveries are recovered and, with ``respawn``, the agents that were
     running are started again (pass ``respawn=False`` to call :meth:`Broker.respawn`
-    yourself, e.g. once ``agent_environment`` is set). Raises StoreError.
+    yourself, e.g. once ``agent_environment`` is set). Ended deliveries and released
+    agents older than ``retention`` seconds are pruned now and then (None: never; see
+    :meth:`Broker.prune`). Raises StoreError.
 
     Leaving the block, however it is left, stops intake and releases every agent under a
     shield, so no child outlives it; pending deliveries stay in the store, which is closed
@@ -399,6 +438,8 @@ async def open_broker(
                 try:
                     await broker.delivery_engine.recover()
                     nursery.start_soon(broker.delivery_engine.run_timers)
+                    if retention is not None and state is not None:
+                        nursery.start_soon(broker.prune_every, retention)
                     if respawn:
                         await broker.respawn()
                     yield broker

@@ -22,6 +22,7 @@ import msgspec
 import trio
 
 from . import __version__
+from .sweep import process_alive
 from .protocol import (
     AgentSummary,
     BrokerStatus,
@@ -124,6 +125,32 @@ def main() -> None:
     """
 
 
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``12h`` or ``7d`` in seconds. Raises ValueError."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    value = float(number) * units[unit]
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{text!r} is not a duration")
+    return value
+
+
+class Duration(click.ParamType):
+    """A duration on the command line (see :func:`parse_duration`); ``off`` is None."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float | None:
+        if value is None or isinstance(value, float):
+            return value
+        if str(value).lower() in ("off", "never", "none"):
+            return None
+        try:
+            return parse_duration(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a duration such as 90s, 30m, 12h or 7d", param, ctx)
+
+
 @main.command()
 @click.option("--state-dir", type=click.Path(file_okay=False), help="The state directory (default: ./.trio-relay).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
@@ -132,30 +159,48 @@ def main() -> None:
               help="A browser Origin allowed to connect (none by default). Repeatable.")
 @click.option("--event-buffer", default=4096, show_default=True, type=click.IntRange(min=16),
               help="Events kept for replay (`events --since`); a subscriber further behind gets a gap.")
+@click.option("--retention", default="7d", show_default=True, type=Duration(),
+              help="Prune ended deliveries and released agents unchanged this long (off: keep all).")
+@click.option("--history", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Ended agents listed by `ps` (and their logs) before the oldest are forgotten.")
+@click.option("--log-max-mb", default=10.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Rotate broker.log at this size; 3 older files are kept.")
 @click.option("--detach", is_flag=True, help="Run in the background; return once it is ready.")
+@click.option("--detached", is_flag=True, hidden=True, help="Started by --detach: log to broker.log only.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
 def up(state_dir: str | None, host: str, port: int, origins: tuple[str, ...], event_buffer: int,
-       detach: bool, verbose: bool) -> None:
+       retention: float | None, history: int, log_max_mb: float, detach: bool, detached: bool,
+       verbose: bool) -> None:
     """Start the broker (foreground unless --detach) until SIGINT, SIGTERM or `down`.
 
     It logs to stderr and to broker.log in the state directory, writes its URL to
-    connection.json and keeps its token in `token` (mode 0600). One broker per state
-    directory. On the way out every agent is released.
+    connection.json, listens on control.sock there too, and keeps its token in `token`
+    (mode 0600). One broker per state directory. On the way out every agent is released.
     """
-    from .state import BrokerAlreadyRunning, StateDir
+    from .state import BrokerAlreadyRunning, StateDir, StateDirError
+    from .store import StoreError
 
-    state = StateDir.open(state_dir)
+    try:
+        state = StateDir.open(state_dir)
+    except StateDirError as exc:
+        raise click.BadParameter(str(exc), param_hint="--state-dir") from None
     if detach:
-        _detach(state, host, port, origins, event_buffer, verbose)
+        forwarded = ["--host", host, "--port", str(port), "--event-buffer", str(event_buffer),
+                     "--retention", "off" if retention is None else f"{retention}s",
+                     "--history", str(history), "--log-max-mb", str(log_max_mb)]
+        forwarded += [f"--allow-origin={o}" for o in origins] + (["-v"] if verbose else [])
+        _detach(state, forwarded)
         return
     from .daemon import configure_logging, run_daemon
 
-    configure_logging(state, verbose)
+    configure_logging(state, verbose, to_stderr=not detached, max_bytes=int(log_max_mb * 1e6))
     try:
-        trio.run(functools.partial(run_daemon, state, host=host, port=port,
-                                   allowed_origins=origins, event_buffer=event_buffer))
-    except BrokerAlreadyRunning as exc:
-        click.echo(f"Error: {exc}", err=True)
+        trio.run(functools.partial(
+            run_daemon, state, host=host, port=port, allowed_origins=origins,
+            event_buffer=event_buffer, retention=retention, history=history,
+        ))
+    except (BrokerAlreadyRunning, StoreError) as exc:
+        click.echo(f"Error: {_up_error(exc, state)}", err=True)
         sys.exit(EXIT_FAILED)
     except BaseExceptionGroup as group:  # binding the port fails inside the broker's nurseries
         bind = group.subgroup(OSError)
@@ -167,19 +212,29 @@ def up(state_dir: str | None, host: str, port: int, origins: tuple[str, ...], ev
         sys.exit(EXIT_FAILED)
 
 
-def _detach(state: Any, host: str, port: int, origins: tuple[str, ...], event_buffer: int,
-            verbose: bool) -> None:
-    """Start `up` in its own session, not as our child, and wait until it is ready."""
-    from .state import process_alive
+def _up_error(exc: Exception, state: Any) -> str:
+    from .store import StoreError
 
-    running = state.read_connection()
-    if running is not None and process_alive(running.pid):
-        click.echo(f"Error: a broker (pid {running.pid}) is already running on {state.path}", err=True)
+    if isinstance(exc, StoreError) and ("not a database" in exc.error or "malformed" in exc.error):
+        return (
+            f"the store {state.db_path} is corrupt ({exc.error}); move it aside to start"
+            " with an empty store (its deliveries and agents are then forgotten)"
+        )
+    return str(exc)
+
+
+def _detach(state: Any, forwarded: list[str]) -> None:
+    """Start `up` in its own session, not as our child, and wait until it is ready."""
+    holder = state.lock_holder()
+    if holder is not None:  # the lock, not a connection file a dead broker left, decides
+        who = f"pid {holder}" if holder else "another process"
+        click.echo(f"Error: a broker ({who}) is already running on {state.path}", err=True)
         sys.exit(EXIT_FAILED)
     argv = [sys.executable, "-m", "trio_relay", "up", "--state-dir", str(state.path),
-            "--host", host, "--port", str(port), "--event-buffer", str(event_buffer)]
-    argv += [f"--allow-origin={o}" for o in origins] + (["-v"] if verbose else [])
+            "--detached", *forwarded]
     output = state.path / "up.out"
+    if output.exists():  # what the last detached broker printed, kept once
+        output.replace(output.with_suffix(".out.1"))
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # the intermediate: start the daemon in a new session, report its pid, go
@@ -216,11 +271,10 @@ def _detach(state: Any, host: str, port: int, origins: tuple[str, ...], event_bu
 
 @main.command()
 @client_options
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for it to stop.")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to wait for it to stop.")
 def down(timeout: float, **kwargs: Any) -> None:
     """Stop the broker: release every agent, then exit."""
-    from .state import process_alive
-
     status = call_broker(kwargs, lambda c: c.status())
     call_broker(kwargs, lambda c: c.shutdown())
     deadline = time.monotonic() + timeout
@@ -431,7 +485,8 @@ def flush(name: str, **kwargs: Any) -> None:
 @click.option("--from", "sender", help="Who it is from (default: user; an agent's token sends as itself).")
 @click.option("--thread", help="A thread id to group related messages.")
 @click.option("--wait", is_flag=True, help="Wait until it is verified or has failed.")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds --wait waits.")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds --wait waits.")
 @client_options
 def send(to: str, message: str, sender: str | None, thread: str | None, wait: bool, timeout: float,
          **kwargs: Any) -> None:
@@ -488,6 +543,19 @@ def _delivery_table(ds: list[DeliveryRecord]) -> None:
           (d.body[:40] + "...") if len(d.body) > 43 else d.body] for d in ds],
         ["ID", "TO", "FROM", "STATE", "ATTEMPTS", "BODY"],
     )
+
+
+@main.command()
+@click.option("--older-than", type=Duration(), metavar="DURATION",
+              help="Delete what has not changed for this long (default: the broker's --retention).")
+@client_options
+def prune(older_than: float | None, **kwargs: Any) -> None:
+    """Delete ended deliveries (dead letters too) and released agents from the store.
+
+    The broker also does this on its own, hourly, for what is older than `up --retention`.
+    """
+    emit(call_broker(kwargs, lambda c: c.prune(older_than)), kwargs["as_json"],
+         lambda r: click.echo(f"pruned {r.deliveries} deliveries and {r.agents} agents"))
 
 
 @main.command()

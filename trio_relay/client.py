@@ -43,10 +43,11 @@ from .protocol import (
     Gap,
     ModeResult,
     PendingDeliveries,
+    PruneResult,
     ScreenSnapshot,
     SendReceipt,
 )
-from .state import DEFAULT_DIR_NAME, StateDir
+from .state import DEFAULT_DIR_NAME, StateDir, StateDirError
 from .sweep import AGENT_ENV
 
 #: The URL scheme of a broker's Unix socket: ``ws+unix:///path/to/control.sock``.
@@ -115,9 +116,15 @@ def find_broker(
     """
     url = url or os.environ.get("TRIO_RELAY_URL")
     token = token or os.environ.get("TRIO_RELAY_TOKEN")
+    if url:
+        parse_address(url)  # a bad URL is said first, whatever else is missing
     if url and token:
         return url, token
     state = StateDir(Path(state_dir) if state_dir else Path.cwd() / DEFAULT_DIR_NAME)
+    try:
+        state.check()
+    except StateDirError as exc:
+        raise BadAddress(str(exc)) from None
     up = f"trio-relay up --state-dir {state_dir}" if state_dir else "trio-relay up"
     if token is None and os.environ.get(AGENT_ENV):
         raise BadAddress(
@@ -414,6 +421,11 @@ class RelayClient:
 
     async def logs(self, name: str, lines: int = 100) -> list[str]:
         return await self.call("logs", name=name, lines=lines)
+
+    async def prune(self, older_than: float | None = None) -> PruneResult:
+        """Delete ended deliveries and released agents unchanged for ``older_than`` seconds
+        (None: the broker's retention)."""
+        return _as(PruneResult, await self.call("prune", older_than=older_than))
 
     async def shutdown(self) -> None:
         await self.call("shutdown")

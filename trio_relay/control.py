@@ -62,6 +62,7 @@ from .protocol import (
     ReleaseOp,
     ResizeOp,
     SendOp,
+    PruneOp,
     ShutdownOp,
     SnapshotOp,
     SpawnOp,
@@ -155,8 +156,11 @@ class ControlServer:
         *,
         allowed_origins: Iterable[str] = (),
         max_message_size: int = DEFAULT_MAX_MESSAGE,
+        retention: float | None = None,
     ) -> None:
         self.broker = broker
+        #: What ``prune`` without an age deletes: older than this (seconds; None: nothing).
+        self.retention = retention
         self._token = token
         self._allowed_origins = frozenset(allowed_origins)
         self._max_message_size = max_message_size
@@ -181,6 +185,7 @@ class ControlServer:
             PendingOp: self._pending,
             FlushOp: self._flush,
             LogsOp: self._logs,
+            PruneOp: self._prune,
             ShutdownOp: self._shutdown,
         }
 
@@ -398,6 +403,8 @@ class ControlServer:
 
 
     async def _send(self, op: SendOp, principal: Principal) -> dict[str, Any]:
+        if not 0 <= op.timeout < float("inf"):  # checked before anything is committed
+            raise ValueError(f"`timeout` must be a non-negative number of seconds, not {op.timeout!r}")
         sender = principal.agent or op.sender
         receipt = await self.broker.send(op.to, op.body, sender=sender, thread=op.thread)
         result = _info(receipt)
@@ -451,6 +458,12 @@ class ControlServer:
         lines = self.broker.logs(op.name)
         return lines[-op.lines :] if op.lines else []
 
+
+    async def _prune(self, op: PruneOp, principal: Principal) -> Any:
+        older_than = op.older_than if op.older_than is not None else self.retention
+        if older_than is None:
+            raise ValueError("this broker keeps everything (no retention): give `older_than`")
+        return await self.broker.prune(older_than)
 
     async def _shutdown(self, op: ShutdownOp, principal: Principal) -> None:
         self.shutdown_requested.set()

@@ -5,26 +5,37 @@ from __future__ import annotations
 
 import functools
 import logging
+import logging.handlers
 import os
 import signal
 from collections.abc import Iterable
 
 import trio
 
-from .broker import open_broker
+from .broker import DEFAULT_RETENTION, open_broker
 from .client import UNIX_SCHEME
 from .control import ControlServer
 from .state import StateDir
+from .supervisor import DEFAULT_HISTORY
 
 log = logging.getLogger("trio_relay")
 
 
-def configure_logging(state: StateDir, verbose: bool) -> None:
-    """Log to stderr and to the state directory's ``broker.log``."""
+def configure_logging(
+    state: StateDir, verbose: bool, *, to_stderr: bool = True, max_bytes: int = 10_000_000
+) -> None:
+    """Log to the state directory's ``broker.log`` (rotated at ``max_bytes``, 3 older files
+    kept) and, unless ``to_stderr`` is false (a detached broker, whose stderr is up.out),
+    to stderr."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for handler in (logging.StreamHandler(), logging.FileHandler(state.log_path)):
+    handlers: list[logging.Handler] = [
+        logging.handlers.RotatingFileHandler(state.log_path, maxBytes=max_bytes, backupCount=3)
+    ]
+    if to_stderr:
+        handlers.append(logging.StreamHandler())
+    for handler in handlers:
         handler.setFormatter(fmt)
         root.addHandler(handler)
     logging.getLogger("trio-websocket").setLevel(logging.WARNING)
@@ -37,6 +48,8 @@ async def run_daemon(
     port: int = 0,
     allowed_origins: Iterable[str] = (),
     event_buffer: int = 4096,
+    retention: float | None = DEFAULT_RETENTION,
+    history: int = DEFAULT_HISTORY,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the broker until SIGINT, SIGTERM or a ``shutdown`` request; ``started`` gives the
@@ -49,8 +62,13 @@ async def run_daemon(
     try:
         token = state.token()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_broker(state, respawn=False, event_capacity=event_buffer) as broker:
-                server = ControlServer(broker, token, allowed_origins=allowed_origins)
+            async with open_broker(
+                state, respawn=False, event_capacity=event_buffer, retention=retention,
+                history=history,
+            ) as broker:
+                server = ControlServer(
+                    broker, token, allowed_origins=allowed_origins, retention=retention
+                )
                 socket = str(state.socket_path.absolute()) if state.socket_usable() else None
                 if socket is None:
                     log.warning("%s is too long a path for a Unix socket; serving TCP only",

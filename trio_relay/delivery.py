@@ -519,6 +519,7 @@ class DeliveryEngine:
     def statistics(self) -> dict[str, int]:
         return {
             "open": len(self._open),
+            "mailboxes": len(self._mailboxes),
             "stale_reports": self.stale_reports,
             "commits": self.store.commits,
             "writes": self.store.writes,

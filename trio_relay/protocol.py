@@ -557,6 +557,13 @@ class UnsubscribeOp(ControlRequest, tag="unsubscribe", kw_only=True):
     subscription: ControlId
 
 
+class PruneOp(ControlRequest, tag="prune", kw_only=True):
+    """Delete ended deliveries and released agents unchanged for ``older_than`` seconds
+    (None: the broker's retention)."""
+
+    older_than: float | None = None
+
+
 class ShutdownOp(ControlRequest, tag="shutdown", kw_only=True):
     """Release every agent and stop the broker; answered before it stops."""
 
@@ -599,6 +606,7 @@ ControlOp = Union[
     LogsOp,
     SubscribeOp,
     UnsubscribeOp,
+    PruneOp,
     ShutdownOp,
 ]
 
@@ -704,3 +712,10 @@ class ModeResult(msgspec.Struct, kw_only=True):
 
 class FlushResult(msgspec.Struct, kw_only=True):
     count: int
+
+
+class PruneResult(msgspec.Struct, kw_only=True):
+    """What ``prune`` deleted from the store."""
+
+    deliveries: int
+    agents: int

@@ -18,10 +18,18 @@ from pathlib import Path
 from .errors import RelayError
 from .sweep import process_alive
 
-__all__ = ["BrokerAlreadyRunning", "Connection", "StateDir", "process_alive"]
+__all__ = ["BrokerAlreadyRunning", "Connection", "StateDir", "StateDirError", "process_alive"]
 
 DEFAULT_DIR_NAME = ".trio-relay"
 LOCK_ATTEMPTS = 5
+
+
+class StateDirError(RelayError):
+    """The path given cannot be a state directory."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"cannot use {path} as the state directory: {problem}")
+        self.path, self.problem = path, problem
 
 
 class BrokerAlreadyRunning(RelayError):
@@ -53,10 +61,24 @@ class StateDir:
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None) -> StateDir:
         """The state directory at ``path`` (default ``./.trio-relay``), created mode 0700.
-        Raises OSError if it cannot be created."""
+        Raises StateDirError if it cannot be."""
         state = cls(Path(path) if path is not None else Path.cwd() / DEFAULT_DIR_NAME)
-        state.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        state.check()
+        try:
+            state.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateDirError(state.path, exc.strerror or str(exc)) from None
         return state
+
+    def check(self) -> None:
+        """Raise StateDirError if the path cannot be a state directory: it, or a directory
+        above it, is something else than a directory."""
+        for part in (self.path, *self.path.parents):
+            if part.exists():
+                if not part.is_dir():
+                    what = "it" if part == self.path else str(part)
+                    raise StateDirError(self.path, f"{what} is not a directory")
+                return
 
     @property
     def lock_path(self) -> Path:

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the deliveries_ended index (for retention); 1 is upgraded in place
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,6 +72,8 @@ CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (agent, seq)
     WHERE state IN ('queued', 'sent', 'injected');
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (seq) WHERE state = 'dead_letter';
 CREATE INDEX IF NOT EXISTS deliveries_agent ON deliveries (agent, seq);
+CREATE INDEX IF NOT EXISTS deliveries_ended ON deliveries (updated_at)
+    WHERE state IN ('verified', 'unverified', 'failed', 'dropped', 'dead_letter');
 CREATE TABLE IF NOT EXISTS agents (
     name TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
@@ -87,6 +89,9 @@ CREATE TABLE IF NOT EXISTS agents (
 _OPEN = "state IN ('queued', 'sent', 'injected')"
 _OPEN_INDEX = "INDEXED BY deliveries_open"
 _DEAD = "state = 'dead_letter'"
+_ENDED = "state IN ('verified', 'unverified', 'failed', 'dropped', 'dead_letter')"
+_ENDED_INDEX = "INDEXED BY deliveries_ended"
+assert _ENDED == f"state IN ({', '.join(repr(s) for s in TERMINAL_STATES)})"
 
 _COLUMNS = (
     "seq, agent, sender, body, thread, state, attempts, created_at, updated_at, deadline_at,"
@@ -367,10 +372,13 @@ def _connect(path: str, busy_timeout: float) -> tuple[sqlite3.Connection, str]:
         else:
             tag = row[0]
             version = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if version is None or int(version[0]) != SCHEMA_VERSION:
+            if version is None or not 1 <= int(version[0]) <= SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(
-                    f"schema version {version and version[0]}; this broker reads {SCHEMA_VERSION}"
+                    f"schema version {version and version[0]}; this broker reads"
+                    f" 1..{SCHEMA_VERSION} (is it a newer broker's store?)"
                 )
+            if int(version[0]) < SCHEMA_VERSION:  # the schema above added what it lacked
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
     except BaseException:
         conn.close()
         raise
@@ -616,6 +624,29 @@ def late_report(
         (state, now, *fields.values(), seq, agent),
     )
     return cur.rowcount == 1
+
+
+def prune_deliveries(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    """Delete up to ``limit`` ended deliveries (verified, unverified, failed, dropped, dead
+    letters) last changed before ``before``. Returns how many."""
+    cur = conn.execute(
+        f"DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries {_ENDED_INDEX}"
+        f" WHERE {_ENDED} AND updated_at < ? LIMIT ?)",
+        (before, limit),
+    )
+    return cur.rowcount
+
+
+def prune_agents(conn: sqlite3.Connection, before: float) -> int:
+    """Delete the agents that are not to be respawned, last changed before ``before``, with
+    no open delivery. Returns how many."""
+    cur = conn.execute(
+        f"DELETE FROM agents WHERE running = 0 AND updated_at < ? AND NOT EXISTS"
+        f" (SELECT 1 FROM deliveries {_OPEN_INDEX} WHERE deliveries.agent = agents.name"
+        f" AND {_OPEN})",
+        (before,),
+    )
+    return cur.rowcount
 
 
 def put_agent(conn: sqlite3.Connection, name: str, spec: dict[str, Any], now: float) -> str:

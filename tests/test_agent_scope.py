@@ -4,6 +4,9 @@ it reaches the broker, it gets that agent's scope, and sees only that agent's ev
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 import shlex
 import subprocess
 import sys
@@ -13,7 +16,7 @@ import pytest
 import trio
 
 from helpers import CLEAN_ENV, RELAY, REFERENCE_WORKER, Relay, wait_for, wait_until
-from trio_relay import open_broker
+from trio_relay import Broker, open_broker
 from trio_relay.client import open_client
 from trio_relay.control import ControlServer
 from trio_relay.protocol import AgentSpawned, Gap, StoreErrorEvent
@@ -90,21 +93,28 @@ def test_the_owner_outside_any_agent_keeps_the_owner_scope(inside: Relay) -> Non
     assert result.returncode == 0 and json.loads(result.stdout)["you"] is None
 
 
-async def test_agent_scoped_subscribers_see_only_their_own_events() -> None:
-    async with open_broker(event_capacity=64) as broker:
+@asynccontextmanager
+async def serving(**options: Any) -> AsyncIterator[tuple[Broker, ControlServer, str]]:
+    """An in-process broker and its control server, for the block."""
+    async with open_broker(**options) as broker:
         server = ControlServer(broker, TOKEN)
         async with trio.open_nursery() as nursery:
             url = await nursery.start(server.serve, "127.0.0.1", 0)
-            await broker.spawn("alice", REFERENCE_WORKER)
-            await broker.spawn("bob", REFERENCE_WORKER)
-            broker.events.emit(StoreErrorEvent(operation="queue a delivery for 'bob'", error="disk full"))
-            async with open_client(url, server.agent_token("alice")) as alice, open_client(url, TOKEN) as owner:
-                async with alice.subscribe(0) as mine, owner.subscribe(0) as everything:
-                    assert mine.replay_end < broker.events.last_seq == everything.replay_end
-                    seen = await replay(mine)
-                    assert seen and all(getattr(e, "agent", None) == "alice" for e in seen)
-                    assert StoreErrorEvent in {type(e) for e in await replay(everything)}
+            yield broker, server, url
             nursery.cancel_scope.cancel()
+
+
+async def test_agent_scoped_subscribers_see_only_their_own_events() -> None:
+    async with serving(event_capacity=64) as (broker, server, url):
+        await broker.spawn("alice", REFERENCE_WORKER)
+        await broker.spawn("bob", REFERENCE_WORKER)
+        broker.events.emit(StoreErrorEvent(operation="queue a delivery for 'bob'", error="disk full"))
+        async with open_client(url, server.agent_token("alice")) as alice, open_client(url, TOKEN) as owner:
+            async with alice.subscribe(0) as mine, owner.subscribe(0) as everything:
+                assert mine.replay_end < broker.events.last_seq == everything.replay_end
+                seen = await replay(mine)
+                assert seen and all(getattr(e, "agent", None) == "alice" for e in seen)
+                assert StoreErrorEvent in {type(e) for e in await replay(everything)}
 
 
 async def replay(subscription) -> list:  # type: ignore[no-untyped-def]
@@ -116,18 +126,14 @@ async def replay(subscription) -> list:  # type: ignore[no-untyped-def]
 
 
 async def test_a_gap_always_arrives_whatever_the_filters() -> None:
-    async with open_broker(event_capacity=16) as broker:
-        server = ControlServer(broker, TOKEN)
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(server.serve, "127.0.0.1", 0)
-            await broker.spawn("alice", REFERENCE_WORKER)
-            for _ in range(40):  # far more than the ring holds
-                broker.events.emit(StoreErrorEvent(operation="x", error="y"))
-            async with open_client(url, TOKEN) as owner:
-                async with owner.subscribe(0, kinds=["agent_spawned"]) as events:
-                    first = await events.__anext__()
-                    assert isinstance(first, Gap) and first.first == 1
-            nursery.cancel_scope.cancel()
+    async with serving(event_capacity=16) as (broker, server, url):
+        await broker.spawn("alice", REFERENCE_WORKER)
+        for _ in range(40):  # far more than the ring holds
+            broker.events.emit(StoreErrorEvent(operation="x", error="y"))
+        async with open_client(url, TOKEN) as owner:
+            async with owner.subscribe(0, kinds=["agent_spawned"]) as events:
+                first = await events.__anext__()
+                assert isinstance(first, Gap) and first.first == 1
 
 
 def test_events_without_follow_end_for_an_agent_token(inside: Relay) -> None:
@@ -157,42 +163,33 @@ async def test_subscriptions_and_connections_are_bounded() -> None:
     from trio_relay.client import BrokerUnreachable, RemoteError
     from trio_relay.control import MAX_CONNECTIONS_PER_AGENT, MAX_SUBSCRIPTIONS_PER_CONNECTION
 
-    async with open_broker() as broker:
-        server = ControlServer(broker, TOKEN)
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(server.serve, "127.0.0.1", 0)
-            token = server.agent_token("alice")
-            async with open_client(url, token) as alice:
-                async with trio.open_nursery() as subs:
-                    opened = trio.Semaphore(0)
-                    stop = trio.Event()
+    async with serving() as (broker, server, url):
+        token = server.agent_token("alice")
+        async with open_client(url, token) as alice:
+            async with trio.open_nursery() as subs:
+                opened = trio.Semaphore(0)
+                stop = trio.Event()
 
-                    async def hold() -> None:
-                        async with alice.subscribe(0):
-                            opened.release()
-                            await stop.wait()
+                async def hold() -> None:
+                    async with alice.subscribe(0):
+                        opened.release()
+                        await stop.wait()
 
-                    for _ in range(MAX_SUBSCRIPTIONS_PER_CONNECTION):
-                        subs.start_soon(hold)
-                    for _ in range(MAX_SUBSCRIPTIONS_PER_CONNECTION):
-                        await opened.acquire()
-                    with pytest.raises(RemoteError) as refused:
-                        async with alice.subscribe(0):
-                            pass
-                    assert refused.value.code == "too_many"
-                    assert (await alice.status()).you == "alice"  # requests still served
-                    stop.set()
-            extra = []
-            try:
-                for _ in range(MAX_CONNECTIONS_PER_AGENT):
-                    cm = open_client(url, token)
-                    extra.append((cm, await cm.__aenter__()))
-                with pytest.raises(BrokerUnreachable, match="429"):
-                    async with open_client(url, token):
+                for _ in range(MAX_SUBSCRIPTIONS_PER_CONNECTION):
+                    subs.start_soon(hold)
+                for _ in range(MAX_SUBSCRIPTIONS_PER_CONNECTION):
+                    await opened.acquire()
+                with pytest.raises(RemoteError) as refused:
+                    async with alice.subscribe(0):
                         pass
-            finally:
-                for cm, _ in reversed(extra):
-                    await cm.__aexit__(None, None, None)
-            async with open_client(url, token) as again:  # a slot is free once one closes
-                assert (await again.status()).you == "alice"
-            nursery.cancel_scope.cancel()
+                assert refused.value.code == "too_many"
+                assert (await alice.status()).you == "alice"  # requests still served
+                stop.set()
+        async with AsyncExitStack() as connections:
+            for _ in range(MAX_CONNECTIONS_PER_AGENT):
+                await connections.enter_async_context(open_client(url, token))
+            with pytest.raises(BrokerUnreachable, match="429"):
+                async with open_client(url, token):
+                    pass
+        async with open_client(url, token) as again:  # a slot is free once one closes
+            assert (await again.status()).you == "alice"

@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 
 from helpers import CLEAN_ENV, RELAY, Relay, relay, wait_for
@@ -133,5 +134,5 @@ def test_prune_deletes_what_ended_and_keeps_what_is_open(tmp_path: Path) -> None
         assert states == ["queued"]
     finally:
         relay("down", "--state-dir", str(state))
-    with sqlite3.connect(state / "relay.db") as conn:
+    with closing(sqlite3.connect(state / "relay.db")) as conn:
         assert [row[0] for row in conn.execute("SELECT name FROM agents")] == ["cat"]

@@ -8,25 +8,26 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
-import trio_relay.supervisor
 from helpers import Relay, children_of, group_alive, pid_alive, relay, wait_for
-from trio_relay.state import StateDir
+
+import trio_relay.broker.supervisor
 from trio_relay import Broker, open_broker
+from trio_relay.state import StateDir
+
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """Record the process group of every worker spawned; after the test none may be alive,
     and this process may have no child left (running or unreaped)."""
     groups: list[int] = []
-    real_spawn = trio_relay.supervisor.spawn_process
+    real_spawn = trio_relay.broker.supervisor.spawn_process
 
     def recording_spawn(*args, **kwargs):  # type: ignore[no-untyped-def]
         proc = real_spawn(*args, **kwargs)
         groups.append(proc.pgid)
         return proc
 
-    monkeypatch.setattr(trio_relay.supervisor, "spawn_process", recording_spawn)
+    monkeypatch.setattr(trio_relay.broker.supervisor, "spawn_process", recording_spawn)
     yield groups
     alive = [g for g in groups if group_alive(g)]
     assert not alive, f"worker process groups still alive after the test: {alive}"

@@ -29,10 +29,12 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trio_relay import open_broker  # noqa: E402
-from trio_relay.client import open_client  # noqa: E402
-from trio_relay.control import ControlServer, pty_command  # noqa: E402
-from trio_relay.protocol import AgentOutput  # noqa: E402
+import trio.lowlevel
+
+from trio_relay import open_broker
+from trio_relay.client import open_client
+from trio_relay.control.server import ControlServer, pty_command
+from trio_relay.wire import AgentOutput
 
 TOKEN = "bench-token-" + "x" * 32
 
@@ -99,7 +101,9 @@ async def fan_out(broker, url: str, subscribers: int, events: int) -> tuple[floa
             for i in range(events):
                 broker.events.emit(AgentOutput(agent="bench", offset=i * 80, data="x" * 80))
                 if i % 50 == 0:
-                    await trio.sleep(0)  # let the server's tasks run, as real output would
+                    await (
+                        trio.lowlevel.checkpoint()
+                    )  # let the server's tasks run, as real output would
             delays = json.loads(await lines.next())
             elapsed = time.perf_counter() - start
             await farm.wait()
@@ -135,7 +139,9 @@ async def main(args: argparse.Namespace) -> None:
             async with open_client(url, TOKEN) as client:
                 for _ in range(20):  # warm-up
                     await client.snapshot("cat")
-                base = await timed(args.requests, lambda: broker.request_worker("cat", "snapshot", {}))
+                base = await timed(
+                    args.requests, lambda: broker.request_worker("cat", "snapshot", {})
+                )
                 over = await timed(args.requests, lambda: client.snapshot("cat"))
                 row("snapshot, in-process (baseline)", base)
                 row("snapshot, over the control channel", over, base)
@@ -147,10 +153,14 @@ async def main(args: argparse.Namespace) -> None:
             rate, delays = await fan_out(broker, url, args.subscribers, args.events)
             print(f"fan-out to 1 subscriber (baseline)   {one_rate:10,.0f} events/s delivered")
             row("  emit -> receipt", one_delays)
-            print(f"fan-out to {args.subscribers} subscribers        {rate:10,.0f} events/s delivered"
-                  f"   ({rate / one_rate:.2f}x the baseline's rate)")
+            print(
+                f"fan-out to {args.subscribers} subscribers        {rate:10,.0f} events/s delivered"
+                f"   ({rate / one_rate:.2f}x the baseline's rate)"
+            )
             row("  emit -> receipt", delays, one_delays)
-            print(f"  median delay {statistics.median(delays) * 1e3:.1f} ms over {len(delays):,} receipts")
+            print(
+                f"  median delay {statistics.median(delays) * 1e3:.1f} ms over {len(delays):,} receipts"
+            )
             nursery.cancel_scope.cancel()
 
 

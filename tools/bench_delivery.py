@@ -30,10 +30,10 @@ from pathlib import Path
 import trio
 
 from trio_relay import open_broker
-from trio_relay.delivery import DeliveryPolicy
-from trio_relay import store as sql
+from trio_relay.broker.delivery import DeliveryPolicy
+from trio_relay.store import engine as sql
 
-WORKER = [sys.executable, "-m", "trio_relay.reference_worker"]
+WORKER = [sys.executable, "-m", "trio_relay.worker.reference"]
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -160,21 +160,25 @@ async def main(samples: int) -> None:
 
     print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {samples} samples")
     print("\nbaselines")
-    print(f"  bare sqlite3 insert+commit (WAL, FULL)  p50 {ms(pct(bare, .5))}  p99 {ms(pct(bare, .99))}"
-          f"  ({1 / statistics.mean(bare):,.0f}/s)")
-    print(f"  one hop to the store thread             p50 {ms(pct(hop, .5))}  p99 {ms(pct(hop, .99))}")
+    print(
+        f"  bare sqlite3 insert+commit (WAL, FULL)  p50 {ms(pct(bare, 0.5))}  p99 {ms(pct(bare, 0.99))}"
+        f"  ({1 / statistics.mean(bare):,.0f}/s)"
+    )
+    print(
+        f"  one hop to the store thread             p50 {ms(pct(hop, 0.5))}  p99 {ms(pct(hop, 0.99))}"
+    )
     print("\ncommit latency of broker.send (acknowledged after commit)        target")
     for label, data in (("10 pending", small), ("10,000 pending", large)):
-        print(f"  {label:16}  p50 {ms(pct(data, .5))}  p99 {ms(pct(data, .99))}     p99 <= 2 ms")
-    ratio50 = pct(large, .5) / pct(small, .5)
-    ratio99 = pct(large, .99) / pct(small, .99)
+        print(f"  {label:16}  p50 {ms(pct(data, 0.5))}  p99 {ms(pct(data, 0.99))}     p99 <= 2 ms")
+    ratio50 = pct(large, 0.5) / pct(small, 0.5)
+    ratio99 = pct(large, 0.99) / pct(small, 0.99)
     print(f"  10,000 / 10 ratio  p50 {ratio50:.2f}  p99 {ratio99:.2f}                    <= 1.5")
     print("\ndurable sends per second (committed, agent holding)")
     print(f"  1 sender    {rate1:9,.0f}/s   worst event-loop lag {ms(lag1)}")
     print(f"  64 senders  {rate64:9,.0f}/s   worst event-loop lag {ms(lag64)}")
     print(f"  (bare sqlite3, one commit per insert: {1 / statistics.mean(bare):,.0f}/s)")
     print("\ndelivery latency, send -> delivery_verified (reference worker, one at a time)")
-    print(f"  p50 {ms(pct(e2e, .5))}  p99 {ms(pct(e2e, .99))}")
+    print(f"  p50 {ms(pct(e2e, 0.5))}  p99 {ms(pct(e2e, 0.99))}")
 
 
 if __name__ == "__main__":

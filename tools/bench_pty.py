@@ -38,8 +38,8 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trio_relay import Broker, open_broker  # noqa: E402
-from trio_relay.protocol import (  # noqa: E402
+from trio_relay import Broker, open_broker
+from trio_relay.wire import (
     AgentReady,
     Deliver,
     DeliveryVerifiedEvent,
@@ -47,7 +47,7 @@ from trio_relay.protocol import (  # noqa: E402
     encode,
 )
 
-PTY_WORKER = [sys.executable, "-m", "trio_relay.pty_worker"]
+PTY_WORKER = [sys.executable, "-m", "trio_relay.worker.pty"]
 BASH = ["bash", "--norc", "--noprofile"]
 MB = 1024.0
 
@@ -103,7 +103,7 @@ async def spawn_ready(broker: Broker, names: list[str], argv: list[str]) -> floa
 
 
 def worker_imports_trio() -> bool:
-    probe = "import sys, trio_relay.pty_worker; print('trio' in sys.modules)"
+    probe = "import sys, trio_relay.worker.pty.worker; print('trio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     return out.stdout.strip() == "True"
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import msgspec
 
-WORKER_ARGV = [sys.executable, "-m", "trio_relay.reference_worker"]
+WORKER_ARGV = [sys.executable, "-m", "trio_relay.worker.reference"]
 ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_RPS_AT = 1000
@@ -259,7 +259,7 @@ def run_floor(levels: list[int], duration: float, warmup: float) -> dict[int, Re
     ceiling that Trio's per-request machinery (cancel scope, channel, task switch) leaves."""
     import trio
 
-    from trio_relay.correlator import Correlator
+    from trio_relay.broker.correlator import Correlator
 
     results: dict[int, Result] = {}
     marker = b'"request_id":"'
@@ -273,7 +273,7 @@ def run_floor(levels: list[int], duration: float, warmup: float) -> dict[int, Re
 
         async def answer_forever() -> None:
             while True:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
                 batch = queued[:]
                 queued.clear()
                 for frame in batch:
@@ -308,9 +308,7 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e6:,.0f} us"
 
 
-def report(
-    base: dict[int, Result], brok: dict[int, Result], floor: dict[int, Result]
-) -> bool:
+def report(base: dict[int, Result], brok: dict[int, Result], floor: dict[int, Result]) -> bool:
     levels = sorted(set(base) | set(brok))
     header = (
         f"{'in flight':>9}  {'side':<8} {'requests':>9} {'req/s':>10} "
@@ -368,7 +366,11 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, default=0.5, help="seconds of warm-up per configuration (0.5)"
     )
     parser.add_argument(
-        "--levels", type=int, nargs="+", default=[1, 100, 1000], metavar="N",
+        "--levels",
+        type=int,
+        nargs="+",
+        default=[1, 100, 1000],
+        metavar="N",
         help="requests in flight (1 100 1000)",
     )
     parser.add_argument(

@@ -27,9 +27,9 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trio_relay.client import open_client  # noqa: E402
+from trio_relay.client import open_client
 
-REFERENCE_WORKER = [sys.executable, "-m", "trio_relay.reference_worker"]
+REFERENCE_WORKER = [sys.executable, "-m", "trio_relay.worker.reference"]
 
 
 def rss_kb(pid: int) -> int:
@@ -73,16 +73,20 @@ async def soak(
     after = [(c, r) for c, r, _ in samples if c >= baseline_at[0]]
     per_1000 = slope(after) * 1000
     elapsed = samples[-1][2]
-    print(f"\nsoak: {warmup} + {cycles} spawn/send/release cycles of uniquely named "
-          f"{'PTY (cat)' if pty else 'native'} agents, history {history}; "
-          f"{(warmup + cycles) / elapsed:.1f} cycles/s\n")
+    print(
+        f"\nsoak: {warmup} + {cycles} spawn/send/release cycles of uniquely named "
+        f"{'PTY (cat)' if pty else 'native'} agents, history {history}; "
+        f"{(warmup + cycles) / elapsed:.1f} cycles/s\n"
+    )
     print("| cycles | broker RSS (MB) | ratio to baseline |")
     print("|---:|---:|---:|")
     for c, r, _ in samples:
         mark = " (baseline: end of the warm-up)" if c == baseline_at[0] else ""
         print(f"| {c} | {r / 1024:.1f}{mark} | {r / baseline_at[1]:.3f} |")
-    print(f"\nlast / baseline: {samples[-1][1] / baseline_at[1]:.3f}; "
-          f"fitted growth after the baseline: {per_1000:+.0f} KB per 1,000 cycles")
+    print(
+        f"\nlast / baseline: {samples[-1][1] / baseline_at[1]:.3f}; "
+        f"fitted growth after the baseline: {per_1000:+.0f} KB per 1,000 cycles"
+    )
 
 
 def main() -> int:
@@ -98,9 +102,21 @@ def main() -> int:
         state = Path(tmp) / "state"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRIO_RELAY_")}
         up = subprocess.Popen(
-            [sys.executable, "-m", "trio_relay", "up", "--state-dir", str(state),
-             "--history", str(args.history), "--event-buffer", str(args.event_buffer)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "trio_relay",
+                "up",
+                "--state-dir",
+                str(state),
+                "--history",
+                str(args.history),
+                "--event-buffer",
+                str(args.event_buffer),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             deadline = time.monotonic() + 30
@@ -108,8 +124,9 @@ def main() -> int:
                 if time.monotonic() > deadline or up.poll() is not None:
                     raise SystemExit("the broker did not start")
                 time.sleep(0.05)
-            trio.run(soak, state, up.pid, args.warmup, args.cycles, args.every, args.pty,
-                     args.history)
+            trio.run(
+                soak, state, up.pid, args.warmup, args.cycles, args.every, args.pty, args.history
+            )
         finally:
             up.terminate()
             up.wait(timeout=30)

@@ -67,8 +67,8 @@ from trio_websocket import connect_websocket_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trio_relay.client import open_client  # noqa: E402
-from trio_relay.protocol import (  # noqa: E402
+from trio_relay.client import open_client
+from trio_relay.wire import (
     AgentOutput,
     AgentReady,
 )
@@ -166,8 +166,13 @@ class Started:
     def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str], log: Path) -> None:
         self.log = open(log, "wb")
         self.proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.pid = self.proc.pid
 
@@ -179,7 +184,7 @@ class Started:
                 self.proc.wait(grace)
             except subprocess.TimeoutExpired:
                 pass
-        for sig_target in ([self.pid] if self.proc.poll() is None else []):
+        for sig_target in [self.pid] if self.proc.poll() is None else []:
             os.kill(sig_target, signal.SIGKILL)
         try:
             os.killpg(self.pid, signal.SIGKILL)
@@ -216,7 +221,7 @@ async def timed(n: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
 
 class TrioRelay:
     name = "trio-relay"
-    program_wrapper = "trio_relay.pty_worker"
+    program_wrapper = "trio_relay.worker.pty"
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -231,13 +236,18 @@ class TrioRelay:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.started = Started(
             [sys.executable, "-m", "trio_relay", "up", "--state-dir", str(self.state)],
-            cwd=self.workdir, env=env, log=self.workdir / "broker.out",
+            cwd=self.workdir,
+            env=env,
+            log=self.workdir / "broker.out",
         )
         try:
             with trio.fail_after(30):
                 while not (self.state / "connection.json").exists():
                     if self.started.proc.poll() is not None:
-                        raise RuntimeError("trio-relay up exited: " + (self.workdir / "broker.out").read_text()[-2000:])
+                        raise RuntimeError(
+                            "trio-relay up exited: "
+                            + (self.workdir / "broker.out").read_text()[-2000:]
+                        )
                     await trio.sleep(0.02)
             async with open_client(state_dir=str(self.state)) as client:
                 self.client = client
@@ -301,17 +311,23 @@ def agent_relay_binary(install: bool) -> Path | str:
     try:
         BENCH_DIR.mkdir(exist_ok=True)
         if not (AR_VENV / "bin" / "python").exists():
-            subprocess.run([sys.executable, "-m", "venv", str(AR_VENV)], check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "venv", str(AR_VENV)], check=True, capture_output=True
+            )
         subprocess.run(
             [str(AR_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "agent-relay-sdk"],
-            check=True, capture_output=True, timeout=600,
+            check=True,
+            capture_output=True,
+            timeout=600,
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
         return f"cannot install agent-relay-sdk: {exc} {detail.decode(errors='replace')[-500:]}"
     found = sorted(AR_VENV.glob("lib/python*/site-packages/agent_relay/bin/agent-relay-broker"))
     if not found:
-        return "the agent-relay-sdk wheel has no agent_relay/bin/agent-relay-broker for this platform"
+        return (
+            "the agent-relay-sdk wheel has no agent_relay/bin/agent-relay-broker for this platform"
+        )
     return found[0]
 
 
@@ -332,8 +348,11 @@ class HttpConnection:
                 self.stream = await trio.open_tcp_stream("127.0.0.1", self.port)
                 self.conn = h11.Connection(h11.CLIENT)
             data = b"" if body is None else json.dumps(body).encode()
-            headers = [("Host", f"127.0.0.1:{self.port}"), ("X-API-Key", self.key),
-                       ("Content-Length", str(len(data)))]
+            headers = [
+                ("Host", f"127.0.0.1:{self.port}"),
+                ("X-API-Key", self.key),
+                ("Content-Length", str(len(data))),
+            ]
             if body is not None:
                 headers.append(("Content-Type", "application/json"))
             out = self.conn.send(h11.Request(method=method, target=path, headers=headers))
@@ -382,20 +401,36 @@ class AgentRelay:
 
     async def run(self, body: Callable[[AgentRelay], Awaitable[Any]]) -> Any:
         env = {
-            **os.environ, "RELAY_BROKER_API_KEY": self.key, "AGENT_RELAY_TELEMETRY_DISABLED": "1",
-            "DO_NOT_TRACK": "1", "AGENT_RELAY_DATA_DIR": str(self.workdir / "data"),
+            **os.environ,
+            "RELAY_BROKER_API_KEY": self.key,
+            "AGENT_RELAY_TELEMETRY_DISABLED": "1",
+            "DO_NOT_TRACK": "1",
+            "AGENT_RELAY_DATA_DIR": str(self.workdir / "data"),
         }
         self.started = Started(
-            [str(self.binary), "init", "--local-only", "--api-port", str(self.port), "--persist",
-             "--state-dir", str(self.workdir / "state")],
-            cwd=self.workdir, env=env, log=self.workdir / "broker.out",
+            [
+                str(self.binary),
+                "init",
+                "--local-only",
+                "--api-port",
+                str(self.port),
+                "--persist",
+                "--state-dir",
+                str(self.workdir / "state"),
+            ],
+            cwd=self.workdir,
+            env=env,
+            log=self.workdir / "broker.out",
         )
         self.http = HttpConnection(self.port, self.key)
         try:
             with trio.fail_after(30):
                 while True:
                     if self.started.proc.poll() is not None:
-                        raise RuntimeError("agent-relay-broker exited: " + (self.workdir / "broker.out").read_text()[-2000:])
+                        raise RuntimeError(
+                            "agent-relay-broker exited: "
+                            + (self.workdir / "broker.out").read_text()[-2000:]
+                        )
                     try:
                         await self.http.request("GET", "/api/session")
                         break
@@ -406,8 +441,10 @@ class AgentRelay:
             # while closing): the nursery is cancelled and the broker killed.
             async with trio.open_nursery() as nursery:
                 ws = await connect_websocket_url(
-                    nursery, f"ws://127.0.0.1:{self.port}/ws",
-                    extra_headers=[("X-API-Key", self.key)], max_message_size=16 * 1024 * 1024,
+                    nursery,
+                    f"ws://127.0.0.1:{self.port}/ws",
+                    extra_headers=[("X-API-Key", self.key)],
+                    max_message_size=16 * 1024 * 1024,
                 )
                 nursery.start_soon(self._watch, ws)
                 try:
@@ -429,7 +466,9 @@ class AgentRelay:
             now = time.perf_counter()
             kind, name = event.get("kind"), event.get("name")
             if kind == "worker_stream":
-                text = self.output[name] = (self.output.get(name, "") + event.get("chunk", ""))[-4096:]
+                text = self.output[name] = (self.output.get(name, "") + event.get("chunk", ""))[
+                    -4096:
+                ]
                 if name not in self.prompt_at and PROMPT.search(text):
                     self.prompt_at[name] = now
                 waiter = self.echo_waiters.get(name)
@@ -446,19 +485,26 @@ class AgentRelay:
         # one connection per spawn, so that N spawns run at once as they do for trio-relay
         http = HttpConnection(self.port, self.key)
         try:
-            await http.request("POST", "/api/spawn", {"name": name, "cli": argv[0], "args": argv[1:],
-                                                       "cwd": str(self.workdir)})
+            await http.request(
+                "POST",
+                "/api/spawn",
+                {"name": name, "cli": argv[0], "args": argv[1:], "cwd": str(self.workdir)},
+            )
         finally:
             await http.aclose()
 
     async def snapshot(self, name: str) -> str:
-        return (await self.http.request("GET", f"/api/spawned/{name}/snapshot?format=plain"))["screen"]
+        return (await self.http.request("GET", f"/api/spawned/{name}/snapshot?format=plain"))[
+            "screen"
+        ]
 
     async def input(self, name: str, data: str) -> None:
         await self.http.request("POST", f"/api/input/{name}", {"data": data})
 
     async def deliver(self, to: str, body: str) -> str:
-        answer = await self.http.request("POST", "/api/send", {"to": to, "text": body, "from": "bench"})
+        answer = await self.http.request(
+            "POST", "/api/send", {"to": to, "text": body, "from": "bench"}
+        )
         did = answer["delivery_id"]
         with trio.fail_after(60):
             while did not in self.verified:
@@ -469,7 +515,9 @@ class AgentRelay:
 # ------------------------------------------------------------------ the workload
 
 
-async def ready_run(broker: Any, n: int, idle: float, samples: int, deliveries: int) -> dict[str, Any]:
+async def ready_run(
+    broker: Any, n: int, idle: float, samples: int, deliveries: int
+) -> dict[str, Any]:
     """N bash agents spawned at once; then (if asked) memory, idle CPU, round trips and
     deliveries on the same broker."""
     fig: dict[str, Any] = {}
@@ -504,9 +552,17 @@ async def ready_run(broker: Any, n: int, idle: float, samples: int, deliveries: 
     if idle > 0:
         await trio.sleep(2.5)  # past trio-relay's idle report (2 s of silence)
         pids = [w for w, _ in agents]
-        b0, w0, c0 = cpu_seconds(broker.broker_pid), sum(cpu_seconds(p) for p in pids), time.perf_counter()
+        b0, w0, c0 = (
+            cpu_seconds(broker.broker_pid),
+            sum(cpu_seconds(p) for p in pids),
+            time.perf_counter(),
+        )
         await trio.sleep(idle)
-        b1, w1, c1 = cpu_seconds(broker.broker_pid), sum(cpu_seconds(p) for p in pids), time.perf_counter()
+        b1, w1, c1 = (
+            cpu_seconds(broker.broker_pid),
+            sum(cpu_seconds(p) for p in pids),
+            time.perf_counter(),
+        )
         fig[f"idle_cpu_{n}"] = 100 * (b1 - b0) / (c1 - c0)
         fig[f"idle_wrapper_cpu_{n}"] = 100 * (w1 - w0) / (c1 - c0)
 
@@ -533,7 +589,11 @@ async def ready_run(broker: Any, n: int, idle: float, samples: int, deliveries: 
     if deliveries:
         await broker.spawn("c0", ["cat"])
         with trio.move_on_after(20):
-            while "c0" not in broker.prompt_at and "c0" not in broker.ready_at and "c0" not in broker.output:
+            while (
+                "c0" not in broker.prompt_at
+                and "c0" not in broker.ready_at
+                and "c0" not in broker.output
+            ):
                 await trio.sleep(0.01)
         await trio.sleep(0.5)
         latencies, outcomes = [], []
@@ -547,7 +607,9 @@ async def ready_run(broker: Any, n: int, idle: float, samples: int, deliveries: 
     return fig
 
 
-async def measure(system: str, binary: Path | None, n: int, args: argparse.Namespace, first: bool) -> dict[str, Any]:
+async def measure(
+    system: str, binary: Path | None, n: int, args: argparse.Namespace, first: bool
+) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{system}-"))
     try:
         broker: Any = TrioRelay(workdir) if system == "trio-relay" else AgentRelay(workdir, binary)  # type: ignore[arg-type]
@@ -575,7 +637,9 @@ def fmt(value: float | None, unit: str) -> str:
     return f"{value:.3g}"
 
 
-def collect(runs: list[dict[str, Any]], key: str, reduce: Callable[[list[float]], float] | None) -> tuple[float | None, str]:
+def collect(
+    runs: list[dict[str, Any]], key: str, reduce: Callable[[list[float]], float] | None
+) -> tuple[float | None, str]:
     """The median over repetitions of one figure (a list of samples is first reduced with
     ``reduce``), and the min..max spread."""
     values = []
@@ -589,7 +653,9 @@ def collect(runs: list[dict[str, Any]], key: str, reduce: Callable[[list[float]]
     return statistics.median(values), f"{min(values):.4g}..{max(values):.4g}"
 
 
-def table(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+def table(
+    results: dict[str, list[dict[str, Any]]], args: argparse.Namespace
+) -> list[tuple[str, str, str, str]]:
     p50 = lambda s: pct(s, 0.5)  # noqa: E731
     p99 = lambda s: pct(s, 0.99)  # noqa: E731
     rows: list[tuple[str, str, Callable[[list[float]], float] | None, str]] = []
@@ -613,7 +679,7 @@ def table(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) ->
         rows += [
             (f"broker RSS, {n} agents", f"broker_rss_{n}", None, "MB"),
             (f"per-agent RSS (wrapper + bash), {n} agents", f"agent_rss_{n}", None, "MB"),
-            (f"  of which the wrapper", f"wrapper_rss_{n}", None, "MB"),
+            ("  of which the wrapper", f"wrapper_rss_{n}", None, "MB"),
         ]
     if args.idle > 0:
         for n in args.agents:
@@ -624,13 +690,17 @@ def table(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) ->
     out = []
     tr, ar = results.get("trio-relay", []), results.get("agent-relay", [])
     print()
-    print(f"{'figure':<44} {'trio-relay':>12} {'agent-relay':>12} {'ratio':>8}   spread (trio | agent)")
+    print(
+        f"{'figure':<44} {'trio-relay':>12} {'agent-relay':>12} {'ratio':>8}   spread (trio | agent)"
+    )
     print("-" * 110)
     for label, key, reduce, unit in rows:
         a, a_spread = collect(tr, key, reduce)
         b, b_spread = collect(ar, key, reduce)
         ratio = f"{a / b:.2f}x" if a is not None and b not in (None, 0) else "-"
-        print(f"{label:<44} {fmt(a, unit):>12} {fmt(b, unit):>12} {ratio:>8}   {a_spread} | {b_spread}")
+        print(
+            f"{label:<44} {fmt(a, unit):>12} {fmt(b, unit):>12} {ratio:>8}   {a_spread} | {b_spread}"
+        )
         out.append((label, fmt(a, unit), fmt(b, unit), ratio))
     print()
     print("ratio = trio-relay / agent-relay (below 1: trio-relay is faster or smaller).")
@@ -650,12 +720,17 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"agent-relay comparison skipped: {found}", flush=True)
         else:
             binary = found
-            version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.strip()
+            version = subprocess.run(
+                [str(binary), "--version"], capture_output=True, text=True
+            ).stdout.strip()
             print(f"agent-relay: {version} ({binary.relative_to(ROOT)})")
             systems.append("agent-relay")
-    print(f"trio-relay: {sys.executable} {sys.version.split()[0]}; {os.cpu_count()} CPUs; "
-          f"N = {args.agents}, {args.repeat} repetition(s), {args.samples} round trips, "
-          f"{args.deliveries} deliveries, idle {args.idle:g} s", flush=True)
+    print(
+        f"trio-relay: {sys.executable} {sys.version.split()[0]}; {os.cpu_count()} CPUs; "
+        f"N = {args.agents}, {args.repeat} repetition(s), {args.samples} round trips, "
+        f"{args.deliveries} deliveries, idle {args.idle:g} s",
+        flush=True,
+    )
     results: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
     for rep in range(args.repeat):
         for n in args.agents:
@@ -664,13 +739,20 @@ async def main_async(args: argparse.Namespace) -> None:
                 try:
                     fig = await measure(system, binary, n, args, rep == 0)
                 except Exception as exc:  # one failed run is reported, not fatal
-                    print(f"  [{rep + 1}/{args.repeat}] {system} N={n}: FAILED: {exc!r}", flush=True)
+                    print(
+                        f"  [{rep + 1}/{args.repeat}] {system} N={n}: FAILED: {exc!r}", flush=True
+                    )
                     continue
                 results[system].append(fig)
-                brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in fig.items()
-                         if not isinstance(v, list)}
-                print(f"  [{rep + 1}/{args.repeat}] {system} N={n} ({time.perf_counter() - t:.0f} s): {brief}",
-                      flush=True)
+                brief = {
+                    k: (round(v, 3) if isinstance(v, float) else v)
+                    for k, v in fig.items()
+                    if not isinstance(v, list)
+                }
+                print(
+                    f"  [{rep + 1}/{args.repeat}] {system} N={n} ({time.perf_counter() - t:.0f} s): {brief}",
+                    flush=True,
+                )
     rows = table(results, args)
     if args.markdown:
         print()
@@ -683,11 +765,21 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", default="4,50", help="N values, comma-separated (default 4,50)")
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions; the table shows medians (default 3)")
-    parser.add_argument("--samples", type=int, default=200, help="snapshot and input round trips (default 200)")
-    parser.add_argument("--deliveries", type=int, default=10,
-                        help="deliveries timed after the first (default 10; agent-relay takes ~2 s each)")
-    parser.add_argument("--idle", type=float, default=10.0, help="idle CPU window in seconds (0: skip; default 10)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="repetitions; the table shows medians (default 3)"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=200, help="snapshot and input round trips (default 200)"
+    )
+    parser.add_argument(
+        "--deliveries",
+        type=int,
+        default=10,
+        help="deliveries timed after the first (default 10; agent-relay takes ~2 s each)",
+    )
+    parser.add_argument(
+        "--idle", type=float, default=10.0, help="idle CPU window in seconds (0: skip; default 10)"
+    )
     parser.add_argument("--skip-agent-relay", action="store_true", help="measure trio-relay only")
     parser.add_argument("--markdown", action="store_true", help="also print the table as markdown")
     args = parser.parse_args()

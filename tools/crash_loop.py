@@ -1,4 +1,4 @@
-"""The long SIGKILL crash loop: tests/crash_harness.py with as many iterations as asked.
+"""The long SIGKILL crash loop: tests/support/crash_harness.py with as many iterations as asked.
 
     .venv/bin/python tools/crash_loop.py --iterations 200 [--seed N] [--kill-window 2.0]
 
@@ -20,17 +20,23 @@ from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from crash_harness import crash_loop  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
+from crash_harness import crash_loop
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--kill-window", type=float, default=2.0,
-                        help="kill at a uniform random moment in [0, this] s after start")
-    parser.add_argument("--max-messages", type=int, default=8, help="messages sent per life, at most")
+    parser.add_argument(
+        "--kill-window",
+        type=float,
+        default=2.0,
+        help="kill at a uniform random moment in [0, this] s after start",
+    )
+    parser.add_argument(
+        "--max-messages", type=int, default=8, help="messages sent per life, at most"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
@@ -41,8 +47,12 @@ def main() -> int:
         try:
             report = trio.run(
                 lambda: crash_loop(
-                    Path(tmp), args.iterations, seed, kill_window=args.kill_window,
-                    max_messages=args.max_messages, log=lambda line: print(line, flush=True),
+                    Path(tmp),
+                    args.iterations,
+                    seed,
+                    kill_window=args.kill_window,
+                    max_messages=args.max_messages,
+                    log=lambda line: print(line, flush=True),
                 )
             )
         except AssertionError as exc:

@@ -3,9 +3,11 @@
 
     python3 tools/dev.py up [ARGS...]      start the broker (trio-relay up) for this directory
     python3 tools/dev.py test [ARGS...]    run the test suite (pytest)
+    python3 tools/dev.py lint              ruff check and ruff format --check over the tree
     python3 tools/dev.py run CMD [ARGS...] run any command from the venv's bin/
-    python3 tools/dev.py lock              re-resolve requirements.lock (newest versions that
-                                           pyproject.toml's ranges allow, with hashes)
+    python3 tools/dev.py lock [--upgrade]  re-resolve requirements.lock with hashes: keep its
+                                           pins, or take the newest versions that
+                                           pyproject.toml's ranges allow
 
 Needs only python3 (3.11, 3.12 or 3.13). The venv lives in .venv/ at the repository root
 (another Python version gets .venv-3.X/ beside it) and is reinstalled whenever
@@ -74,22 +76,40 @@ def ensure_venv() -> None:
     if STAMP.exists() and STAMP.read_text().strip() == wanted:
         return
     create_venv()
-    print(f"dev.py: installing the locked dependencies ({LOCK.name}) and trio-relay", file=sys.stderr)
+    print(
+        f"dev.py: installing the locked dependencies ({LOCK.name}) and trio-relay", file=sys.stderr
+    )
     pip("install", "--require-hashes", "-r", str(LOCK))
     pip("install", "--no-deps", "-e", str(ROOT))
     STAMP.write_text(wanted)
 
 
-def lock() -> None:
+def lock(upgrade: bool) -> None:
     """Resolve pyproject.toml's ranges (with the test extra) for every supported Python and
-    platform, and write the pins with their hashes to requirements.lock."""
+    platform, and write the pins with their hashes to requirements.lock. Pins already in the
+    lock are kept unless ``upgrade`` (then the newest versions the ranges allow are taken)."""
     if not (BIN / "uv").exists():
         pip("install", UV)
     subprocess.run(
-        [str(BIN / "uv"), "pip", "compile", "pyproject.toml", "--extra", "test",
-         "--universal", "--python-version", "3.11", "--generate-hashes", "--upgrade",
-         "--no-header", "--quiet", "--output-file", str(LOCK)],
-        cwd=ROOT, check=True,
+        [
+            str(BIN / "uv"),
+            "pip",
+            "compile",
+            "pyproject.toml",
+            "--extra",
+            "test",
+            "--universal",
+            "--python-version",
+            "3.11",
+            "--generate-hashes",
+            *(["--upgrade"] if upgrade else []),
+            "--no-header",
+            "--quiet",
+            "--output-file",
+            str(LOCK),
+        ],
+        cwd=ROOT,
+        check=True,
     )
     print(f"dev.py: wrote {LOCK}; the next command reinstalls the venv from it", file=sys.stderr)
 
@@ -100,9 +120,9 @@ def main(argv: list[str]) -> None:
         sys.exit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
     check_python()
-    if command == "lock" and not rest:
+    if command == "lock" and rest in ([], ["--upgrade"]):
         create_venv()
-        lock()
+        lock(upgrade=bool(rest))
         return
     ensure_venv()
     if command == "up":
@@ -110,6 +130,11 @@ def main(argv: list[str]) -> None:
     elif command == "test":
         program = [str(BIN / "python"), "-m", "pytest", *rest]
         os.chdir(ROOT)  # where pytest's configuration and the tests are
+    elif command == "lint" and not rest:
+        ruff = str(BIN / "ruff")
+        os.chdir(ROOT)
+        checked = subprocess.run([ruff, "check", "."]).returncode
+        sys.exit(checked or subprocess.run([ruff, "format", "--check", "."]).returncode)
     elif command == "run" and rest:
         program = [str(BIN / rest[0]), *rest[1:]]
     else:

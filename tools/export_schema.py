@@ -21,7 +21,7 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trio_relay import protocol as p  # noqa: E402
+from trio_relay.wire import protocol as p
 
 
 def _normalise(node: Any) -> Any:
@@ -30,7 +30,8 @@ def _normalise(node: Any) -> Any:
     members of each ``anyOf`` in a fixed order (versions list ``X | None`` differently)."""
     if isinstance(node, dict):
         out = {
-            key: " ".join(value.split()) if key == "description" and isinstance(value, str)
+            key: " ".join(value.split())
+            if key == "description" and isinstance(value, str)
             else _normalise(value)
             for key, value in node.items()
         }
@@ -44,7 +45,9 @@ def _normalise(node: Any) -> Any:
 
 def schema(title: str, description: str, roots: dict[str, Any]) -> bytes:
     names = list(roots)
-    refs, components = msgspec.json.schema_components(list(roots.values()), ref_template="#/$defs/{name}")
+    refs, components = msgspec.json.schema_components(
+        list(roots.values()), ref_template="#/$defs/{name}"
+    )
     components = _normalise(components)
     document = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -68,13 +71,21 @@ def documents() -> dict[str, bytes]:
             "trio-relay control protocol",
             "JSON text messages over WebSocket: ControlRequest from the client; ControlAnswer "
             "(one per request) and ControlEvents (a subscription's events) from the broker.",
-            {"ControlRequest": p.ControlOp, "ControlAnswer": p.ControlAnswer,
-             "ControlEvents": p.ControlEvents, "BrokerEvent": p.BrokerEvent,
-             # what an answer's result holds, by operation
-             "AgentSummary": p.AgentSummary, "SendReceipt": p.SendReceipt,
-             "DeliveryRecord": p.DeliveryRecord, "ScreenSnapshot": p.ScreenSnapshot,
-             "BrokerStatus": p.BrokerStatus, "PendingDeliveries": p.PendingDeliveries,
-             "ModeResult": p.ModeResult, "FlushResult": p.FlushResult},
+            {
+                "ControlRequest": p.ControlOp,
+                "ControlAnswer": p.ControlAnswer,
+                "ControlEvents": p.ControlEvents,
+                "BrokerEvent": p.BrokerEvent,
+                # what an answer's result holds, by operation
+                "AgentSummary": p.AgentSummary,
+                "SendReceipt": p.SendReceipt,
+                "DeliveryRecord": p.DeliveryRecord,
+                "ScreenSnapshot": p.ScreenSnapshot,
+                "BrokerStatus": p.BrokerStatus,
+                "PendingDeliveries": p.PendingDeliveries,
+                "ModeResult": p.ModeResult,
+                "FlushResult": p.FlushResult,
+            },
         ),
     }
 

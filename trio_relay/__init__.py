@@ -2,7 +2,7 @@
 messages to them, built on Trio's structured concurrency.
 
 The names below are imported on first use (PEP 562), so that a program that lives in this
-package but does not use Trio — the PTY worker, ``python -m trio_relay.pty_worker`` — does
+package but does not use Trio — the PTY worker, ``python -m trio_relay.worker.pty`` — does
 not pay for importing it (about 15 MB of RSS and 150 ms per process).
 """
 
@@ -12,8 +12,9 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .broker import AgentInfo, Broker, open_broker
-    from .errors import (
+    from trio_relay.broker.broker import AgentInfo, Broker, open_broker
+    from trio_relay.broker.supervisor import RestartPolicy
+    from trio_relay.errors import (
         AgentExists,
         ChannelClosed,
         ProtocolError,
@@ -24,24 +25,23 @@ if TYPE_CHECKING:
         WorkerExited,
         WorkerNotFound,
     )
-    from .supervisor import RestartPolicy
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
     "AgentExists": "errors",
-    "AgentInfo": "broker",
-    "Broker": "broker",
+    "AgentInfo": "broker.broker",
+    "Broker": "broker.broker",
     "ChannelClosed": "errors",
     "ProtocolError": "errors",
     "RelayError": "errors",
     "RequestTimeout": "errors",
-    "RestartPolicy": "supervisor",
+    "RestartPolicy": "broker.supervisor",
     "SpawnFailed": "errors",
     "WorkerError": "errors",
     "WorkerExited": "errors",
     "WorkerNotFound": "errors",
-    "open_broker": "broker",
+    "open_broker": "broker.broker",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,5 +1,5 @@
 """``python -m trio_relay`` is the ``trio-relay`` command."""
 
-from .cli import main
+from trio_relay.cli.main import main
 
 main()

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from pathlib import Path
-from urllib.parse import urlsplit
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 import trio
@@ -31,8 +31,10 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from .errors import RelayError
-from .protocol import (
+from trio_relay.errors import BadAddress, BrokerUnreachable, RemoteError, StateDirError
+from trio_relay.linux.sweep import AGENT_ENV
+from trio_relay.state import DEFAULT_DIR_NAME, StateDir
+from trio_relay.wire import (
     AgentSummary,
     BrokerEvent,
     BrokerStatus,
@@ -47,8 +49,6 @@ from .protocol import (
     ScreenSnapshot,
     SendReceipt,
 )
-from .state import DEFAULT_DIR_NAME, StateDir, StateDirError
-from .sweep import AGENT_ENV
 
 #: The URL scheme of a broker's Unix socket: ``ws+unix:///path/to/control.sock``.
 UNIX_SCHEME = "ws+unix"
@@ -56,28 +56,12 @@ UNIX_SCHEME = "ws+unix"
 MAX_BUFFERED_EVENTS = 4096
 
 
-class BrokerUnreachable(RelayError):
-    """No broker could be reached (none running, wrong url, or refused the token)."""
-
-
-class BadAddress(RelayError):
-    """What the client was told to use cannot be used: a URL that is not a broker's, or the
-    owner's token from inside an agent."""
-
-
-class RemoteError(RelayError):
-    """The broker answered with an error; ``code`` is one of the stable codes."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code, self.message = code, message
-
-
 def _gone(exc: ConnectionClosed) -> BrokerUnreachable:
     reason = exc.reason.reason if exc.reason is not None and exc.reason.reason else ""
     return BrokerUnreachable(
         "the broker went away (it stopped or crashed"
-        + (f": {reason}" if reason else "") + "); check `trio-relay status`"
+        + (f": {reason}" if reason else "")
+        + "); check `trio-relay status`"
     )
 
 
@@ -143,7 +127,9 @@ def find_broker(
         try:
             token = state.token_path.read_text().strip()
         except FileNotFoundError:
-            raise BrokerUnreachable(f"no token in {state.path}; start a broker with `{up}`") from None
+            raise BrokerUnreachable(
+                f"no token in {state.path}; start a broker with `{up}`"
+            ) from None
     return url, token
 
 
@@ -200,8 +186,12 @@ async def open_client(
         async with trio.open_nursery() as nursery:
             with trio.move_on_after(connect_timeout) as handshake:
                 ws = await wrap_client_stream(
-                    nursery, stream, host, resource,
-                    extra_headers=headers, max_message_size=16 * 1024 * 1024,
+                    nursery,
+                    stream,
+                    host,
+                    resource,
+                    extra_headers=headers,
+                    max_message_size=16 * 1024 * 1024,
                 )
             if handshake.cancelled_caught:
                 raise BrokerUnreachable(
@@ -327,7 +317,9 @@ class RelayClient:
         send, receive = trio.open_memory_channel[_ServerMessage](1)
         self._waiting[request_id] = send
         try:
-            await self._ws.send_message(_encoder.encode({"id": request_id, "op": op, **fields}).decode())
+            await self._ws.send_message(
+                _encoder.encode({"id": request_id, "op": op, **fields}).decode()
+            )
             try:
                 answer = await receive.receive()
             except trio.EndOfChannel:
@@ -358,10 +350,20 @@ class RelayClient:
         cols: int = 80,
         restart: str = "never",
     ) -> AgentSummary:
-        return _as(AgentSummary, await self.call(
-            "spawn", name=name, command=command, cwd=cwd, env=env or {}, native=native,
-            rows=rows, cols=cols, restart=restart,
-        ))
+        return _as(
+            AgentSummary,
+            await self.call(
+                "spawn",
+                name=name,
+                command=command,
+                cwd=cwd,
+                env=env or {},
+                native=native,
+                rows=rows,
+                cols=cols,
+                restart=restart,
+            ),
+        )
 
     async def agents(self) -> list[AgentSummary]:
         return _as(list[AgentSummary], await self.call("agents"))
@@ -381,7 +383,13 @@ class RelayClient:
     ) -> SendReceipt:
         """A durable message for agent ``to``; answered once committed (``queued``), or
         with ``wait`` once it is verified, unverified, failed, dropped or dead-lettered."""
-        fields: dict[str, Any] = {"to": to, "body": body, "thread": thread, "wait": wait, "timeout": timeout}
+        fields: dict[str, Any] = {
+            "to": to,
+            "body": body,
+            "thread": thread,
+            "wait": wait,
+            "timeout": timeout,
+        }
         if sender is not None:
             fields["from"] = sender
         return _as(SendReceipt, await self.call("send", **fields))
@@ -389,13 +397,17 @@ class RelayClient:
     async def deliveries(
         self, agent: str | None = None, *, states: list[str] | None = None, limit: int = 100
     ) -> list[DeliveryRecord]:
-        return _as(list[DeliveryRecord], await self.call(
-            "deliveries", agent=agent, states=states, limit=limit))
+        return _as(
+            list[DeliveryRecord],
+            await self.call("deliveries", agent=agent, states=states, limit=limit),
+        )
 
     async def delivery(self, delivery_id: str) -> DeliveryRecord:
         return _as(DeliveryRecord, await self.call("delivery", delivery_id=delivery_id))
 
-    async def dead_letters(self, agent: str | None = None, limit: int = 100) -> list[DeliveryRecord]:
+    async def dead_letters(
+        self, agent: str | None = None, limit: int = 100
+    ) -> list[DeliveryRecord]:
         return _as(list[DeliveryRecord], await self.call("dead_letters", agent=agent, limit=limit))
 
     async def redeliver(self, delivery_id: str) -> SendReceipt:
@@ -435,7 +447,7 @@ class RelayClient:
         self, since: int | None = None, *, agent: str | None = None, kinds: list[str] | None = None
     ) -> AsyncIterator[_Subscription]:
         """Events numbered above ``since`` (None: from now) as an async iterator of
-        :mod:`~trio_relay.protocol` event Structs, until the block ends. Events the
+        :mod:`~trio_relay.wire` event Structs, until the block ends. Events the
         application does not read in time become a Gap, never a silent hole."""
         request_id = next(self._ids)
         subscription = _Subscription()

@@ -12,11 +12,11 @@ from collections.abc import Iterable
 
 import trio
 
-from .broker import DEFAULT_RETENTION, open_broker
-from .client import UNIX_SCHEME
-from .control import ControlServer
-from .state import StateDir
-from .supervisor import DEFAULT_HISTORY
+from trio_relay.broker.broker import DEFAULT_RETENTION, open_broker
+from trio_relay.broker.supervisor import DEFAULT_HISTORY
+from trio_relay.client import UNIX_SCHEME
+from trio_relay.control.server import ControlServer
+from trio_relay.state import StateDir
 
 log = logging.getLogger("trio_relay")
 
@@ -63,7 +63,10 @@ async def run_daemon(
         token = state.token()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_broker(
-                state, respawn=False, event_capacity=event_buffer, retention=retention,
+                state,
+                respawn=False,
+                event_capacity=event_buffer,
+                retention=retention,
                 history=history,
             ) as broker:
                 server = ControlServer(
@@ -71,8 +74,10 @@ async def run_daemon(
                 )
                 socket = str(state.socket_path.absolute()) if state.socket_usable() else None
                 if socket is None:
-                    log.warning("%s is too long a path for a Unix socket; serving TCP only",
-                                state.socket_path)
+                    log.warning(
+                        "%s is too long a path for a Unix socket; serving TCP only",
+                        state.socket_path,
+                    )
                 async with trio.open_nursery() as nursery:
                     url = await nursery.start(
                         functools.partial(server.serve, host, port, socket_path=socket)
@@ -86,7 +91,9 @@ async def run_daemon(
                     for info in await broker.respawn():
                         log.info("respawned %s (pid %s)", info.name, info.pid)
                     state.write_connection(url, socket)
-                    log.info("broker %s listening on %s (state in %s)", os.getpid(), url, state.path)
+                    log.info(
+                        "broker %s listening on %s (state in %s)", os.getpid(), url, state.path
+                    )
                     task_status.started(url)
                     nursery.start_soon(_stop_on_signal, signals, server)
                     await server.shutdown_requested.wait()
@@ -103,4 +110,3 @@ async def _stop_on_signal(signals: trio.abc.ReceiveChannel[int], server: Control
     async for signum in signals:
         log.info("%s received", signal.Signals(signum).name)
         server.shutdown_requested.set()
-

@@ -15,30 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RelayError
-from .sweep import process_alive
+from trio_relay.errors import BrokerAlreadyRunning, StateDirError
+from trio_relay.linux.sweep import process_alive
 
 __all__ = ["BrokerAlreadyRunning", "Connection", "StateDir", "StateDirError", "process_alive"]
 
 DEFAULT_DIR_NAME = ".trio-relay"
 LOCK_ATTEMPTS = 5
-
-
-class StateDirError(RelayError):
-    """The path given cannot be a state directory."""
-
-    def __init__(self, path: Path, problem: str) -> None:
-        super().__init__(f"cannot use {path} as the state directory: {problem}")
-        self.path, self.problem = path, problem
-
-
-class BrokerAlreadyRunning(RelayError):
-    """Another broker holds this state directory's lock."""
-
-    def __init__(self, path: Path, pid: int | None) -> None:
-        who = f"pid {pid}" if pid else "another process"
-        super().__init__(f"a broker ({who}) is already running on {path}")
-        self.path, self.pid = path, pid
 
 
 @dataclass(frozen=True)
@@ -185,7 +168,8 @@ class StateDir:
             data = json.loads(self.connection_path.read_text())
             socket = data.get("socket")
             return Connection(
-                url=str(data["url"]), pid=int(data["pid"]),
+                url=str(data["url"]),
+                pid=int(data["pid"]),
                 socket=str(socket) if socket else None,
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):

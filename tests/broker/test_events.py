@@ -1,0 +1,125 @@
+"""The event log: numbering, replay, explicit gaps, and a publisher nobody can stall."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from trio_relay.broker.events import EventLog
+from trio_relay.wire import AgentIdle, AgentReady, Gap
+
+
+def idle(n: int) -> AgentIdle:
+    return AgentIdle(agent=f"a{n}")
+
+
+async def test_events_are_numbered_from_one_and_replayable() -> None:
+    log = EventLog(capacity=8)
+    for n in range(5):
+        log.emit(idle(n))
+    assert [e.seq for e in log.since(0)] == [1, 2, 3, 4, 5]
+    assert [e.seq for e in log.since(3)] == [4, 5]
+    assert log.last_seq == 5 and all(e.time > 0 for e in log.since(0))
+
+
+async def test_subscriber_replays_then_follows(autojump_clock: trio.abc.Clock) -> None:
+    log = EventLog()
+    log.emit(idle(1))
+    seen: list[int] = []
+
+    async def follow() -> None:
+        async for event in log.subscribe(since=0):
+            seen.append(event.seq)
+            if len(seen) == 3:
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow)
+        await trio.sleep(1)
+        log.emit(idle(2))
+        log.emit(idle(3))
+    assert seen == [1, 2, 3]
+
+
+async def test_subscribe_without_since_sees_only_new_events() -> None:
+    log = EventLog()
+    log.emit(idle(1))
+    sub = log.subscribe()
+    log.emit(idle(2))
+    assert (await sub.__anext__()).seq == 2
+
+
+async def test_a_subscriber_that_falls_behind_gets_an_explicit_gap() -> None:
+    log = EventLog(capacity=4)
+    sub = log.subscribe(since=0)
+    for n in range(10):  # the publisher never waits for the slow subscriber
+        log.emit(idle(n))
+    first = await sub.__anext__()
+    assert isinstance(first, Gap) and (first.first, first.last) == (1, 6)
+    assert [(await sub.__anext__()).seq for _ in range(4)] == [7, 8, 9, 10]
+
+
+async def test_wait_for_returns_the_matching_event_and_raises_on_a_gap(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    log = EventLog(capacity=2)
+    async with trio.open_nursery() as nursery:
+
+        async def later() -> None:
+            await trio.sleep(1)
+            log.emit(idle(1))
+            log.emit(AgentReady(agent="x"))
+
+        nursery.start_soon(later)
+        event = await log.wait_for(lambda e: isinstance(e, AgentReady))
+    assert event.seq == 2
+    for n in range(5):
+        log.emit(idle(n))
+    with pytest.raises(LookupError):
+        await log.wait_for(lambda e: False, since=0)
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        EventLog(capacity=0)
+
+
+async def test_listeners_see_every_event_in_order_even_past_the_ring() -> None:
+    log = EventLog(capacity=2)
+    seen: list[int] = []
+    log.listen(lambda event: seen.append(event.seq))
+    for n in range(10):
+        log.emit(idle(n))
+    assert seen == list(range(1, 11))
+
+
+async def test_a_failing_listener_stops_neither_the_emitter_nor_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = EventLog()
+    seen: list[int] = []
+
+    def broken(event: object) -> None:
+        raise RuntimeError("a bug in a listener")
+
+    log.listen(broken)
+    log.listen(lambda event: seen.append(event.seq))
+    stream = log.subscribe(0)
+    for n in range(3):
+        assert log.emit(idle(n)).seq == n + 1
+    assert seen == [1, 2, 3]
+    assert [e.seq for e in stream.ready(10)] == [1, 2, 3]
+    assert log.listener_failures == 3
+    assert "a bug in a listener" in caplog.text
+
+
+async def test_ready_takes_what_is_there_without_waiting_and_reports_a_gap() -> None:
+    log = EventLog(capacity=4)
+    sub = log.subscribe(since=0)
+    assert sub.ready(10) == []
+    for n in range(6):
+        log.emit(idle(n))
+    batch = sub.ready(3)
+    assert isinstance(batch[0], Gap) and (batch[0].first, batch[0].last) == (1, 2)
+    assert [e.seq for e in batch[1:]] == [3, 4]
+    assert [e.seq for e in sub.ready(10)] == [5, 6]

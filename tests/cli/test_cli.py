@@ -1,0 +1,318 @@
+"""The `trio-relay` command line, in-process (click's CliRunner) and as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from helpers import CLEAN_ENV, REFERENCE_WORKER, RELAY, Relay, pid_alive, relay, wait_for
+
+from trio_relay.cli.main import main
+from trio_relay.state import StateDir
+
+
+@pytest.fixture
+def broker(daemon: Relay) -> Relay:
+    """A broker started with `up --detach` (see conftest.daemon)."""
+    return daemon
+
+
+def agent_pids(r: Relay) -> list[int]:
+    result = r.invoke("ps", "--json")
+    return [a["pid"] for a in json.loads(result.output) if a["pid"]]
+
+
+def unique_sleep() -> str:
+    """A `sleep` argument no other process has, to find the program by its command line."""
+    return f"{4000 + random.random() * 1000:.6f}"
+
+
+def processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue  # it ended while we looked
+    return [p for p in found if pid_alive(p)]
+
+
+def test_spawn_list_and_release_through_the_cli(broker: Relay) -> None:
+    result = broker.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
+    assert result.exit_code == 0 and "w running, pid" in result.output
+    broker.invoke("mode", "w", "hold")
+    broker.invoke("send", "w", "kept for later")
+    table = broker.invoke("ps").output.splitlines()
+    assert table[0].split() == [
+        "NAME",
+        "STATE",
+        "PID",
+        "UPTIME",
+        "RESTARTS",
+        "PENDING",
+        "LAST",
+        "ACTIVITY",
+        "LAST",
+        "EXIT",
+    ]
+    name, state, _pid, _uptime, restarts, pending, activity, *_ = table[1].split()
+    assert (name, state, restarts, pending) == ("w", "running", "0", "1")
+    assert activity.endswith("s")  # it said hello moments ago
+    (listed,) = json.loads(broker.invoke("ps", "--json").output)
+    assert listed["pending_deliveries"] == 1 and listed["last_activity"] > 0
+    status = json.loads(broker.invoke("status", "--json").output)
+    assert status["agents"] == {"running": 1} and status["pid"] == broker.pid
+    assert broker.invoke("release", "w").output.startswith("w released")
+    assert json.loads(broker.invoke("ps", "--json").output)[0]["state"] == "released"
+
+
+def test_a_pty_agent_through_the_cli(broker: Relay) -> None:
+    assert broker.invoke("spawn", "sh", "--cols", "100", "--", "bash", "--norc").exit_code == 0
+    assert broker.invoke("input", "sh", "echo $((6*7))", "--enter").exit_code == 0
+    wait_for(lambda: "42" in broker.invoke("snapshot", "sh").output)
+    assert json.loads(broker.invoke("snapshot", "sh", "--json").output)["cols"] == 100
+    events = [json.loads(line) for line in broker.invoke("events", "--json").output.splitlines()]
+    assert events[0]["kind"] == "agent_spawned" and events[0]["agent"] == "sh"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["snapshot", "ghost"], 1, "Error: no running agent named 'ghost'"),
+        (["snapshot", "w"], 1, "Agent error: unknown_kind"),
+        (["resize", "w", "0", "0"], 2, "out of range"),
+        (["resize", "w"], 2, "Missing argument"),
+        (["spawn", "x", "--env", "novalue", "--", "true"], 2, "expected K=V"),
+    ],
+)
+def test_exit_codes(broker: Relay, args: list[str], code: int, message: str) -> None:
+    broker.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
+    result = CliRunner().invoke(main, [args[0], "--state-dir", broker.state, *args[1:]])
+    assert result.exit_code == code
+    assert message in result.output
+
+
+def test_no_broker_is_exit_code_3_with_a_hint(tmp_path: Path) -> None:
+    result = relay("status", "--state-dir", str(tmp_path))
+    assert result.returncode == 3
+    assert "trio-relay up" in result.stderr
+
+
+def test_up_twice_on_one_state_directory_is_refused(broker: Relay) -> None:
+    again = relay("up", "--detach", "--state-dir", broker.state)
+    assert again.returncode == 1 and f"pid {broker.pid}" in again.stderr
+    foreground = relay("up", "--state-dir", broker.state)
+    assert foreground.returncode == 1 and f"pid {broker.pid}" in foreground.stderr
+
+
+def test_down_leaves_no_process_behind(broker: Relay) -> None:
+    marker = unique_sleep()
+    broker.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
+    broker.invoke("spawn", "sh", "--", "sleep", marker)
+    pids = [broker.pid, *agent_pids(broker)]
+    assert len(pids) == 3 and processes_with(marker)
+    result = relay("down", "--state-dir", broker.state)
+    assert result.returncode == 0 and "stopped" in result.stdout
+    assert not any(pid_alive(p) for p in pids)
+    wait_for(lambda: not processes_with(marker))
+    assert relay("status", "--state-dir", broker.state).returncode == 3
+
+
+def test_a_broker_killed_with_sigkill_leaves_no_worker_and_no_program_alive(broker: Relay) -> None:
+    marker = unique_sleep()
+    broker.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
+    broker.invoke("spawn", "sh", "--", "sleep", marker)
+    workers = agent_pids(broker)
+    assert len(workers) == 2 and processes_with(marker)
+    os.kill(broker.pid, signal.SIGKILL)
+    wait_for(lambda: not any(pid_alive(p) for p in workers))
+    wait_for(lambda: not processes_with(marker))
+    # The lock died with it: a new broker starts on the same directory and respawns the
+    # agents that were running.
+    assert relay("up", "--detach", "--state-dir", broker.state).returncode == 0
+    agents = {a["name"]: a for a in json.loads(broker.invoke("ps", "--json").output)}
+    assert {n: a["state"] for n, a in agents.items()} == {"w": "running", "sh": "running"}
+    assert not set(agent_pids(broker)) & set(workers)
+
+
+def test_the_next_broker_sweeps_what_a_sigkilled_one_left_behind(broker: Relay) -> None:
+    marker = unique_sleep()
+    broker.invoke("spawn", "sh", "--", "bash", "--norc")
+    wait_for(lambda: "bash" in broker.invoke("snapshot", "sh").output)
+    # A job in its own process group that ignores SIGHUP (so bash cannot take it along
+    # when the terminal hangs up): only the sweep can end it.
+    broker.invoke("input", "sh", f"(trap '' HUP; exec sleep {marker}) &", "--enter")
+    wait_for(lambda: len(processes_with(marker)) == 1)
+    workers = agent_pids(broker)
+    os.kill(broker.pid, signal.SIGKILL)  # the worker and bash die with it; the job does not
+    wait_for(lambda: not any(pid_alive(p) for p in workers))
+    assert processes_with(marker), "the background job should have outlived its shell"
+    assert relay("up", "--detach", "--state-dir", broker.state).returncode == 0
+    wait_for(lambda: not processes_with(marker), timeout=5)
+
+
+def test_send_hold_pending_and_flush_through_the_cli(broker: Relay) -> None:
+    broker.invoke("spawn", "cat", "--", "cat")
+    sent = broker.invoke("send", "cat", "hello from the cli", "--wait")
+    assert sent.exit_code == 0 and "verified (echo)" in sent.output
+    assert broker.invoke("mode", "cat", "hold").output.strip() == "hold"
+    queued = broker.invoke("send", "cat", "held for later")
+    assert queued.exit_code == 0 and "queued" in queued.output
+    assert "held for later" in broker.invoke("pending", "cat").output
+    assert broker.invoke("flush", "cat").output.strip() == "1 released for delivery"
+    wait_for(lambda: "held for later" in broker.invoke("snapshot", "cat").output)
+    wait_for(
+        lambda: (
+            [d["state"] for d in json.loads(broker.invoke("deliveries", "cat", "--json").output)]
+            == ["verified", "verified"]
+        )
+    )
+    assert broker.invoke("deliveries", "cat").output.count("verified (echo)") == 2
+    assert broker.invoke("dead-letters").output.strip() == "no dead letters"
+    missing = broker.invoke("send", "nobody", "hi")
+    assert missing.exit_code == 1 and "Error:" in missing.output
+
+
+def test_foreground_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    state = str(tmp_path / "s")
+    proc = subprocess.Popen(
+        [*RELAY, "up", "--state-dir", state],
+        env=CLEAN_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: StateDir(Path(state)).read_connection() is not None)
+        r = Relay(state)
+        r.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
+        worker = agent_pids(r)[0]
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert "SIGTERM received" in stderr and "broker stopped" in stderr
+    assert not pid_alive(worker)
+    assert not (Path(state) / "connection.json").exists()
+
+
+def test_help_explains_every_command() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    for command in [
+        "up",
+        "down",
+        "status",
+        "spawn",
+        "ps",
+        "release",
+        "send",
+        "input",
+        "resize",
+        "attach",
+        "snapshot",
+        "events",
+        "pending",
+        "flush",
+        "mode",
+        "deliveries",
+        "dead-letters",
+        "redeliver",
+        "logs",
+    ]:
+        assert f"  {command} " in result.output
+    assert "Exit codes" in result.output
+
+
+def read_until(fd: int, wanted: bytes, seen: bytearray, timeout: float = 15) -> None:
+    """Read a pseudo-terminal's output into ``seen`` until ``wanted`` appears in it."""
+    end = time.monotonic() + timeout
+    while wanted not in seen:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise AssertionError(
+                f"{wanted!r} not seen within {timeout} s; got {bytes(seen[-500:])!r}"
+            )
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                seen.extend(os.read(fd, 65536))
+            except OSError:  # EIO: the attach process closed its terminal
+                raise AssertionError(f"{wanted!r} never came; got {bytes(seen[-500:])!r}") from None
+
+
+def test_attach_mirrors_and_drives_an_agent_through_a_real_terminal(broker: Relay) -> None:
+    broker.invoke("spawn", "sh", "--", "bash", "--norc")
+    wait_for(lambda: "bash" in broker.invoke("snapshot", "sh").output)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: `trio-relay attach --drive` on a real terminal
+        os.execve(
+            sys.executable,
+            [*RELAY, "attach", "sh", "--drive", "--state-dir", broker.state],
+            CLEAN_ENV,
+        )
+    seen = bytearray()
+    try:
+        read_until(fd, b"bash", seen)  # the painted screen
+        os.write(fd, b"echo attached-$((40+2))\r")  # typed into our terminal...
+        read_until(fd, b"attached-42", seen)  # ...ran in the agent, mirrored back
+        assert "attached-42" in broker.invoke("snapshot", "sh").output
+        os.write(fd, b"\x1d")  # Ctrl-] detaches
+        read_until(fd, b"detached from sh; it keeps running", seen)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass  # it had already exited and was reaped above
+    assert json.loads(broker.invoke("ps", "--json").output)[0]["state"] == "running"
+
+
+def test_attach_to_an_unknown_agent_fails_clearly(broker: Relay) -> None:
+    result = broker.invoke("attach", "ghost")
+    assert result.exit_code == 1 and "no running agent named 'ghost'" in result.output
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = relay("up", "--state-dir", str(tmp_path / "s"), "--port", str(port))
+    assert result.returncode == 1
+    assert f"Error: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_events_for_one_agent_end_without_follow(broker: Relay) -> None:
+    broker.invoke("spawn", "a", "--native", "--", *REFERENCE_WORKER)
+    broker.invoke("spawn", "b", "--native", "--", *REFERENCE_WORKER)  # the newest events are b's
+    result = broker.invoke("events", "--agent", "a", "--json")
+    kinds = [(e["agent"], e["kind"]) for e in map(json.loads, result.output.splitlines())]
+    assert ("a", "agent_spawned") in kinds and all(agent == "a" for agent, _ in kinds)
+
+
+def test_input_keeps_non_ascii_text_and_honours_escapes(broker: Relay) -> None:
+    broker.invoke("spawn", "sh", "--", "bash", "--norc")
+    wait_for(lambda: "bash" in broker.invoke("snapshot", "sh").output)
+    assert broker.invoke("input", "sh", "echo héllo-日本\\x41", "--enter").exit_code == 0
+    wait_for(lambda: "héllo-日本A" in broker.invoke("snapshot", "sh").output)

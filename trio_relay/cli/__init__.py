@@ -1,0 +1,2 @@
+"""The ``trio-relay`` command: the group and its shared options, thin commands, rendering,
+and attach."""

@@ -1,0 +1,293 @@
+"""The screen model of the PTY worker: what a person looking at the terminal would see.
+
+:class:`TerminalScreen` wraps a pyte screen. It is fed the program's output as text and
+
+- answers the terminal queries a full-screen program sends and then blocks on: cursor
+  position (``ESC[6n``, ``ESC[?6n``), status (``ESC[5n``), primary and secondary device
+  attributes (``ESC[c``, ``ESC[>c``), DEC private mode reports (``ESC[?Pn$p``) and the
+  foreground/background colour queries (``OSC 10;?`` / ``OSC 11;?``). Queries split across
+  two chunks are recognised: an incomplete escape sequence at the end of a chunk is held back
+  until the next one (an incomplete sequence draws nothing, so the screen looks the same);
+- tells a listener every run of printable text drawn (:attr:`on_draw`), which is how the
+  worker sees a typed message echoed;
+- renders snapshots as plain text or with ANSI attributes.
+
+It does no I/O. A sequence that pyte cannot handle is counted in :attr:`parse_errors` (the
+last one in :attr:`last_parse_error`) and skipped; it never stops the output that follows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pyte
+from pyte import graphics
+
+_QUERY = re.compile(
+    r"\x1b\[(?P<dsr>\??[56])n"
+    r"|\x1b\[(?P<da>>?)0?c"
+    r"|\x1b\[\?(?P<rqm>\d{1,5})\$p"
+    r"|\x1b\](?P<osc>1[01]);\?(?P<st>\x07|\x1b\\)"
+)
+# The end of a chunk that may be the start of a query: held back until more text comes.
+_PARTIAL = re.compile(r"\x1b(?:\[[?>]?\d{0,5}\$?|\](?:1[01]?(?:;\??\x1b?)?)?)?\Z")
+
+PRIMARY_DA = "\x1b[?62;22c"  # VT220 with ANSI colour
+SECONDARY_DA = "\x1b[>1;10;0c"  # VT220, firmware 10
+FOREGROUND = "rgb:ffff/ffff/ffff"
+BACKGROUND = "rgb:0000/0000/0000"
+BRACKETED_PASTE = 2004 << 5  # how pyte stores private mode 2004 in Screen.mode
+
+_FG_CODES = {name: code for code, name in {**graphics.FG_ANSI, **graphics.FG_AIXTERM}.items()}
+_BG_CODES = {name: code for code, name in {**graphics.BG_ANSI, **graphics.BG_AIXTERM}.items()}
+_HEX = re.compile(r"[0-9a-fA-F]{6}\Z")
+
+
+class ListenerError(Exception):
+    """The :attr:`TerminalScreen.on_draw` listener raised (its exception is the cause): a bug
+    of the listener's, not a sequence pyte could not parse, so it is not swallowed."""
+
+
+# What pyte's handlers raise for sequences they cannot take (a handler called with keyword
+# arguments it does not accept, e.g. ``ESC[?6n``; odd parameters).
+_PARSE_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError)
+
+
+class _Stream(pyte.Stream):
+    """A pyte stream that survives sequences its screen rejects (pyte calls some handlers
+    with keyword arguments they do not take, e.g. ``ESC[?6n``). pyte resets its parser
+    before re-raising; this records the error and goes on with the next character. Only the
+    exceptions pyte's handlers raise are taken so: an error of the draw listener propagates
+    as :class:`ListenerError`."""
+
+    def __init__(self, screen: _Screen) -> None:
+        super().__init__(screen)
+        self.parse_errors = 0
+        self.last_parse_error = ""
+
+    def _send_to_parser(self, data: str) -> bool | None:
+        try:
+            return super()._send_to_parser(data)
+        except ListenerError:
+            raise
+        except _PARSE_ERRORS as exc:  # counted and reported by the owner
+            self.parse_errors += 1
+            self.last_parse_error = f"{type(exc).__name__}: {exc}"
+            return self._taking_plain_text
+
+
+class _Screen(pyte.Screen):
+    """pyte's screen, with a tap on drawn text. Queries are answered by TerminalScreen, so
+    pyte's own (partial) answers are disabled."""
+
+    on_draw: Callable[[str], None] | None = None
+
+    def draw(self, data: str) -> None:
+        if self.on_draw is not None:
+            try:
+                self.on_draw(data)
+            except Exception as exc:
+                raise ListenerError(f"the draw listener failed: {exc!r}") from exc
+        super().draw(data)
+
+    def report_device_status(self, *args: Any, **kwargs: Any) -> None:
+        pass  # answered by TerminalScreen._answer
+
+    def report_device_attributes(self, *args: Any, **kwargs: Any) -> None:
+        pass  # answered by TerminalScreen._answer
+
+
+class TerminalScreen:
+    """A ``rows`` x ``cols`` terminal screen. Raises ValueError for a size below 1x1."""
+
+    def __init__(self, rows: int = 24, cols: int = 80) -> None:
+        _check_size(rows, cols)
+        self._screen = _Screen(cols, rows)
+        self._stream = _Stream(self._screen)
+        self._held = ""
+
+    # -- input
+
+    @property
+    def on_draw(self) -> Callable[[str], None] | None:
+        """Called with every run of printable text drawn, in order."""
+        return self._screen.on_draw
+
+    @on_draw.setter
+    def on_draw(self, listener: Callable[[str], None] | None) -> None:
+        self._screen.on_draw = listener
+
+    def feed(self, text: str) -> list[str]:
+        """Apply program output; return the answers to the queries in it, in order."""
+        if self._held:
+            text, self._held = self._held + text, ""
+        partial = _PARTIAL.search(text)
+        if partial is not None:
+            text, self._held = text[: partial.start()], text[partial.start() :]
+        answers: list[str] = []
+        start = 0
+        for match in _QUERY.finditer(text):
+            self._stream.feed(text[start : match.end()])
+            start = match.end()
+            answers.append(self._answer(match))
+        if start < len(text):
+            self._stream.feed(text[start:])
+        return answers
+
+    def finish(self) -> None:
+        """Apply what was held back: the output has ended, so it is not a query."""
+        held, self._held = self._held, ""
+        if held:
+            self._stream.feed(held)
+
+    @property
+    def held(self) -> int:
+        """Characters (all ASCII) held back as a possible incomplete query."""
+        return len(self._held)
+
+    def _answer(self, match: re.Match[str]) -> str:
+        if (dsr := match["dsr"]) is not None:
+            if dsr.endswith("5"):
+                return "\x1b[0n"
+            row, col = self.cursor
+            return (
+                f"\x1b[?{row + 1};{col + 1};1R" if dsr[0] == "?" else f"\x1b[{row + 1};{col + 1}R"
+            )
+        if (da := match["da"]) is not None:
+            return SECONDARY_DA if da else PRIMARY_DA
+        if (rqm := match["rqm"]) is not None:
+            mode = int(rqm)
+            if mode == 2004:
+                state = 1 if self.bracketed_paste else 2
+            else:
+                state = 0  # not recognised
+            return f"\x1b[?{mode};{state}$y"
+        colour = FOREGROUND if match["osc"] == "10" else BACKGROUND
+        return f"\x1b]{match['osc']};{colour}{match['st']}"
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Raises ValueError for a size below 1x1."""
+        _check_size(rows, cols)
+        self._screen.resize(rows, cols)
+
+    # -- state
+
+    @property
+    def rows(self) -> int:
+        return self._screen.lines
+
+    @property
+    def cols(self) -> int:
+        return self._screen.columns
+
+    @property
+    def cursor(self) -> tuple[int, int]:
+        """(row, col), 0-based; the column is clamped to the screen."""
+        cursor = self._screen.cursor
+        return cursor.y, min(cursor.x, self._screen.columns - 1)
+
+    @property
+    def bracketed_paste(self) -> bool:
+        """Whether the program enabled bracketed paste (``ESC[?2004h``)."""
+        return BRACKETED_PASTE in self._screen.mode
+
+    @property
+    def parse_errors(self) -> int:
+        return self._stream.parse_errors
+
+    @property
+    def last_parse_error(self) -> str:
+        return self._stream.last_parse_error
+
+    def lines(self) -> list[str]:
+        """The visible rows as text, trailing blanks removed. (Not pyte's ``display``, which
+        measures every cell's width again: this is ~10x faster.)"""
+        screen = self._screen
+        columns = range(screen.columns)
+        buffer = screen.buffer
+        out = []
+        for y in range(screen.lines):
+            line = buffer[y]
+            if not line:
+                out.append("")
+                continue
+            # A wide character's stub cell holds "": joining skips it.
+            out.append("".join([line[x].data for x in columns]).rstrip())
+        return out
+
+    def text(self) -> str:
+        return "\n".join(self.lines())
+
+    def ansi_text(self) -> str:
+        """The visible rows with SGR sequences for colours and attributes; each row that
+        changed attributes ends with a reset."""
+        screen = self._screen
+        out: list[str] = []
+        blank = screen.default_char
+        for y in range(screen.lines):
+            line = screen.buffer[y]
+            last = max((x for x, ch in line.items() if ch != blank), default=-1)
+            parts: list[str] = []
+            current = blank
+            for x in range(min(last + 1, screen.columns)):
+                char = line[x]
+                if char.data == "":  # the stub cell after a wide character
+                    continue
+                if _style(char) != _style(current):
+                    parts.append(_sgr(char))
+                    current = char
+                parts.append(char.data)
+            if _style(current) != _style(blank):
+                parts.append("\x1b[0m")
+            out.append("".join(parts))
+        return "\n".join(out)
+
+    def snapshot(self, ansi: bool = False) -> dict[str, Any]:
+        """``{text, rows, cols, cursor: [row, col]}`` (0-based cursor)."""
+        row, col = self.cursor
+        return {
+            "text": self.ansi_text() if ansi else self.text(),
+            "rows": self.rows,
+            "cols": self.cols,
+            "cursor": [row, col],
+        }
+
+
+def _check_size(rows: int, cols: int) -> None:
+    if rows < 1 or cols < 1:
+        raise ValueError(f"terminal size {rows}x{cols} is below 1x1")
+
+
+def _style(char: pyte.screens.Char) -> tuple[Any, ...]:
+    return char[1:]
+
+
+def _colour(value: str, codes: dict[str, int], extended: int) -> str | None:
+    if value == "default":
+        return None
+    if value in codes:
+        return str(codes[value])
+    if _HEX.match(value):
+        r, g, b = (int(value[i : i + 2], 16) for i in (0, 2, 4))
+        return f"{extended};2;{r};{g};{b}"
+    return None
+
+
+def _sgr(char: pyte.screens.Char) -> str:
+    codes = ["0"]
+    for flag, code in (
+        (char.bold, "1"),
+        (char.italics, "3"),
+        (char.underscore, "4"),
+        (char.blink, "5"),
+        (char.reverse, "7"),
+        (char.strikethrough, "9"),
+    ):
+        if flag:
+            codes.append(code)
+    for colour in (_colour(char.fg, _FG_CODES, 38), _colour(char.bg, _BG_CODES, 48)):
+        if colour is not None:
+            codes.append(colour)
+    return f"\x1b[{';'.join(codes)}m"

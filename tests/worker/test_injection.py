@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trio_relay.worker.pty.injection import (
-    Delivery,
-    DeliveryBook,
-    EchoMatcher,
-    Settled,
-    format_message,
-    normalize,
-)
+from trio_relay.worker.pty.book import Delivery, DeliveryBook, Settled
+from trio_relay.worker.pty.echo import EchoMatcher, format_message, normalize
 
 
 def test_format_message_makes_control_characters_and_newlines_harmless() -> None:

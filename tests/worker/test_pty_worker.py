@@ -447,32 +447,6 @@ async def run_directly(command: list[str]) -> list[Any]:
     return [decode_worker_frame(line) for line in data.splitlines() if line]
 
 
-def test_a_delivery_that_failed_to_type_may_be_typed_again_but_a_typed_one_never() -> None:
-    from trio_relay.worker.pty.injection import Settled
-    from trio_relay.worker.pty.worker import Options, PtyWorker
-
-    class Program:  # what the worker looks at of its program here: it runs
-        returncode = None
-        pid = 1
-
-    worker = PtyWorker(Options(argv=["x"]), Program())  # type: ignore[arg-type]
-    for did in ("failed", "typed"):
-        worker._on_deliver(Deliver(delivery_id=did, sender="a", body="b"))
-        worker.book.next()  # typing it (the worker is not ready: nothing is written)
-        outcome = Settled("failed", "not reading") if did == "failed" else Settled("echo")
-        worker._settle(outcome)
-    worker.out.clear()
-    worker._on_deliver(Deliver(delivery_id="failed", sender="a", body="b"))  # redelivered
-    assert [d["delivery_id"] for d in worker.book.pending()] == ["failed"]  # to be typed
-    assert worker.out == []  # not the old failure announced again
-    worker._on_deliver(Deliver(delivery_id="typed", sender="a", body="b"))
-    assert [d["delivery_id"] for d in worker.book.pending()] == ["failed"]
-    assert [type(decode_worker_frame(f)).__name__ for f in worker.out] == [
-        "DeliveryInjected",
-        "DeliveryVerified",
-    ]
-
-
 # ---------------------------------------------------------------- the worker driven directly
 
 

@@ -58,14 +58,13 @@ _PARSE_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError)
 class _Stream(pyte.Stream):
     """A pyte stream that survives sequences its screen rejects (pyte calls some handlers
     with keyword arguments they do not take, e.g. ``ESC[?6n``). pyte resets its parser
-    before re-raising; this records the error and goes on with the next character. Only the
-    exceptions pyte's handlers raise are taken so: an error of the draw listener propagates
-    as :class:`ListenerError`."""
+    before re-raising; this reports the error to ``on_error`` and goes on with the next
+    character. Only the exceptions pyte's handlers raise are taken so: an error of the draw
+    listener propagates as :class:`ListenerError`."""
 
-    def __init__(self, screen: _Screen) -> None:
+    def __init__(self, screen: _Screen, on_error: Callable[[Exception], None]) -> None:
         super().__init__(screen)
-        self.parse_errors = 0
-        self.last_parse_error = ""
+        self.on_error = on_error
 
     def _send_to_parser(self, data: str) -> bool | None:
         try:
@@ -73,8 +72,7 @@ class _Stream(pyte.Stream):
         except ListenerError:
             raise
         except _PARSE_ERRORS as exc:  # counted and reported by the owner
-            self.parse_errors += 1
-            self.last_parse_error = f"{type(exc).__name__}: {exc}"
+            self.on_error(exc)
             return self._taking_plain_text
 
 
@@ -105,8 +103,15 @@ class TerminalScreen:
     def __init__(self, rows: int = 24, cols: int = 80) -> None:
         _check_size(rows, cols)
         self._screen = _Screen(cols, rows)
-        self._stream = _Stream(self._screen)
+        self._stream = _Stream(self._screen, self._parse_error)
         self._held = ""
+        #: Sequences pyte could not handle (skipped), and the last one's error.
+        self.parse_errors = 0
+        self.last_parse_error = ""
+
+    def _parse_error(self, exc: Exception) -> None:
+        self.parse_errors += 1
+        self.last_parse_error = f"{type(exc).__name__}: {exc}"
 
     # -- input
 
@@ -192,14 +197,6 @@ class TerminalScreen:
     def bracketed_paste(self) -> bool:
         """Whether the program enabled bracketed paste (``ESC[?2004h``)."""
         return BRACKETED_PASTE in self._screen.mode
-
-    @property
-    def parse_errors(self) -> int:
-        return self._stream.parse_errors
-
-    @property
-    def last_parse_error(self) -> str:
-        return self._stream.last_parse_error
 
     def lines(self) -> list[str]:
         """The visible rows as text, trailing blanks removed. (Not pyte's ``display``, which

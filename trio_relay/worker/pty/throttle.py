@@ -9,15 +9,13 @@ Each injection ends in one of three outcomes, and the pause before the next one 
 - ``FAILED`` (the bytes could not be written): the streak is broken and the pause backs off
   one step (times ``backoff``, at least ``initial``), up to ``maximum``.
 
-The throttle does no I/O and never sleeps: it is told the time (or reads an injected clock)
-and answers how long to wait, so it is tested deterministically with a fake clock.
+The throttle does no I/O, never sleeps and reads no clock: it is told the time and answers
+how long to wait, so it is tested deterministically.
 """
 
 from __future__ import annotations
 
 import enum
-import time
-from collections.abc import Callable
 
 
 class Outcome(enum.Enum):
@@ -38,7 +36,6 @@ class InjectionThrottle:
         shrink: float = 0.5,
         backoff: float = 2.0,
         shrink_after: int = 2,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not (0 <= minimum <= initial <= maximum):
             raise ValueError("need 0 <= minimum <= initial <= maximum")
@@ -46,14 +43,13 @@ class InjectionThrottle:
             raise ValueError("need 0 < shrink < 1, backoff > 1 and shrink_after >= 1")
         self.initial, self.minimum, self.maximum = initial, minimum, maximum
         self.shrink, self.backoff, self.shrink_after = shrink, backoff, shrink_after
-        self.clock = clock
         self.delay = initial
         self.streak = 0
         self._not_before = float("-inf")
 
-    def record(self, outcome: Outcome) -> None:
-        """Adapt the pause to ``outcome`` and start it now: the next injection may begin
-        :attr:`delay` seconds from the current time."""
+    def record(self, outcome: Outcome, now: float) -> None:
+        """Adapt the pause to ``outcome`` and start it at ``now``: the next injection may
+        begin :attr:`delay` seconds later. Raises TypeError for what is not an Outcome."""
         if outcome is Outcome.SUCCESS:
             self.streak += 1
             if self.streak >= self.shrink_after:
@@ -65,8 +61,8 @@ class InjectionThrottle:
             self.delay = min(self.maximum, max(self.delay, self.initial) * self.backoff)
         else:
             raise TypeError(f"not an Outcome: {outcome!r}")
-        self._not_before = self.clock() + self.delay
+        self._not_before = now + self.delay
 
-    def wait_time(self) -> float:
-        """Seconds until the next injection may begin (0.0 if it may begin now)."""
-        return max(0.0, self._not_before - self.clock())
+    def wait_time(self, now: float) -> float:
+        """Seconds from ``now`` until the next injection may begin (0.0: it may begin now)."""
+        return max(0.0, self._not_before - now)

@@ -39,13 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from trio_relay import Broker, open_broker
-from trio_relay.wire import (
-    AgentReady,
-    Deliver,
-    DeliveryVerifiedEvent,
-    Event,
-    encode,
-)
+from trio_relay.wire import AgentReady, Deliver, DeliveryVerifiedEvent, Event, encode
 
 PTY_WORKER = [sys.executable, "-m", "trio_relay.worker.pty"]
 BASH = ["bash", "--norc", "--noprofile"]

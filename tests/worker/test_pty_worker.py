@@ -72,6 +72,14 @@ class Relay:
             await self.wait_event(AgentReady, name, since)
         return hello.program_pid
 
+    async def run_to_exit(self, name: str, *command: str) -> tuple[Any, list[AgentOutput]]:
+        """Run ``command`` (not waiting for it to be ready) until it exits; return its
+        ``agent_exited`` and the output it reported."""
+        since = self.broker.events.last_seq
+        await self.spawn(name, *command, ready=False)
+        exited = await self.wait_event(AgentExited, name, since)
+        return exited, self.output(name, since)
+
     async def wait_event(
         self, kind: type[Event], name: str, since: int = 0, timeout: float = 10, **fields: Any
     ) -> Any:
@@ -179,11 +187,9 @@ async def test_terminal_queries_are_answered(relay: Relay) -> None:
         "           ask([b'\\x1b[>c'], b'c'), ask([b'\\x1b]11;?\\x07'], b'\\x07')]\n"
         "os.write(1, ('\\r\\nanswers ' + ' '.join(answers) + '\\r\\n').encode())\n"
     )
-    since = relay.broker.events.last_seq
-    await relay.spawn("tui", sys.executable, "-c", program, ready=False)
-    exited = await relay.wait_event(AgentExited, "tui", since, timeout=10)
+    exited, output = await relay.run_to_exit("tui", sys.executable, "-c", program)
     assert exited.code == 0
-    answers = joined(relay.output("tui", since)).split("answers ")[1].split()
+    answers = joined(output).split("answers ")[1].split()
     assert answers == ["ESC[1;4R", "ESC[?62;22c", "ESC[>1;10;0c", "ESC]11;rgb:0000/0000/0000\x07"]
 
 
@@ -218,11 +224,8 @@ async def test_final_output_and_exit_code_are_reported(relay: Relay) -> None:
         "sys.stdout.write('last words')\n"
         "sys.exit(3)\n"
     )
-    since = relay.broker.events.last_seq
-    await relay.spawn("py", sys.executable, "-c", program, ready=False)
-    exited = await relay.wait_event(AgentExited, "py", since)
+    exited, events = await relay.run_to_exit("py", sys.executable, "-c", program)
     assert (exited.code, exited.signal, exited.intended) == (3, None, False)
-    events = relay.output("py", since)
     expected = "".join(f"line {i}\r\n" for i in range(5000)) + "last words"
     assert joined(events) == expected
     offset = 0
@@ -242,11 +245,9 @@ async def test_the_final_screen_is_reported_with_exited() -> None:
 
 
 async def test_a_program_killed_by_a_signal_reports_the_signal(relay: Relay) -> None:
-    since = relay.broker.events.last_seq
-    await relay.spawn("sh", "sh", "-c", "echo dying; kill -KILL $$", ready=False)
-    exited = await relay.wait_event(AgentExited, "sh", since)
+    exited, output = await relay.run_to_exit("sh", "sh", "-c", "echo dying; kill -KILL $$")
     assert (exited.code, exited.signal, exited.intended) == (None, signal.SIGKILL, False)
-    assert "dying" in joined(relay.output("sh", since))
+    assert "dying" in joined(output)
 
 
 # ---------------------------------------------------------------- deliveries

@@ -17,7 +17,7 @@ Sans-IO: it is told the time, queues bytes on the :class:`.input_queue.InputQueu
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from trio_relay.wire import Deliver, DeliveryFailed, DeliveryInjected, DeliveryVerified
 from trio_relay.worker.pty.book import Delivery, DeliveryBook, Settled
@@ -34,17 +34,20 @@ CLEAR_LINE = b"\x15"  # Ctrl-U
 _OUTCOMES = {"echo": Outcome.SUCCESS, "timeout_fallback": Outcome.UNVERIFIED}
 
 
-class Host(Protocol):
-    """What the injector needs to know of the worker around it."""
+if TYPE_CHECKING:  # a Protocol class is only for the type checker (RSS matters here)
 
-    def may_inject(self) -> bool:
-        """Ready, running, not stopping, the terminal open."""
+    class Host(Protocol):
+        """What the injector needs to know of the worker around it."""
 
-    def program_gone(self) -> bool:
-        """The program exited or closed the terminal: its exit decides what is in flight."""
+        def may_inject(self) -> bool:
+            """Ready, running, not stopping, the terminal open."""
 
-    def after_settle(self, now: float) -> None:
-        """A delivery settled (the idle timer starts again)."""
+        def program_gone(self) -> bool:
+            """The program exited or closed the terminal: its exit decides what is in
+            flight."""
+
+        def after_settle(self, now: float) -> None:
+            """A delivery settled (the idle timer starts again)."""
 
 
 class Injector:
@@ -59,12 +62,8 @@ class Injector:
         outbox: Outbox,
         host: Host,
     ) -> None:
-        self.opts = opts
-        self.screen = screen
-        self.keys = keys
-        self.deadlines = deadlines
-        self.outbox = outbox
-        self.host = host
+        self.opts, self.screen, self.keys = opts, screen, keys
+        self.deadlines, self.outbox, self.host = deadlines, outbox, host
         self.book = DeliveryBook(opts.mode)
         self.throttle = InjectionThrottle()
         self.matcher: EchoMatcher | None = None

@@ -31,8 +31,7 @@ class OutputStream:
     """Output frames and the screen model's backlog, from the bytes the program wrote."""
 
     def __init__(self, deadlines: Deadlines, outbox: Outbox) -> None:
-        self.deadlines = deadlines
-        self.outbox = outbox
+        self.deadlines, self.outbox = deadlines, outbox
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.emitted = 0  # byte offset where the next output frame starts
         self.batch: list[str] = []

@@ -74,12 +74,24 @@ FINAL_FLUSH_STOPPING_SECONDS = 1.0
 PARSE_BUDGET = 0.010
 
 
+def _note_signal(signum: int, frame: object) -> None:
+    """Signal handler: nothing to do here; the wakeup fd tells the loop which signal."""
+
+
+def log(message: str) -> None:
+    """One line to stderr, the worker's log (the broker keeps the last lines)."""
+    try:
+        sys.stderr.write(f"pty_worker: {message}\n")
+        sys.stderr.flush()
+    except OSError:
+        pass  # stderr is gone with the broker; there is nowhere left to report to
+
+
 class Loop:
     """The selector loop around one :class:`PtyCore` and its :class:`PtyProcess`."""
 
     def __init__(self, core: PtyCore, proc: PtyProcess) -> None:
-        self.core = core
-        self.proc = proc
+        self.core, self.proc = core, proc
         self.selector = selectors.DefaultSelector()
         self.unsent: deque[memoryview] = deque()  # encoded frames stdout did not take yet
         self.unsent_bytes = 0
@@ -306,19 +318,6 @@ class Loop:
         returncode = self.proc.returncode
         assert returncode is not None
         self.core.program_exited(returncode, time.monotonic())
-
-
-def _note_signal(signum: int, frame: object) -> None:
-    """Signal handler: nothing to do here; the wakeup fd tells the loop which signal."""
-
-
-def log(message: str) -> None:
-    """One line to stderr, the worker's log (the broker keeps the last lines)."""
-    try:
-        sys.stderr.write(f"pty_worker: {message}\n")
-        sys.stderr.flush()
-    except OSError:
-        pass  # stderr is gone with the broker; there is nowhere left to report to
 
 
 def main(argv: list[str] | None = None) -> int:

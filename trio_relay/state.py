@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trio_relay.errors import BrokerAlreadyRunning, StateDirError
-from trio_relay.linux.sweep import process_alive
+from trio_relay.linux.procfs import process_alive
 
 __all__ = ["BrokerAlreadyRunning", "Connection", "StateDir", "StateDirError", "process_alive"]
 

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers import REFERENCE_WORKER, group_alive, pid_alive, wait_until
+from helpers import REFERENCE_WORKER, group_alive, keep_failure, pid_alive, wait_until
 
 import trio_relay.broker.process
+import trio_relay.broker.reader
 import trio_relay.broker.supervisor
 from trio_relay import Broker, RestartPolicy, SpawnFailed, WorkerExited, open_broker
 from trio_relay.broker.correlator import Correlator
 from trio_relay.broker.process import WorkerProcess
-from trio_relay.broker.supervisor import RestartTracker
+from trio_relay.broker.restart import RestartTracker
 from trio_relay.errors import AgentExists
 from trio_relay.wire import (
     AgentExited,
@@ -74,14 +75,14 @@ def plant(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
 
         monkeypatch.setattr(Correlator, "attach", attach)
     elif where == "frame":
-        real_decode = trio_relay.broker.supervisor.decode_worker_frame
+        real_decode = trio_relay.broker.reader.decode_worker_frame
 
         def decode(line):  # type: ignore[no-untyped-def]
             if b"PLANTED" in line:
                 raise Fault("frame")
             return real_decode(line)
 
-        monkeypatch.setattr(trio_relay.broker.supervisor, "decode_worker_frame", decode)
+        monkeypatch.setattr(trio_relay.broker.reader, "decode_worker_frame", decode)
     elif where == "exit":  # a PTY worker's hello names a session; the reference one does not
         monkeypatch.setattr(
             trio_relay.broker.supervisor, "is_child_session", lambda parent, leader: True
@@ -130,16 +131,10 @@ async def test_a_fault_anywhere_in_supervision_ends_only_that_agent(
                 "faulty", [*REFERENCE_WORKER, *claim], restart=RestartPolicy("always")
             )
             outcomes: list[BaseException] = []
-
-            async def in_flight() -> None:
-                try:
-                    await broker.request_worker("faulty", "hang", timeout=60)
-                except WorkerExited as exc:
-                    outcomes.append(exc)
-
+            hang = lambda: broker.request_worker("faulty", "hang", timeout=60)  # noqa: E731
             with trio.fail_after(20):
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(in_flight)
+                    nursery.start_soon(keep_failure, outcomes, WorkerExited, hang)
                     await wait_until(lambda: broker.statistics().pending == 1)
                     with pytest.raises(WorkerExited):
                         if where == "frame":  # the reader trips on this frame's line

@@ -22,6 +22,7 @@ from trio_relay.broker.correlator import Correlator
 from trio_relay.broker.process import WorkerProcess
 from trio_relay.broker.restart import RestartTracker
 from trio_relay.errors import AgentExists
+from trio_relay.store.engine import Store
 from trio_relay.wire import (
     AgentExited,
     AgentSpawned,
@@ -211,11 +212,25 @@ async def test_in_flight_requests_fail_as_soon_as_the_death_is_seen(
         await wait_until(lambda: not broker.supervisor.get("w").active)
 
 
-async def test_a_crash_seen_before_shutdown_is_not_respawned(tmp_path: Path) -> None:
+async def test_a_crash_seen_before_shutdown_is_not_respawned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The death is seen first, the shutdown comes while the broker still takes in the
     dead worker's last output (an escaped helper holds its pipes): it is a crash, and a
-    ``restart=never`` agent that crashed is not started again by the next broker."""
+    ``restart=never`` agent that crashed is not started again by the next broker.
+
+    The store commits the crash's first write (putting its deliveries back) only once it
+    is closing, as a busy store thread would: what marks the agent as not to be respawned
+    must be queued by then, not left to that commit's callback."""
+    real_commit = Store._commit
+
+    async def commit_when_closing(self: Store, batch: list) -> None:  # type: ignore[type-arg]
+        if any(op.what == "requeue the deliveries of 'w'" for op in batch):
+            await wait_until(lambda: self.closed)
+        await real_commit(self, batch)
+
     state = tmp_path / "state"
+    monkeypatch.setattr(Store, "_commit", commit_when_closing)
     async with open_broker(state) as broker:
         await broker.spawn("w", REFERENCE_WORKER, restart=RestartPolicy("never"))
         helper = await broker.request_worker("w", "run", {"argv": ["sleep", "300"], "detach": True})
@@ -233,6 +248,7 @@ async def test_a_crash_seen_before_shutdown_is_not_respawned(tmp_path: Path) -> 
             # leaving the block shuts the broker down right after the death was seen
         finally:
             helper_pid = helper["pid"]
+    monkeypatch.undo()
     try:
         async with open_broker(state) as broker:
             assert runs(broker, "w") == 0, "a crashed restart=never agent came back"

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trio_relay.errors import BrokerAlreadyRunning, StateDirError
-from trio_relay.linux.sweep import process_alive
+from trio_relay.linux.procfs import process_alive
+from trio_relay.linux.sweep import kill_run
 
 __all__ = ["BrokerAlreadyRunning", "Connection", "StateDir", "StateDirError", "process_alive"]
 
@@ -32,6 +33,16 @@ class Connection:
     url: str
     pid: int
     socket: str | None = None
+
+
+class _Entry:
+    """A file of the state directory, read as an attribute: ``state.path / name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, state: StateDir, owner: object = None) -> Path:
+        return state.path / self.name
 
 
 class StateDir:
@@ -63,39 +74,29 @@ class StateDir:
                     raise StateDirError(self.path, f"{what} is not a directory")
                 return
 
-    @property
-    def lock_path(self) -> Path:
-        return self.path / "broker.lock"
-
-    @property
-    def token_path(self) -> Path:
-        return self.path / "token"
-
-    @property
-    def connection_path(self) -> Path:
-        return self.path / "connection.json"
-
-    @property
-    def db_path(self) -> Path:
-        return self.path / "relay.db"
-
-    @property
-    def socket_path(self) -> Path:
-        """The broker's Unix socket (see :meth:`socket_usable`)."""
-        return self.path / "control.sock"
+    lock_path = _Entry("broker.lock")
+    token_path = _Entry("token")
+    connection_path = _Entry("connection.json")
+    db_path = _Entry("relay.db")
+    #: The broker's Unix socket (see :meth:`socket_usable`).
+    socket_path = _Entry("control.sock")
+    log_path = _Entry("broker.log")
+    #: The id of the broker run that last owned this directory (see sweep.py).
+    run_path = _Entry("run")
 
     def socket_usable(self) -> bool:
         """Whether the socket's path fits a Unix socket address (107 bytes on Linux)."""
         return len(os.fsencode(self.socket_path.absolute())) <= 107
 
-    @property
-    def log_path(self) -> Path:
-        return self.path / "broker.log"
-
-    @property
-    def run_path(self) -> Path:
-        """The id of the broker run that last owned this directory (see sweep.py)."""
-        return self.path / "run"
+    def kill_previous_run(self) -> None:
+        """Kill what the broker run that last owned this directory left running (it died
+        without shutting down, or its workers' programs escaped them). See sweep.py."""
+        try:
+            previous = self.run_path.read_text().strip()
+        except FileNotFoundError:
+            return
+        if previous:
+            kill_run(previous)
 
     # -- the lock
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+from helpers import keep_failure
 
 from trio_relay.broker.correlator import Correlator
 from trio_relay.errors import (
@@ -91,15 +92,10 @@ async def test_detach_fails_in_flight_requests_at_once(autojump_clock: trio.abc.
     FakeWorker(c)
     outcomes: list[BaseException] = []
 
-    async def call() -> None:
-        try:
-            await c.request("w", "hang", timeout=100)
-        except WorkerExited as exc:
-            outcomes.append(exc)
-
+    hang = lambda: c.request("w", "hang", timeout=100)  # noqa: E731
     async with trio.open_nursery() as nursery:
         for _ in range(5):
-            nursery.start_soon(call)
+            nursery.start_soon(keep_failure, outcomes, WorkerExited, hang)
         await trio.sleep(1)
         assert c.pending_count("w") == 5
         died_at = trio.current_time()

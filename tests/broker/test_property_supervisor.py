@@ -75,7 +75,7 @@ from hypothesis import strategies as st
 import trio_relay.broker.supervisor as supervisor_module
 from trio_relay.broker.broker import Broker
 from trio_relay.broker.process import ExitStatus, StderrRing, WorkerProcess
-from trio_relay.broker.supervisor import RestartPolicy
+from trio_relay.broker.restart import RestartPolicy
 from trio_relay.errors import ChannelClosed, RelayError, WorkerError, WorkerExited, WorkerNotFound
 from trio_relay.store.engine import open_store
 from trio_relay.wire import (

@@ -12,15 +12,17 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers import REFERENCE_WORKER, group_alive, pid_alive, wait_until
+from helpers import REFERENCE_WORKER, group_alive, keep_failure, pid_alive, wait_until
 
 import trio_relay.broker.process
+import trio_relay.broker.reader
 import trio_relay.broker.supervisor
 from trio_relay import Broker, RestartPolicy, SpawnFailed, WorkerExited, open_broker
 from trio_relay.broker.correlator import Correlator
 from trio_relay.broker.process import WorkerProcess
-from trio_relay.broker.supervisor import RestartTracker
+from trio_relay.broker.restart import RestartTracker
 from trio_relay.errors import AgentExists
+from trio_relay.store.engine import Store
 from trio_relay.wire import (
     AgentExited,
     AgentSpawned,
@@ -74,14 +76,14 @@ def plant(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
 
         monkeypatch.setattr(Correlator, "attach", attach)
     elif where == "frame":
-        real_decode = trio_relay.broker.supervisor.decode_worker_frame
+        real_decode = trio_relay.broker.reader.decode_worker_frame
 
         def decode(line):  # type: ignore[no-untyped-def]
             if b"PLANTED" in line:
                 raise Fault("frame")
             return real_decode(line)
 
-        monkeypatch.setattr(trio_relay.broker.supervisor, "decode_worker_frame", decode)
+        monkeypatch.setattr(trio_relay.broker.reader, "decode_worker_frame", decode)
     elif where == "exit":  # a PTY worker's hello names a session; the reference one does not
         monkeypatch.setattr(
             trio_relay.broker.supervisor, "is_child_session", lambda parent, leader: True
@@ -130,16 +132,10 @@ async def test_a_fault_anywhere_in_supervision_ends_only_that_agent(
                 "faulty", [*REFERENCE_WORKER, *claim], restart=RestartPolicy("always")
             )
             outcomes: list[BaseException] = []
-
-            async def in_flight() -> None:
-                try:
-                    await broker.request_worker("faulty", "hang", timeout=60)
-                except WorkerExited as exc:
-                    outcomes.append(exc)
-
+            hang = lambda: broker.request_worker("faulty", "hang", timeout=60)  # noqa: E731
             with trio.fail_after(20):
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(in_flight)
+                    nursery.start_soon(keep_failure, outcomes, WorkerExited, hang)
                     await wait_until(lambda: broker.statistics().pending == 1)
                     with pytest.raises(WorkerExited):
                         if where == "frame":  # the reader trips on this frame's line
@@ -216,11 +212,25 @@ async def test_in_flight_requests_fail_as_soon_as_the_death_is_seen(
         await wait_until(lambda: not broker.supervisor.get("w").active)
 
 
-async def test_a_crash_seen_before_shutdown_is_not_respawned(tmp_path: Path) -> None:
+async def test_a_crash_seen_before_shutdown_is_not_respawned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The death is seen first, the shutdown comes while the broker still takes in the
     dead worker's last output (an escaped helper holds its pipes): it is a crash, and a
-    ``restart=never`` agent that crashed is not started again by the next broker."""
+    ``restart=never`` agent that crashed is not started again by the next broker.
+
+    The store commits the crash's first write (putting its deliveries back) only once it
+    is closing, as a busy store thread would: what marks the agent as not to be respawned
+    must be queued by then, not left to that commit's callback."""
+    real_commit = Store._commit
+
+    async def commit_when_closing(self: Store, batch: list) -> None:  # type: ignore[type-arg]
+        if any(op.what == "requeue the deliveries of 'w'" for op in batch):
+            await wait_until(lambda: self.closed)
+        await real_commit(self, batch)
+
     state = tmp_path / "state"
+    monkeypatch.setattr(Store, "_commit", commit_when_closing)
     async with open_broker(state) as broker:
         await broker.spawn("w", REFERENCE_WORKER, restart=RestartPolicy("never"))
         helper = await broker.request_worker("w", "run", {"argv": ["sleep", "300"], "detach": True})
@@ -238,6 +248,7 @@ async def test_a_crash_seen_before_shutdown_is_not_respawned(tmp_path: Path) -> 
             # leaving the block shuts the broker down right after the death was seen
         finally:
             helper_pid = helper["pid"]
+    monkeypatch.undo()
     try:
         async with open_broker(state) as broker:
             assert runs(broker, "w") == 0, "a crashed restart=never agent came back"

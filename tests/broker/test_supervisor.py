@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers import REFERENCE_WORKER, pid_alive, wait_until
+from helpers import REFERENCE_WORKER, keep_failure, pid_alive, wait_until
 
 from trio_relay import (
     Broker,
@@ -72,17 +72,11 @@ async def test_worker_error(broker: Broker) -> None:
 async def test_worker_dies_mid_request_and_waiters_learn_at_once(broker: Broker) -> None:
     await broker.spawn("w", REFERENCE_WORKER)
     outcomes: list[BaseException] = []
-
-    async def waiting() -> None:
-        try:
-            await broker.request_worker("w", "hang", timeout=60)
-        except WorkerExited as exc:
-            outcomes.append(exc)
-
+    hang = lambda: broker.request_worker("w", "hang", timeout=60)  # noqa: E731
     with trio.fail_after(10):  # far below the 60 s deadline
         async with trio.open_nursery() as nursery:
             for _ in range(3):
-                nursery.start_soon(waiting)
+                nursery.start_soon(keep_failure, outcomes, WorkerExited, hang)
             await wait_until(lambda: broker.statistics().pending == 3)
             with pytest.raises(WorkerExited):
                 await broker.request_worker("w", "crash", {"code": 7})

@@ -8,8 +8,9 @@ import random
 import pytest
 import trio
 
-from trio_relay.broker.process import ExitStatus, FrameWriter, StderrRing
-from trio_relay.broker.supervisor import RestartPolicy, RestartTracker
+from trio_relay.broker.process import ExitStatus, StderrRing
+from trio_relay.broker.restart import RestartPolicy, RestartTracker
+from trio_relay.broker.writer import FrameWriter
 from trio_relay.errors import ChannelClosed
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,20 @@ async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.005) 
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(interval)
+
+
+async def keep_failure(
+    outcomes: list[BaseException],
+    error: type[BaseException],
+    call: Callable[[], Awaitable[object]],
+) -> None:
+    """Await ``call()`` and keep the ``error`` it raises in ``outcomes``, for a test to
+    assert on how each waiter ended (anything else it raises propagates; a return keeps
+    nothing)."""
+    try:
+        await call()
+    except error as exc:
+        outcomes.append(exc)
 
 
 async def kill_and_reap(proc: trio.Process) -> None:

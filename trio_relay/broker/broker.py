@@ -4,7 +4,6 @@ delivery engine into the operations the control channel exposes. Open one with
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import random
@@ -16,19 +15,18 @@ from typing import Any
 
 import trio
 
+from trio_relay.broker import retention
+from trio_relay.broker.agent import Agent, AgentSpec
 from trio_relay.broker.correlator import Correlator, CorrelatorStatistics
 from trio_relay.broker.delivery import DeliveryEngine, DeliveryPolicy, Receipt
 from trio_relay.broker.events import EventLog
-from trio_relay.broker.supervisor import (
-    DEFAULT_HISTORY,
-    Agent,
-    AgentSpec,
-    RestartPolicy,
-    Supervisor,
-)
-from trio_relay.errors import AgentExists, RequestTimeout, SpawnFailed, StoreError, WorkerNotFound
+from trio_relay.broker.restart import RestartPolicy
+from trio_relay.broker.retention import DEFAULT_RETENTION, prune_every
+from trio_relay.broker.spawn_args import child_environment, spawn_arguments, stored_spec
+from trio_relay.broker.supervisor import DEFAULT_HISTORY, Supervisor
+from trio_relay.broker.transport import SupervisorTransport
+from trio_relay.errors import AgentExists, RequestTimeout, SpawnFailed, WorkerNotFound
 from trio_relay.linux.peers import AgentProcesses
-from trio_relay.linux.sweep import RUN_ENV, kill_run
 from trio_relay.state import StateDir
 from trio_relay.store import engine as sql
 from trio_relay.store.engine import DeliveryInfo, Store, open_store
@@ -43,12 +41,11 @@ from trio_relay.wire import (
 from trio_relay.wire.lines import DEFAULT_MAX_LINE
 from trio_relay.wire.vocabulary import check_terminal_size
 
+__all__ = ["DEFAULT_RETENTION", "AgentInfo", "Broker", "open_broker"]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
-#: Ended deliveries and released agents are kept this long (seconds) by default.
-DEFAULT_RETENTION = 7 * 24 * 3600.0
-PRUNE_BATCH = 1000
 
 
 #: A snapshot of one agent's state, for listing (the control channel sends it as is).
@@ -83,7 +80,7 @@ class Broker:
         self.store = store
         store.on_error = self._store_failed
         self.delivery_engine = DeliveryEngine(
-            store, self.events, _SupervisorTransport(self.supervisor), delivery
+            store, self.events, SupervisorTransport(self.supervisor), delivery
         )
         self.events.listen(self.delivery_engine.on_event)
         self.supervisor.delivery_reports = self.delivery_engine.on_report
@@ -109,31 +106,18 @@ class Broker:
         (seconds). Raises AgentExists, SpawnFailed, or ValueError for a bad name or command.
         """
         extra = self.agent_environment(name) if self.agent_environment else {}
-        child_env = {
-            **os.environ,
-            **(env or {}),
-            **extra,
-            "TRIO_RELAY_AGENT": name,
-            RUN_ENV: self.run_id,  # the tag the next sweep looks for
-        }
         spec = AgentSpec(
             name,
             tuple(argv),
             cwd=cwd,
-            env=child_env,
+            env=child_environment(name, self.run_id, env, extra),
             restart=restart or RestartPolicy(),
             **timing,
         )
         if self.supervisor.taken(name) or name in self._spawning:
             await trio.lowlevel.checkpoint()
             raise AgentExists(name)
-        stored = {
-            "argv": list(argv),
-            "cwd": cwd,
-            "env": dict(env or {}),
-            "restart": dataclasses.asdict(spec.restart),
-            "timing": timing,
-        }
+        stored = stored_spec(spec, env, timing)
         now = time.time()
         self._spawning.add(name)  # from here on a second spawn of the name is refused
         try:
@@ -160,18 +144,8 @@ class Broker:
         started: list[AgentInfo] = []
 
         async def one(row: sql.AgentRow) -> None:
-            spec = row.spec
             try:
-                started.append(
-                    await self.spawn(
-                        row.name,
-                        spec["argv"],
-                        cwd=spec["cwd"],
-                        env=spec["env"],
-                        restart=RestartPolicy(**spec["restart"]),
-                        **spec["timing"],
-                    )
-                )
+                started.append(await self.spawn(row.name, **spawn_arguments(row.spec)))
             except (SpawnFailed, AgentExists, ValueError, TypeError, KeyError) as exc:
                 log.error("cannot respawn %s: %s", row.name, exc)
                 self.delivery_engine.agent_gone(row.name, f"could not be respawned: {exc}")
@@ -270,41 +244,9 @@ class Broker:
         return self.delivery_engine.flush(agent)
 
     async def prune(self, older_than: float) -> PruneResult:
-        """Delete from the store the ended deliveries (dead letters included) and the agents
-        not to be respawned that have not changed for ``older_than`` seconds, in batches
-        that do not hold up other writes. Returns how many of each. Raises StoreError,
-        ValueError for a negative age."""
-        if not older_than >= 0:
-            raise ValueError(f"an age must not be negative, got {older_than!r}")
-        before = time.time() - older_than
-        deliveries = 0
-        while True:
-            n = await self.store.write(
-                lambda conn: sql.prune_deliveries(conn, before, PRUNE_BATCH), "prune deliveries"
-            )
-            deliveries += n
-            if n < PRUNE_BATCH:
-                break
-        agents = await self.store.write(lambda conn: sql.prune_agents(conn, before), "prune agents")
-        if deliveries or agents:
-            log.info(
-                "pruned %d ended deliveries and %d agents older than %g s",
-                deliveries,
-                agents,
-                older_than,
-            )
-        return PruneResult(deliveries=deliveries, agents=agents)
-
-    async def prune_every(self, retention: float) -> None:
-        """Prune what is older than ``retention`` now and then (every hour at most), until
-        cancelled. A store that cannot write is tried again at the next round."""
-        period = min(3600.0, max(retention / 4, 0.05))
-        while True:
-            try:
-                await self.prune(retention)
-            except StoreError as exc:
-                log.warning("retention: %s; trying again in %g s", exc, period)
-            await trio.sleep(period)
+        """Delete from the store what ended ``older_than`` seconds ago (see
+        :func:`~trio_relay.broker.retention.prune`). Raises StoreError, ValueError."""
+        return await retention.prune(self.store, older_than)
 
     def _store_failed(self, operation: str, error: str) -> None:
         self.events.emit(StoreErrorEvent(operation=operation, error=error))
@@ -398,38 +340,6 @@ class Broker:
         )
 
 
-class _SupervisorTransport:
-    """The delivery engine's view of the supervisor."""
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self._supervisor = supervisor
-
-    def active(self, agent: str) -> bool:
-        record = self._record(agent)
-        return record is not None and record.live
-
-    def deliver(self, agent: str, frame: bytes) -> None:
-        self._supervisor.running(agent).writer.send_nowait(frame)
-
-    def _record(self, agent: str) -> Agent | None:
-        try:
-            return self._supervisor.get(agent)
-        except WorkerNotFound:
-            return None
-
-    def fate(self, agent: str) -> str | None:
-        record = self._record(agent)
-        if record is None:
-            return "it is no longer supervised"
-        if record.live or record.state == "released":
-            return None
-        if record.state == "gave_up":
-            return f"it gave up after {record.restarts} restarts"
-        if record.state == "failed":
-            return f"it could not be restarted ({record.last_reason})"
-        return f"its restart policy is {record.spec.restart.mode!r}"
-
-
 @asynccontextmanager
 async def open_broker(
     state_dir: StateDir | str | os.PathLike[str] | None = None,
@@ -457,7 +367,7 @@ async def open_broker(
     state, owned = _state(state_dir)
     try:
         if state is not None:
-            _sweep_previous_run(state)
+            state.kill_previous_run()
         path = ":memory:" if state is None else state.db_path
         async with open_store(path, busy_timeout=busy_timeout) as store:
             async with trio.open_nursery() as nursery:
@@ -468,7 +378,7 @@ async def open_broker(
                     await broker.delivery_engine.recover()
                     nursery.start_soon(broker.delivery_engine.run_timers)
                     if retention is not None and state is not None:
-                        nursery.start_soon(broker.prune_every, retention)
+                        nursery.start_soon(prune_every, store, retention)
                     if respawn:
                         await broker.respawn()
                     yield broker
@@ -479,17 +389,6 @@ async def open_broker(
     finally:
         if owned and state is not None:
             state.release_lock()
-
-
-def _sweep_previous_run(state: StateDir) -> None:
-    """Kill what a previous broker on this directory left running (it died without
-    shutting down, or its workers' programs escaped them)."""
-    try:
-        previous = state.run_path.read_text().strip()
-    except FileNotFoundError:
-        return
-    if previous:
-        kill_run(previous)
 
 
 def _state(state_dir: StateDir | str | os.PathLike[str] | None) -> tuple[StateDir | None, bool]:

@@ -1039,6 +1039,10 @@ class DeliveryEngine:
         and will not come back, every open delivery fails naming the crash."""
         now = self._wall()
         name = box.name
+        # Its fate is settled when its exit is announced. Decided now, not in the requeue's
+        # commit callback: a write submitted from there finds the store closed when a
+        # shutdown follows the crash, and the crashed agent would be respawned.
+        fate = self.transport.fate(name) if crashed else None
 
         def move_back() -> list[_Delivery]:
             moved = list(box.inflight.values())
@@ -1058,21 +1062,13 @@ class DeliveryEngine:
                         reason=f"{name!r} {reason}",
                     )
                 )
-            if crashed:
-                fate = self.transport.fate(name)
-                if fate is not None:
-                    self._fail_open(box, f"agent {name!r} {reason} and will not restart: {fate}")
             self._pump(box)
 
         def aborted(_: BaseException) -> None:
             # The store still says "sent", which a restart reads as queued too (and the next
             # hand-over or failure moves from any open state); memory follows so the next
-            # run gets them again. If it crashed for good, they fail all the same.
+            # run gets them again. If it crashed for good, they fail all the same (below).
             move_back()
-            if crashed:
-                fate = self.transport.fate(name)
-                if fate is not None:
-                    self._fail_open(box, f"agent {name!r} {reason} and will not restart: {fate}")
             self._pump(box)
 
         self._submit(
@@ -1081,6 +1077,8 @@ class DeliveryEngine:
             committed,
             aborted,
         )
+        if fate is not None:
+            self._fail_open(box, f"agent {name!r} {reason} and will not restart: {fate}")
 
     def _fail_open(self, box: _Mailbox, reason: str) -> None:
         now = self._wall()

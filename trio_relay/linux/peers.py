@@ -14,13 +14,13 @@ Blocking ``/proc`` reads: run :func:`peer_processes` off the Trio thread.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from trio_relay.linux.sweep import AGENT_ENV, RUN_ENV, pids, process_stat
+from trio_relay.linux.procfs import environ, holds, pids, process_stat
+from trio_relay.linux.sweep import AGENT_ENV, RUN_ENV
 
 #: The answer for a process that carries this broker run's tag but cannot be placed with
 #: one agent (its agent ended, or it names no agent, or two): it gets no rights at all.
@@ -91,13 +91,8 @@ def _agent_of(pid: int, agents: AgentProcesses) -> str | None:
 
 
 def _tags(pid: int) -> dict[str, str]:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            environ = f.read()
-    except OSError:
-        return {}
     out = {}
-    for item in environ.split(b"\0"):
+    for item in environ(pid) or ():
         key, sep, value = item.partition(b"=")
         if sep and key in (RUN_ENV.encode(), AGENT_ENV.encode()):
             out[key.decode()] = value.decode("utf-8", "replace")
@@ -130,18 +125,4 @@ def _proc_address(family: int, host: str, port: int) -> str:
 
 def _socket_holders(inode: int) -> list[int] | None:
     target = f"socket:[{inode}]"
-    holders = []
-    for pid in pids():
-        try:
-            fds = os.scandir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        with fds:
-            for fd in fds:
-                try:
-                    if os.readlink(fd.path) == target:
-                        holders.append(pid)
-                        break
-                except OSError:
-                    continue
-    return holders or None
+    return [pid for pid in pids() if holds(pid, target)] or None

@@ -22,51 +22,27 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Iterator
-from dataclasses import dataclass
+
+from trio_relay.linux.procfs import environ, pids, process_alive, process_stat, session_members
+
+# process_alive and session_members were first defined here; their importers still find them.
+__all__ = [
+    "AGENT_ENV",
+    "RUN_ENV",
+    "is_child_session",
+    "kill_run",
+    "kill_session",
+    "kill_tagged",
+    "process_alive",
+    "run_members",
+    "session_members",
+    "tagged",
+]
 
 log = logging.getLogger(__name__)
 
 RUN_ENV = "TRIO_RELAY_RUN"
 AGENT_ENV = "TRIO_RELAY_AGENT"
-
-
-@dataclass(frozen=True, slots=True)
-class ProcStat:
-    """The fields of ``/proc/<pid>/stat`` that the broker reads."""
-
-    state: str
-    ppid: int
-    pgrp: int
-    session: int
-
-    @property
-    def zombie(self) -> bool:
-        return self.state == "Z"
-
-
-def process_stat(pid: int) -> ProcStat | None:
-    """``/proc/<pid>/stat``, or None if there is no such process (any more)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return ProcStat(fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]))
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie, dead but unreaped, counts as gone)."""
-    stat = process_stat(pid)
-    return stat is not None and not stat.zombie
-
-
-def pids() -> Iterator[int]:
-    """Every process id in ``/proc``."""
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            yield int(entry.name)
 
 
 def _kill(pid: int, refused: list[str]) -> bool:
@@ -88,16 +64,6 @@ def is_child_session(parent: int, leader: int) -> bool:
     return stat is not None and leader != parent and stat.ppid == parent and stat.session == leader
 
 
-def session_members(sid: int) -> list[int]:
-    """Live processes whose session id is ``sid``."""
-    members = []
-    for pid in pids():
-        stat = process_stat(pid)
-        if stat is not None and stat.session == sid and not stat.zombie:
-            members.append(pid)
-    return members
-
-
 def kill_session(sid: int) -> list[str]:
     """SIGKILL every process still in session ``sid``. Returns those we may not signal."""
     refused: list[str] = []
@@ -115,14 +81,7 @@ def tagged(*tags: str) -> list[int]:
     wanted = {tag.encode() for tag in tags}
     found = []
     for pid in pids():
-        if pid == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
-            continue  # gone, or not ours to read
-        if wanted <= set(environ.split(b"\0")):
+        if pid != os.getpid() and wanted <= set(environ(pid) or ()):
             found.append(pid)
     return found
 

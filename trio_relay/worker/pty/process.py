@@ -16,7 +16,8 @@ import struct
 import termios
 from collections.abc import Mapping, Sequence
 
-_PR_SET_PDEATHSIG = 1
+from trio_relay.linux.deathsig import death_signal
+from trio_relay.linux.procfs import session_members
 
 
 def set_window_size(fd: int, rows: int, cols: int) -> None:
@@ -124,20 +125,7 @@ class PtyProcess:
 
 def _session_members(sid: int) -> list[int]:
     """Pids whose session is ``sid`` (from /proc), the session leader first if alive."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue  # it exited while we looked
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 3 and int(fields[3]) == sid:
-            members.append(int(entry.name))
-    members.sort(key=lambda pid: pid != sid)
-    return members
+    return sorted(session_members(sid, zombies=True), key=lambda pid: pid != sid)
 
 
 def _read_all(fd: int) -> bytes:
@@ -169,13 +157,8 @@ def _exec_child(
             os.dup2(slave, fd)
         if slave > 2:
             os.close(slave)
-        import ctypes  # here, not at the top: only the child needs it (0.4 MB of RSS)
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != parent:  # the worker died before prctl took effect
-            os._exit(137)
+        if not death_signal(parent)():  # ctypes loaded here, in the child only
+            os._exit(137)  # the worker died before the request took effect
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)  # Python ignores some; programs expect defaults
         signal.pthread_sigmask(signal.SIG_SETMASK, set())

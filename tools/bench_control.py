@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import trio.lowlevel
+from measure import pct, timed
 
 from trio_relay import open_broker
 from trio_relay.client import open_client
@@ -39,26 +40,12 @@ from trio_relay.wire import AgentOutput
 TOKEN = "bench-token-" + "x" * 32
 
 
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def row(label: str, samples: list[float], base: list[float] | None = None) -> None:
     p50, p99 = pct(samples, 0.5) * 1e3, pct(samples, 0.99) * 1e3
     line = f"{label:<34} p50 {p50:8.3f} ms   p99 {p99:8.3f} ms"
     if base:
         line += f"   ratio to baseline p50 {pct(samples, 0.5) / pct(base, 0.5):5.2f}x"
     print(line)
-
-
-async def timed(n: int, call) -> list[float]:  # type: ignore[no-untyped-def]
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        await call()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 async def subscriber_farm(url: str, subscribers: int, events: int) -> None:

@@ -28,17 +28,13 @@ import time
 from pathlib import Path
 
 import trio
+from measure import pct
 
 from trio_relay import open_broker
 from trio_relay.broker.delivery import DeliveryPolicy
 from trio_relay.store import engine as sql
 
 WORKER = [sys.executable, "-m", "trio_relay.worker.reference"]
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def ms(seconds: float) -> str:

@@ -38,6 +38,8 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from measure import pct
+
 from trio_relay import Broker, open_broker
 from trio_relay.wire import AgentReady, Deliver, DeliveryVerifiedEvent, Event, encode
 
@@ -60,11 +62,6 @@ def memory(pid: int) -> dict[str, float]:
             elif key in ("Private_Clean", "Private_Dirty"):
                 figures["uss"] += kb / MB
     return figures
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def ms(seconds: float) -> str:

@@ -67,6 +67,8 @@ from trio_websocket import connect_websocket_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from measure import pct, timed
+
 from trio_relay.client import open_client
 from trio_relay.wire import (
     AgentOutput,
@@ -202,24 +204,21 @@ class Started:
 # ------------------------------------------------------------------ statistics
 
 
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def timed(n: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        await call()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 # ------------------------------------------------------------------ trio-relay
 
 
-class TrioRelay:
+class BrokerUnderTest:
+    """What both brokers' drivers share: the broker process they started."""
+
+    started: Started | None = None
+
+    @property
+    def broker_pid(self) -> int:
+        assert self.started is not None
+        return self.started.pid
+
+
+class TrioRelay(BrokerUnderTest):
     name = "trio-relay"
     program_wrapper = "trio_relay.worker.pty"
 
@@ -260,11 +259,6 @@ class TrioRelay:
                             nursery.cancel_scope.cancel()
         finally:
             await trio.to_thread.run_sync(self.started.stop)
-
-    @property
-    def broker_pid(self) -> int:
-        assert self.started is not None
-        return self.started.pid
 
     async def _watch(self, events: Any) -> None:
         async for event in events:
@@ -382,7 +376,7 @@ class HttpConnection:
             await self.stream.aclose()
 
 
-class AgentRelay:
+class AgentRelay(BrokerUnderTest):
     name = "agent-relay"
     program_wrapper = "agent-relay-broker pty"
 
@@ -454,11 +448,6 @@ class AgentRelay:
         finally:
             await self.http.aclose()
             await trio.to_thread.run_sync(self.started.stop)
-
-    @property
-    def broker_pid(self) -> int:
-        assert self.started is not None
-        return self.started.pid
 
     async def _watch(self, ws: Any) -> None:
         while True:

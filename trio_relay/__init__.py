@@ -1,7 +1,15 @@
 """trio-relay: a broker that supervises terminal programs (AI coding-agent CLIs) and relays
 messages to them, built on Trio's structured concurrency.
 
-The names below are imported on first use (PEP 562), so that a program that lives in this
+The public API is what this module exports (frozen by ``tests/test_public_api.py``):
+
+- :func:`open_broker` and :class:`Broker`, the broker in-process, with :class:`AgentInfo`,
+  :class:`RestartPolicy` and :class:`DeliveryPolicy`;
+- :func:`open_client` and :class:`RelayClient`, a connection to a running broker;
+- every exception a caller sees (see :mod:`trio_relay.errors` for the hierarchy and codes);
+- the protocols' types, in :mod:`trio_relay.wire`.
+
+The names are imported on first use (PEP 562), so that a program that lives in this
 package but does not use Trio — the PTY worker, ``python -m trio_relay.worker.pty`` — does
 not pay for importing it (about 15 MB of RSS and 150 ms per process).
 """
@@ -12,15 +20,31 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from trio_relay import wire
     from trio_relay.broker.broker import AgentInfo, Broker, open_broker
+    from trio_relay.broker.delivery import DeliveryPolicy
     from trio_relay.broker.supervisor import RestartPolicy
+    from trio_relay.client import RelayClient, open_client
     from trio_relay.errors import (
         AgentExists,
+        BadAddress,
+        BrokerAlreadyRunning,
+        BrokerUnreachable,
         ChannelClosed,
+        DeliveryNotFound,
+        DeliveryStateError,
+        DeliveryTimeout,
+        Forbidden,
+        InputQueueFull,
+        IntakeClosed,
         ProtocolError,
         RelayError,
+        RemoteError,
         RequestTimeout,
         SpawnFailed,
+        StateDirError,
+        StoreError,
+        TooMany,
         WorkerError,
         WorkerExited,
         WorkerNotFound,
@@ -28,26 +52,31 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+_ERRORS = (
+    "AgentExists BadAddress BrokerAlreadyRunning BrokerUnreachable ChannelClosed DeliveryNotFound"
+    " DeliveryStateError DeliveryTimeout Forbidden InputQueueFull IntakeClosed ProtocolError"
+    " RelayError RemoteError RequestTimeout SpawnFailed StateDirError StoreError TooMany"
+    " WorkerError WorkerExited WorkerNotFound"
+).split()
+
+#: name -> the module that defines it
 _EXPORTS = {
-    "AgentExists": "errors",
     "AgentInfo": "broker.broker",
     "Broker": "broker.broker",
-    "ChannelClosed": "errors",
-    "ProtocolError": "errors",
-    "RelayError": "errors",
-    "RequestTimeout": "errors",
-    "RestartPolicy": "broker.supervisor",
-    "SpawnFailed": "errors",
-    "WorkerError": "errors",
-    "WorkerExited": "errors",
-    "WorkerNotFound": "errors",
     "open_broker": "broker.broker",
+    "DeliveryPolicy": "broker.delivery",
+    "RestartPolicy": "broker.supervisor",
+    "RelayClient": "client",
+    "open_client": "client",
+    **dict.fromkeys(_ERRORS, "errors"),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "wire"])
 
 
 def __getattr__(name: str) -> Any:
+    if name == "wire":
+        return import_module(".wire", __name__)
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

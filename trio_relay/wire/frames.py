@@ -12,7 +12,7 @@ missing field is a :class:`~trio_relay.errors.ProtocolError` naming the field.
   PTY worker implements.
 - Worker events (``ready``, ``output``, ...) carry no ``request_id``.
 
-Pure data and functions; no I/O. The PTY worker imports only this part of the wire.
+Pure data and functions; no I/O. Of the three protocols, the PTY worker needs only this one.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trio_relay.wire import protocol as p
+from trio_relay import wire
 
 
 def _normalise(node: Any) -> Any:
@@ -65,26 +65,26 @@ def documents() -> dict[str, bytes]:
             "trio-relay worker protocol",
             "Newline-delimited JSON frames: BrokerFrame on the worker's stdin, WorkerFrame on "
             "its stdout. Requests carry a request_id and are answered by one response frame.",
-            {"BrokerFrame": p.BrokerFrame, "WorkerFrame": p.WorkerFrame},
+            {"BrokerFrame": wire.BrokerFrame, "WorkerFrame": wire.WorkerFrame},
         ),
         "control-protocol.json": schema(
             "trio-relay control protocol",
             "JSON text messages over WebSocket: ControlRequest from the client; ControlAnswer "
             "(one per request) and ControlEvents (a subscription's events) from the broker.",
             {
-                "ControlRequest": p.ControlOp,
-                "ControlAnswer": p.ControlAnswer,
-                "ControlEvents": p.ControlEvents,
-                "BrokerEvent": p.BrokerEvent,
+                "ControlRequest": wire.ControlOp,
+                "ControlAnswer": wire.ControlAnswer,
+                "ControlEvents": wire.ControlEvents,
+                "BrokerEvent": wire.BrokerEvent,
                 # what an answer's result holds, by operation
-                "AgentSummary": p.AgentSummary,
-                "SendReceipt": p.SendReceipt,
-                "DeliveryRecord": p.DeliveryRecord,
-                "ScreenSnapshot": p.ScreenSnapshot,
-                "BrokerStatus": p.BrokerStatus,
-                "PendingDeliveries": p.PendingDeliveries,
-                "ModeResult": p.ModeResult,
-                "FlushResult": p.FlushResult,
+                "AgentSummary": wire.AgentSummary,
+                "SendReceipt": wire.SendReceipt,
+                "DeliveryRecord": wire.DeliveryRecord,
+                "ScreenSnapshot": wire.ScreenSnapshot,
+                "BrokerStatus": wire.BrokerStatus,
+                "PendingDeliveries": wire.PendingDeliveries,
+                "ModeResult": wire.ModeResult,
+                "FlushResult": wire.FlushResult,
             },
         ),
     }

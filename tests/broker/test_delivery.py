@@ -16,7 +16,7 @@ import trio.testing
 from trio_relay.broker.delivery import DeliveryEngine, DeliveryPolicy
 from trio_relay.broker.events import EventLog
 from trio_relay.errors import WorkerNotFound
-from trio_relay.store import engine as sql
+from trio_relay.store import sql
 from trio_relay.store.engine import open_store
 from trio_relay.wire import (
     AgentExited,

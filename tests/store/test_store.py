@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from trio_relay.errors import StoreError
-from trio_relay.store import engine as sql
+from trio_relay.store import sql
 from trio_relay.store.engine import open_store
 
 

@@ -52,8 +52,9 @@ from trio_relay.errors import (
     StoreError,
     WorkerNotFound,
 )
-from trio_relay.store import engine as sql
-from trio_relay.store.engine import DeliveryInfo, Store
+from trio_relay.store import sql
+from trio_relay.store.engine import Store
+from trio_relay.store.sql import DeliveryInfo
 from trio_relay.wire import (
     AgentExited,
     AgentGaveUp,

@@ -432,7 +432,7 @@ async def test_redeliver_cancelled_during_its_read_leaves_no_claim(
             await r.engine.redeliver(dead.delivery_id)
         monkeypatch.setattr(sql, "get_delivery", real_get)
         assert scope.cancelled_caught
-        box = r.engine._mailbox("w")
+        box = r.engine._core.mailbox("w")
         assert (box.incoming, box.leaving) == (0, set())
         assert (await r.engine.get(dead.delivery_id)).state == "dead_letter"
         # nothing is stuck: the held ones go when released, and another send evicts as usual

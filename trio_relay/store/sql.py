@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trio_relay.wire import DeliveryRecord
-from trio_relay.wire.vocabulary import OPEN_STATES, TERMINAL_STATES
+from trio_relay.wire.vocabulary import DELIVERY_TRANSITIONS, OPEN_STATES, TERMINAL_STATES
 
 SCHEMA_VERSION = 2  # 2: the deliveries_ended index (for retention); 1 is upgraded in place
 
@@ -74,7 +74,13 @@ _OPEN_INDEX = "INDEXED BY deliveries_open"
 _DEAD = "state = 'dead_letter'"
 _ENDED = "state IN ('verified', 'unverified', 'failed', 'dropped', 'dead_letter')"
 _ENDED_INDEX = "INDEXED BY deliveries_ended"
-assert _ENDED == f"state IN ({', '.join(repr(s) for s in TERMINAL_STATES)})"
+
+
+def _state_in(states: Iterable[str]) -> str:
+    return f"state IN ({', '.join(repr(s) for s in states)})"
+
+
+assert _OPEN == _state_in(OPEN_STATES) and _ENDED == _state_in(TERMINAL_STATES)
 
 
 #: The columns of a delivery row, in the order the queries select them.
@@ -180,6 +186,26 @@ def insert_delivery(
 
 _TRANSITION_FIELDS = frozenset({"last_error", "verification", "reason", "deadline_at", "attempts"})
 
+#: Every (from, to) pair :data:`~trio_relay.wire.vocabulary.DELIVERY_TRANSITIONS` declares.
+LEGAL = frozenset((old, new) for old, news in DELIVERY_TRANSITIONS.items() for new in news)
+
+
+def check_transition(from_states: Iterable[str], to_state: str) -> None:
+    """Raises ValueError unless every move from one of ``from_states`` to ``to_state`` is
+    declared in :data:`~trio_relay.wire.vocabulary.DELIVERY_TRANSITIONS`."""
+    for old in from_states:
+        if (old, to_state) not in LEGAL:
+            raise ValueError(f"a delivery cannot go from {old!r} to {to_state!r}")
+
+
+# The bulk statements below move these states, checked once here.
+_HANDED_OVER = ("sent", "injected")
+_IN_FLIGHT = _state_in(_HANDED_OVER)
+check_transition(_HANDED_OVER, "queued")  # requeue_agent, reset_in_flight
+check_transition(OPEN_STATES, "failed")  # fail_open
+check_transition(("dead_letter",), "verified")  # late_report
+check_transition(("dead_letter",), "unverified")
+
 
 def transition(
     conn: sqlite3.Connection,
@@ -192,7 +218,9 @@ def transition(
     **fields: Any,
 ) -> bool:
     """Move one delivery from one of ``from_states`` to ``to_state``, setting ``fields``.
-    Returns False (and changes nothing) if it was in none of them."""
+    Returns False (and changes nothing) if it was in none of them. Raises ValueError for
+    a move the state machine does not declare (see :func:`check_transition`)."""
+    check_transition(from_states, to_state)
     assert set(fields) <= _TRANSITION_FIELDS, fields
     sets = ["state = ?", "updated_at = ?", *(f"{name} = ?" for name in fields)]
     if add_attempt:
@@ -239,7 +267,7 @@ def requeue_agent(conn: sqlite3.Connection, agent: str, now: float) -> list[int]
     Returns their seqs."""
     rows = conn.execute(
         f"UPDATE deliveries {_OPEN_INDEX} SET state = 'queued', updated_at = ?"
-        f" WHERE agent = ? AND state IN ('sent', 'injected') AND {_OPEN} RETURNING seq",
+        f" WHERE agent = ? AND {_IN_FLIGHT} AND {_OPEN} RETURNING seq",
         (now, agent),
     ).fetchall()
     return sorted(r[0] for r in rows)
@@ -264,7 +292,7 @@ def reset_in_flight(conn: sqlite3.Connection, now: float) -> int:
     """At start: whatever was handed to a worker of the previous run is queued again."""
     cur = conn.execute(
         f"UPDATE deliveries {_OPEN_INDEX} SET state = 'queued', updated_at = ?"
-        f" WHERE state IN ('sent', 'injected') AND {_OPEN}",
+        f" WHERE {_IN_FLIGHT} AND {_OPEN}",
         (now,),
     )
     return cur.rowcount

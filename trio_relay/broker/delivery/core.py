@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -37,32 +38,27 @@ class Waiter:
         self.info: DeliveryInfo | None = None
 
 
+@dataclass(eq=False)
 class Core:
     """The store, the event log, the transport and the policy, with every mailbox, every
     open delivery (by seq) and every waiter."""
 
-    def __init__(
-        self,
-        store: Store,
-        events: EventLog,
-        transport: Transport,
-        policy: DeliveryPolicy,
-        wall: Callable[[], float],
-    ) -> None:
-        self.store = store
-        self.events = events
-        self.transport = transport
-        self.policy = policy
-        self.wall = wall
-        self.tag = store.tag
-        self.mailboxes: dict[str, Mailbox] = {}
-        self.modes: dict[str, str] = {}
-        self.open: dict[int, Delivery] = {}
-        self.waiters: dict[int, Waiter] = {}
-        self.closed = False
-        self.timers = Timers()
-        #: Reports for deliveries not in flight (duplicates, late, unknown ids).
-        self.stale_reports = 0
+    store: Store
+    events: EventLog
+    transport: Transport
+    policy: DeliveryPolicy
+    wall: Callable[[], float]
+    mailboxes: dict[str, Mailbox] = field(default_factory=dict)
+    modes: dict[str, str] = field(default_factory=dict)
+    open: dict[int, Delivery] = field(default_factory=dict)
+    waiters: dict[int, Waiter] = field(default_factory=dict)
+    closed: bool = False
+    timers: Timers = field(default_factory=Timers)
+    #: Reports for deliveries not in flight (duplicates, late, unknown ids).
+    stale_reports: int = 0
+
+    def __post_init__(self) -> None:
+        self.tag = self.store.tag
 
     # -- names
 

@@ -22,7 +22,7 @@ from trio_relay.broker.events import EventLog
 from trio_relay.store import sql
 from trio_relay.store.engine import Store
 from trio_relay.store.sql import DeliveryInfo
-from trio_relay.wire import DeliveryFailed, DeliveryInjected, DeliveryVerified, Event
+from trio_relay.wire import Event
 
 
 class DeliveryEngine:
@@ -162,9 +162,7 @@ class DeliveryEngine:
         """The event-log listener: agent runs start and end."""
         lifecycle.on_event(self._core, event)
 
-    def on_report(
-        self, agent: str, frame: DeliveryInjected | DeliveryVerified | DeliveryFailed
-    ) -> None:
+    def on_report(self, agent: str, frame: reports.Report) -> None:
         """The supervisor's delivery-report hook: commit the worker's report, then announce.
         A report the store cannot commit is tried again later (see the package's doc)."""
         reports.on_report(self._core, agent, frame)

@@ -10,23 +10,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from trio_relay import wire
 from trio_relay.broker.delivery.core import Core
 from trio_relay.broker.delivery.handover import pump
 from trio_relay.broker.delivery.mailbox import Delivery, Mailbox
 from trio_relay.store import sql
-from trio_relay.wire import (
-    DeliveryFailed,
-    DeliveryFailedEvent,
-    DeliveryInjected,
-    DeliveryInjectedEvent,
-    DeliveryUnverifiedEvent,
-    DeliveryVerified,
-    DeliveryVerifiedEvent,
-)
 
 log = logging.getLogger(__name__)
 
-Report = DeliveryInjected | DeliveryVerified | DeliveryFailed
+Report = wire.DeliveryInjected | wire.DeliveryVerified | wire.DeliveryFailed
 Retry = Callable[[BaseException], None]
 
 
@@ -39,7 +31,7 @@ def on_report(core: Core, agent: str, frame: Report) -> None:
         return
     delivery = box.inflight.get(seq) if box is not None else None
     if box is None or delivery is None:
-        if type(frame) is DeliveryVerified and seq not in core.open:
+        if type(frame) is wire.DeliveryVerified and seq not in core.open:
             _late_report(core, agent, seq, frame)
             return
         _stale(core, agent, frame.delivery_id)
@@ -48,9 +40,9 @@ def on_report(core: Core, agent: str, frame: Report) -> None:
     again = core.retry_later(
         f"record the report on {frame.delivery_id}", lambda: on_report(core, agent, frame)
     )
-    if type(frame) is DeliveryInjected:
+    if type(frame) is wire.DeliveryInjected:
         _injected(core, box, delivery, frame.delivery_id, again)
-    elif type(frame) is DeliveryVerified:
+    elif type(frame) is wire.DeliveryVerified:
         _verified(core, box, delivery, frame, again)
     else:
         _failed(core, box, delivery, frame, again)
@@ -67,7 +59,7 @@ def _injected(core: Core, box: Mailbox, delivery: Delivery, did: str, again: Ret
             core.stale_reports += 1
             return
         delivery.state, delivery.updated_at = "injected", now
-        core.events.emit(DeliveryInjectedEvent(agent=box.name, delivery_id=did))
+        core.events.emit(wire.DeliveryInjectedEvent(agent=box.name, delivery_id=did))
 
     core.submit(
         lambda conn: sql.transition(conn, seq, ("sent",), "injected", now),
@@ -78,7 +70,7 @@ def _injected(core: Core, box: Mailbox, delivery: Delivery, did: str, again: Ret
 
 
 def _verified(
-    core: Core, box: Mailbox, delivery: Delivery, frame: DeliveryVerified, again: Retry
+    core: Core, box: Mailbox, delivery: Delivery, frame: wire.DeliveryVerified, again: Retry
 ) -> None:
     seq, did, now = delivery.seq, frame.delivery_id, core.wall()
     state, fields = _outcome(frame)
@@ -101,7 +93,7 @@ def _verified(
 
 
 def _failed(
-    core: Core, box: Mailbox, delivery: Delivery, frame: DeliveryFailed, again: Retry
+    core: Core, box: Mailbox, delivery: Delivery, frame: wire.DeliveryFailed, again: Retry
 ) -> None:
     seq, did, reason, now = delivery.seq, frame.delivery_id, frame.reason, core.wall()
 
@@ -110,7 +102,7 @@ def _failed(
             core.stale_reports += 1
             return
         core.finish(box, delivery, "failed", now, reason=reason)
-        core.events.emit(DeliveryFailedEvent(agent=box.name, delivery_id=did, reason=reason))
+        core.events.emit(wire.DeliveryFailedEvent(agent=box.name, delivery_id=did, reason=reason))
         pump(core, box)
 
     core.submit(
@@ -121,7 +113,7 @@ def _failed(
     )
 
 
-def _late_report(core: Core, agent: str, seq: int, frame: DeliveryVerified) -> None:
+def _late_report(core: Core, agent: str, seq: int, frame: wire.DeliveryVerified) -> None:
     """The worker verified (or could not verify) a delivery that had been given up as
     a dead letter: it did reach the agent, so the store records it and it is announced.
     Anything else (a delivery already verified, another agent's) is a stale report."""
@@ -146,7 +138,7 @@ def _late_report(core: Core, agent: str, seq: int, frame: DeliveryVerified) -> N
     )
 
 
-def _outcome(frame: DeliveryVerified) -> tuple[str, dict[str, Any]]:
+def _outcome(frame: wire.DeliveryVerified) -> tuple[str, dict[str, Any]]:
     """The state a verification report ends its delivery in, and the fields it records."""
     state = "verified" if frame.verification == "echo" else "unverified"
     return state, {"verification": frame.verification, "reason": frame.reason}
@@ -157,9 +149,11 @@ def _stale(core: Core, agent: str, delivery_id: str) -> None:
     log.debug("%s: report for %s, not in flight: ignored", agent, delivery_id)
 
 
-def _announce_verified(core: Core, agent: str, frame: DeliveryVerified) -> None:
+def _announce_verified(core: Core, agent: str, frame: wire.DeliveryVerified) -> None:
     """``delivery_verified`` for an echo, ``delivery_unverified`` for a timeout fallback."""
-    kind = DeliveryVerifiedEvent if frame.verification == "echo" else DeliveryUnverifiedEvent
+    kind = (
+        wire.DeliveryVerifiedEvent if frame.verification == "echo" else wire.DeliveryUnverifiedEvent
+    )
     core.events.emit(
         kind(
             agent=agent,
@@ -174,9 +168,11 @@ def _relay_foreign(core: Core, agent: str, frame: Report) -> None:
     """A report about a delivery id this store never issued: nothing to record, so it
     is announced as the worker made it."""
     did = frame.delivery_id
-    if type(frame) is DeliveryInjected:
-        core.events.emit(DeliveryInjectedEvent(agent=agent, delivery_id=did))
-    elif type(frame) is DeliveryVerified:
+    if type(frame) is wire.DeliveryInjected:
+        core.events.emit(wire.DeliveryInjectedEvent(agent=agent, delivery_id=did))
+    elif type(frame) is wire.DeliveryVerified:
         _announce_verified(core, agent, frame)
     else:
-        core.events.emit(DeliveryFailedEvent(agent=agent, delivery_id=did, reason=frame.reason))
+        core.events.emit(
+            wire.DeliveryFailedEvent(agent=agent, delivery_id=did, reason=frame.reason)
+        )

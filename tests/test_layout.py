@@ -29,8 +29,17 @@ ALLOWED: dict[str, set[str]] = {
     "daemonize": {"errors", "state"},
     "daemon": {"errors", "wire", "linux", "broker", "store", "state", "control", "client"},
     "cli": {
-        "errors", "wire", "linux", "state", "client", "address", "daemon", "daemonize",
-        "__init__", "store", "broker",
+        "errors",
+        "wire",
+        "linux",
+        "state",
+        "client",
+        "address",
+        "daemon",
+        "daemonize",
+        "__init__",
+        "store",
+        "broker",
     },
     "__init__": {"errors", "broker", "client", "wire"},
     "__main__": {"cli"},
@@ -66,7 +75,11 @@ def imports_of(path: Path, package: str) -> list[tuple[int, str]]:
     return found
 
 
-ROOMS = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
+ROOMS = {
+    p.stem if p.is_file() else p.name
+    for p in PACKAGE.iterdir()
+    if p.suffix == ".py" or (p / "__init__.py").exists()
+}
 
 
 def target_room(module: str) -> str:
@@ -88,7 +101,9 @@ def wrong_imports(path: Path, room: str, package: str) -> list[str]:
         top = module.split(".")[0]
         if top == "trio_relay":
             if target_room(module) not in {room} | ALLOWED[room]:
-                wrong.append(f"line {line}: {module} (room {room!r} may import {sorted(ALLOWED[room])})")
+                wrong.append(
+                    f"line {line}: {module} (room {room!r} may import {sorted(ALLOWED[room])})"
+                )
         elif room in NO_TRIO and top in TRIO_MODULES:
             wrong.append(f"line {line}: {module} ({room!r} must not import Trio)")
     return wrong

@@ -32,7 +32,7 @@ from measure import pct
 
 from trio_relay import open_broker
 from trio_relay.broker.delivery import DeliveryPolicy
-from trio_relay.store import engine as sql
+from trio_relay.store import sql
 
 WORKER = [sys.executable, "-m", "trio_relay.worker.reference"]
 

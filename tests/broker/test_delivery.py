@@ -3,6 +3,7 @@ store on the Trio thread (so the clock only jumps when the engine really waits).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,11 +13,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from delivery_fakes import FakeTransport, record_transitions
 
-from trio_relay.broker.delivery import DeliveryEngine, DeliveryPolicy
+from trio_relay.broker.delivery import DeliveryEngine, DeliveryPolicy, Receipt
 from trio_relay.broker.events import EventLog
 from trio_relay.errors import WorkerNotFound
-from trio_relay.store import engine as sql
+from trio_relay.store import sql
 from trio_relay.store.engine import open_store
 from trio_relay.wire import (
     AgentExited,
@@ -30,33 +32,7 @@ from trio_relay.wire import (
     DeliveryUnverifiedEvent,
     DeliveryVerified,
     DeliveryVerifiedEvent,
-    decode_broker_frame,
 )
-
-
-class FakeTransport:
-    """Agents that are 'active', and the deliver frames written to them, with the time."""
-
-    def __init__(self) -> None:
-        self.alive: set[str] = set()
-        self.running: set[str] = set()
-        self.frames: list[tuple[float, str, str]] = []  # (time, agent, delivery_id)
-        self.fates: dict[str, str] = {}
-
-    def active(self, agent: str) -> bool:
-        return agent in self.alive
-
-    def deliver(self, agent: str, frame: bytes) -> None:
-        if agent not in self.running:
-            raise WorkerNotFound(agent)
-        decoded = decode_broker_frame(frame)
-        self.frames.append((trio.current_time(), agent, decoded.delivery_id))  # type: ignore[union-attr]
-
-    def fate(self, agent: str) -> str | None:
-        return self.fates.get(agent)
-
-    def ids(self, agent: str = "w") -> list[str]:
-        return [d for _, a, d in self.frames if a == agent]
 
 
 class Rig:
@@ -89,14 +65,27 @@ class Rig:
     def of(self, kind: type) -> list:  # type: ignore[type-arg]
         return [e for e in self.events.since(0) if isinstance(e, kind)]
 
+    async def sent(self, body: str) -> Receipt:
+        """Send ``body`` to ``w`` and let its commit and hand-over settle; the receipt."""
+        receipt = await self.engine.send("w", body, sender="me")
+        await self.settle()
+        return receipt
+
     async def settle(self) -> None:
         """Let the queued writes commit (no clock time passes: the store is on this thread)."""
         await trio.testing.wait_all_tasks_blocked()
 
 
 @asynccontextmanager
-async def rig(tmp_path: Path, **policy: float) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, *, hold: bool = False, **policy: float) -> AsyncIterator[Rig]:
+    """The engine on a store on this thread, agent ``w`` running, in hold mode if ``hold``.
+    On leaving: every state change the store performed is one the state machine declares,
+    and no write raised on its own (a fault such as a move the state machine refuses)."""
+    seen: set[tuple[str, str]] = set()
+    faults = _Faults()
+    logging.getLogger("trio_relay.store.engine").addHandler(faults)
     async with open_store(tmp_path / "relay.db", threaded=False) as store:
+        await record_transitions(store, seen)
         async with trio.open_nursery() as nursery:
             events = EventLog()
             transport = FakeTransport()
@@ -110,15 +99,33 @@ async def rig(tmp_path: Path, **policy: float) -> AsyncIterator[Rig]:
             events.listen(engine.on_event)
             await engine.recover()
             nursery.start_soon(engine.run_timers)
-            yield Rig(engine, transport, events)
+            r = Rig(engine, transport, events)
+            r.start()
+            if hold:
+                await engine.set_mode("w", "hold")
+            yield r
             nursery.cancel_scope.cancel()
+    logging.getLogger("trio_relay.store.engine").removeHandler(faults)
+    assert seen <= sql.LEGAL, f"undeclared transitions: {seen - sql.LEGAL}"
+    assert faults.records == [], [r.getMessage() for r in faults.records]
+
+
+class _Faults(logging.Handler):
+    """The store's reports of a write whose own code raised (logged with its traceback)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            self.records.append(record)
 
 
 async def test_retries_back_off_then_dead_letter_then_redeliver(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with rig(tmp_path, ack_timeout=1, backoff=2, max_attempts=3, deadline=1000) as r:
-        r.start()
         receipt = await r.engine.send("w", "hello", sender="me")
         start = trio.current_time()
         with trio.fail_after(100):
@@ -156,7 +163,6 @@ async def test_the_wall_clock_deadline_bounds_the_retries(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with rig(tmp_path, ack_timeout=10, backoff=2, max_attempts=100, deadline=25) as r:
-        r.start()
         start = trio.current_time()
         receipt = await r.engine.send("w", "hello", sender="me")
         with trio.fail_after(100):
@@ -170,7 +176,6 @@ async def test_progress_restarts_the_wait_and_acks_stop_the_retries(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with rig(tmp_path, ack_timeout=1, max_attempts=2) as r:
-        r.start()
         receipt = await r.engine.send("w", "slow", sender="me")
         await trio.sleep(0.9)
         r.engine.on_report("w", DeliveryInjected(delivery_id=receipt.delivery_id))
@@ -189,9 +194,7 @@ async def test_timeout_fallback_is_recorded_as_unverified_never_as_success(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with rig(tmp_path) as r:
-        r.start()
-        receipt = await r.engine.send("w", "hi", sender="me")
-        await r.settle()
+        receipt = await r.sent("hi")
         r.ack(receipt.delivery_id, "timeout_fallback", "not echoed within 5 s")
         info = await r.engine.wait(receipt.delivery_id, timeout=1)
         assert (info.state, info.verification, info.reason) == (
@@ -209,9 +212,7 @@ async def test_timeout_fallback_is_recorded_as_unverified_never_as_success(
 async def test_the_cap_evicts_the_oldest_pending_and_the_sender_learns(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with rig(tmp_path, cap=2) as r:
-        r.start()
-        await r.engine.set_mode("w", "hold")
+    async with rig(tmp_path, cap=2, hold=True) as r:
         first, second = [await r.engine.send("w", f"m{i}", sender="me") for i in range(2)]
         assert first.evicted == second.evicted == ()
         third = await r.engine.send("w", "m2", sender="me")
@@ -231,9 +232,7 @@ async def test_the_cap_evicts_the_oldest_pending_and_the_sender_learns(
 async def test_hold_then_flush_hands_over_in_order_within_the_window(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with rig(tmp_path, window=2) as r:
-        r.start()
-        await r.engine.set_mode("w", "hold")
+    async with rig(tmp_path, window=2, hold=True) as r:
         ids = [(await r.engine.send("w", f"m{i}", sender="me")).delivery_id for i in range(5)]
         await r.settle()
         assert r.transport.frames == [] and r.engine.mode("w") == "hold"
@@ -244,8 +243,7 @@ async def test_hold_then_flush_hands_over_in_order_within_the_window(
             r.ack(ids[i])
             await r.settle()
         assert r.transport.ids() == ids
-        late = await r.engine.send("w", "after the flush", sender="me")
-        await r.settle()
+        late = await r.sent("after the flush")
         assert late.delivery_id not in r.transport.ids()  # still holding new ones
         await r.engine.set_mode("w", "auto_inject")
         await r.settle()
@@ -257,7 +255,6 @@ async def test_a_crashed_worker_gets_its_deliveries_again_in_order_when_back(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with rig(tmp_path) as r:
-        r.start()
         ids = [(await r.engine.send("w", f"m{i}", sender="me")).delivery_id for i in range(3)]
         await r.settle()
         r.ack(ids[0])
@@ -275,13 +272,10 @@ async def test_a_crashed_worker_gets_its_deliveries_again_in_order_when_back(
 async def test_a_crashed_worker_that_will_not_restart_fails_each_delivery(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with rig(tmp_path) as r:
-        r.start()
-        await r.engine.set_mode("w", "hold")
+    async with rig(tmp_path, hold=True) as r:
         held = await r.engine.send("w", "held", sender="me")
         r.engine.flush("w")
-        sent = await r.engine.send("w", "queued", sender="me")
-        await r.settle()
+        sent = await r.sent("queued")
         r.exit(fate="its restart policy is 'never'")
         with trio.fail_after(5):
             infos = [await r.engine.wait(x.delivery_id, timeout=5) for x in (held, sent)]
@@ -299,9 +293,7 @@ async def test_a_released_worker_keeps_its_deliveries(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with rig(tmp_path) as r:
-        r.start()
-        receipt = await r.engine.send("w", "m", sender="me")
-        await r.settle()
+        receipt = await r.sent("m")
         r.exit(intended=True)
         await r.settle()
         await trio.sleep(3600)
@@ -314,9 +306,7 @@ async def test_duplicate_and_unknown_reports_change_nothing(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with rig(tmp_path) as r:
-        r.start()
-        receipt = await r.engine.send("w", "m", sender="me")
-        await r.settle()
+        receipt = await r.sent("m")
         r.ack(receipt.delivery_id)
         r.ack(receipt.delivery_id)  # a re-acknowledgement, as after a retry
         r.engine.on_report(
@@ -336,9 +326,7 @@ async def test_duplicate_and_unknown_reports_change_nothing(
 async def test_a_delivery_past_its_deadline_is_dead_lettered_and_never_typed(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with rig(tmp_path, deadline=10, ack_timeout=5) as r:
-        r.start()
-        await r.engine.set_mode("w", "hold")
+    async with rig(tmp_path, deadline=10, ack_timeout=5, hold=True) as r:
         old = await r.engine.send("w", "held too long", sender="me")
         await trio.sleep(20)  # held (or the broker down, or the agent away) past the deadline
         fresh = await r.engine.send("w", "just now", sender="me")
@@ -357,9 +345,7 @@ async def test_a_delivery_past_its_deadline_is_dead_lettered_and_never_typed(
 async def test_a_delivery_sent_just_before_its_deadline_gets_a_full_ack_wait(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with rig(tmp_path, deadline=10, ack_timeout=5) as r:
-        r.start()
-        await r.engine.set_mode("w", "hold")
+    async with rig(tmp_path, deadline=10, ack_timeout=5, hold=True) as r:
         receipt = await r.engine.send("w", "m", sender="me")
         await trio.sleep(9)
         r.engine.flush("w")
@@ -379,7 +365,6 @@ async def test_a_late_report_on_a_dead_letter_is_recorded(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, verification: str
 ) -> None:
     async with rig(tmp_path, ack_timeout=1, max_attempts=1) as r:
-        r.start()
         receipt = await r.engine.send("w", "m", sender="me")
         assert (await r.engine.wait(receipt.delivery_id, timeout=10)).state == "dead_letter"
         r.engine.on_report("w", DeliveryInjected(delivery_id=receipt.delivery_id))  # stale
@@ -415,7 +400,6 @@ async def test_redeliver_cancelled_during_its_read_leaves_no_claim(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with rig(tmp_path, cap=2, ack_timeout=1, max_attempts=1) as r:
-        r.start()
         dead = await r.engine.send("w", "a", sender="me")
         assert (await r.engine.wait(dead.delivery_id, timeout=10)).state == "dead_letter"
         await r.engine.set_mode("w", "hold")
@@ -432,7 +416,7 @@ async def test_redeliver_cancelled_during_its_read_leaves_no_claim(
             await r.engine.redeliver(dead.delivery_id)
         monkeypatch.setattr(sql, "get_delivery", real_get)
         assert scope.cancelled_caught
-        box = r.engine._mailbox("w")
+        box = r.engine._core.mailbox("w")
         assert (box.incoming, box.leaving) == (0, set())
         assert (await r.engine.get(dead.delivery_id)).state == "dead_letter"
         # nothing is stuck: the held ones go when released, and another send evicts as usual
@@ -472,9 +456,7 @@ async def test_a_report_the_store_cannot_commit_is_recorded_later(
     async with rig(tmp_path, ack_timeout=100, store_retry=1) as r:
         errors: list[str] = []
         r.engine.store.on_error = lambda what, error: errors.append(what)
-        r.start()
-        receipt = await r.engine.send("w", "m", sender="me")
-        await r.settle()
+        receipt = await r.sent("m")
         calls = failing(
             monkeypatch, "transition", 2, lambda conn, seq, f, to, *a, **k: to == "verified"
         )
@@ -492,9 +474,7 @@ async def test_failing_the_deliveries_of_a_crashed_agent_is_retried_until_it_com
     async with rig(tmp_path, store_retry=1) as r:
         errors: list[str] = []
         r.engine.store.on_error = lambda what, error: errors.append(what)
-        r.start()
-        receipt = await r.engine.send("w", "m", sender="me")
-        await r.settle()
+        receipt = await r.sent("m")
         failing(monkeypatch, "requeue_agent", 1)
         failing(monkeypatch, "fail_open", 2)
         r.exit(fate="its restart policy is 'never'")
@@ -512,9 +492,7 @@ async def test_an_explicitly_released_agent_fails_its_open_deliveries(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with rig(tmp_path) as r:
-        r.start()
-        sent = await r.engine.send("w", "handed over", sender="me")
-        await r.settle()
+        sent = await r.sent("handed over")
         await r.engine.set_mode("w", "hold")
         held = await r.engine.send("w", "held", sender="me")
         r.exit(intended=True)

@@ -34,13 +34,14 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from delivery_fakes import FakeTransport, record_transitions
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from trio_relay.broker.delivery import DeliveryEngine, DeliveryPolicy
 from trio_relay.broker.events import EventLog
 from trio_relay.errors import DeliveryStateError, WorkerNotFound
-from trio_relay.store import engine as sql
+from trio_relay.store import sql
 from trio_relay.store.engine import open_store
 from trio_relay.wire import (
     AgentExited,
@@ -48,7 +49,6 @@ from trio_relay.wire import (
     DeliveryFailed,
     DeliveryInjected,
     DeliveryVerified,
-    decode_broker_frame,
 )
 
 AGENTS = ("w", "v")
@@ -60,22 +60,27 @@ INFLIGHT = ("sent", "injected")
 agent_st = st.sampled_from(AGENTS)
 pick = st.integers(0, 30)  # which delivery (index into those issued, modulo their count)
 operations = st.one_of(
-    st.tuples(st.just("send"), agent_st),
-    st.tuples(st.just("send"), agent_st),
-    st.tuples(st.just("inject"), pick),
-    st.tuples(st.just("verify"), pick, st.sampled_from(["echo", "timeout_fallback"])),
-    st.tuples(st.just("fail"), pick),
-    st.tuples(st.just("wrong_agent_verify"), pick),
-    st.tuples(st.just("crash"), agent_st),
-    st.tuples(st.just("crash_for_good"), agent_st),
-    st.tuples(st.just("release"), agent_st),
-    st.tuples(st.just("restart"), agent_st),
-    st.tuples(st.just("mode"), agent_st, st.sampled_from(["hold", "auto_inject"])),
-    st.tuples(st.just("flush"), agent_st),
-    st.tuples(st.just("redeliver"), pick),
-    st.tuples(st.just("expire")),
-    st.tuples(st.just("broker_shutdown")),
-    st.tuples(st.just("broker_crash")),
+    [
+        st.tuples(st.just(name), *args)
+        for name, *args in (
+            ("send", agent_st),
+            ("send", agent_st),
+            ("inject", pick),
+            ("verify", pick, st.sampled_from(["echo", "timeout_fallback"])),
+            ("fail", pick),
+            ("wrong_agent_verify", pick),
+            ("crash", agent_st),
+            ("crash_for_good", agent_st),
+            ("release", agent_st),
+            ("restart", agent_st),
+            ("mode", agent_st, st.sampled_from(["hold", "auto_inject"])),
+            ("flush", agent_st),
+            ("redeliver", pick),
+            ("expire",),
+            ("broker_shutdown",),
+            ("broker_crash",),
+        )
+    ]
 )
 
 
@@ -149,37 +154,22 @@ class Model:
 # ---------------------------------------------------------------- the real thing
 
 
-class FakeTransport:
-    def __init__(self) -> None:
-        self.alive: set[str] = set(AGENTS)
-        self.running: set[str] = set()
-        self.fates: dict[str, str] = {}
-        self.frames: dict[str, int] = {}
+def play(ops: list[tuple[Any, ...]]) -> set[tuple[str, str]]:
+    """Play ``ops``; returns every (old, new) state change the store performed."""
+    seen: set[tuple[str, str]] = set()
 
-    def active(self, agent: str) -> bool:
-        return agent in self.alive
-
-    def deliver(self, agent: str, frame: bytes) -> None:
-        if agent not in self.running:
-            raise WorkerNotFound(agent)
-        did = decode_broker_frame(frame).delivery_id  # type: ignore[union-attr]
-        self.frames[did] = self.frames.get(did, 0) + 1
-
-    def fate(self, agent: str) -> str | None:
-        return self.fates.get(agent)
-
-
-def play(ops: list[tuple[Any, ...]]) -> None:
     async def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "relay.db"
             transport = FakeTransport()
+            transport.alive.update(AGENTS)
             model = Model()
             issued: list[str] = []  # delivery ids, in the order their sends returned
             remaining = list(ops)
             step = 0
             while True:  # one broker life per iteration
                 async with open_store(db, threaded=False) as store:
+                    await record_transitions(store, seen)
                     async with trio.open_nursery() as nursery:
                         events = EventLog()
                         engine = DeliveryEngine(
@@ -240,8 +230,10 @@ def play(ops: list[tuple[Any, ...]]) -> None:
                         d.flushed = False  # a flush is not kept across broker restarts
                 if end is None:
                     break
+            assert seen <= sql.LEGAL, f"undeclared transitions: {seen - sql.LEGAL}"
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return seen
 
 
 async def apply(
@@ -402,7 +394,7 @@ async def check(
         want = [(sql.delivery_id(engine.store.tag, d.seq), d.state) for d in model.of(agent, OPEN)]
         assert pending == want, f"{where}: engine memory of {agent} {pending} != model {want}"
     frames = {did: d.frames for did, d in model.deliveries.items() if d.frames}
-    assert transport.frames == frames, f"{where}: frames {transport.frames} != model {frames}"
+    assert transport.counts() == frames, f"{where}: frames {transport.counts()} != model {frames}"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -414,7 +406,7 @@ def test_store_and_model_agree_after_every_step(ops: list[tuple[Any, ...]]) -> N
 
 def test_a_known_sequence() -> None:
     """A fixed sequence touching every state, so the model cannot be vacuous."""
-    play(
+    seen = play(
         [
             ("send", "w"),
             ("send", "w"),
@@ -440,3 +432,16 @@ def test_a_known_sequence() -> None:
             ("redeliver", 4),
         ]
     )
+    # the recorder sees what the store did (and play() checked it against the declaration)
+    assert seen == {
+        ("queued", "sent"),
+        ("sent", "injected"),
+        ("injected", "verified"),
+        ("sent", "unverified"),
+        ("sent", "queued"),
+        ("queued", "dropped"),
+        ("sent", "failed"),
+        ("sent", "dead_letter"),
+        ("failed", "queued"),
+        ("queued", "failed"),
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -9,8 +10,9 @@ import pytest
 import trio
 
 from trio_relay.errors import StoreError
-from trio_relay.store import engine as sql
+from trio_relay.store import sql
 from trio_relay.store.engine import open_store
+from trio_relay.wire.vocabulary import DELIVERY_STATES, DELIVERY_TRANSITIONS, OPEN_STATES
 
 
 def queue(conn: sqlite3.Connection, body: str) -> tuple[int, list[int]]:
@@ -208,3 +210,27 @@ async def test_the_writer_queries_go_through_an_index_never_the_whole_history(
                 assert plan.startswith("SEARCH") or "USING INDEX deliveries_" in plan, (what, plan)
                 assert "deliveries_agent" not in plan or what.startswith("one agent"), (what, plan)
         assert await store.read(lambda c: sql.list_deliveries(c, None, ("bogus",), 10)) == []
+
+
+def test_the_declared_transitions_name_exactly_the_states_the_schema_knows() -> None:
+    # the schema knows the states through its partial indexes (open, dead, ended)
+    in_schema = set(re.findall(r"'(\w+)'", " ".join(re.findall(r"WHERE (.*)", sql._SCHEMA))))
+    assert in_schema == set(DELIVERY_STATES) == set(DELIVERY_TRANSITIONS)
+    targets = {new for news in DELIVERY_TRANSITIONS.values() for new in news}
+    assert targets <= in_schema
+    assert {old for old, _ in sql.LEGAL} <= set(OPEN_STATES) | {"dead_letter", "failed"}
+
+
+async def test_a_transition_the_state_machine_does_not_declare_is_refused(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "relay.db") as store:
+        seq, _ = await store.write(lambda c: queue(c, "m"), "queue")
+        with pytest.raises(ValueError, match="cannot go from 'queued' to 'verified'"):
+            await store.write(
+                lambda c: sql.transition(c, seq, ("queued",), "verified", 2.0), "skip ahead"
+            )
+        with pytest.raises(ValueError, match="cannot go from 'dropped' to 'queued'"):
+            await store.write(
+                lambda c: sql.transition(c, seq, ("dropped",), "queued", 2.0), "revive"
+            )
+        row = sql.row_info(store.tag, await store.read(lambda c: sql.get_delivery(c, seq)))
+    assert (row.state, row.updated_at) == ("queued", 1.0)

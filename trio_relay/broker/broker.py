@@ -28,8 +28,9 @@ from trio_relay.broker.transport import SupervisorTransport
 from trio_relay.errors import AgentExists, RequestTimeout, SpawnFailed, WorkerNotFound
 from trio_relay.linux.peers import AgentProcesses
 from trio_relay.state import StateDir
-from trio_relay.store import engine as sql
-from trio_relay.store.engine import DeliveryInfo, Store, open_store
+from trio_relay.store import sql
+from trio_relay.store.engine import Store, open_store
+from trio_relay.store.sql import DeliveryInfo
 from trio_relay.wire import (
     AgentSummary,
     PruneResult,

@@ -8,7 +8,7 @@ import time
 import trio
 
 from trio_relay.errors import StoreError
-from trio_relay.store import engine as sql
+from trio_relay.store import sql
 from trio_relay.store.engine import Store
 from trio_relay.wire import PruneResult
 

@@ -1,2 +1,2 @@
 """Durable state in SQLite: the engine (one connection on one thread, group commit) and the
-schema and statements."""
+SQL (schema, statements, row decoding)."""

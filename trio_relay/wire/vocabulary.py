@@ -28,18 +28,26 @@ DELIVERY_STATES: tuple[DeliveryState, ...] = (*OPEN_STATES, *TERMINAL_STATES)
 
 #: Every legal change of a delivery's state: ``{from: {to, ...}}``. A delivery is
 #: ``queued`` when accepted; ``sent`` when handed to its worker; ``injected`` once typed;
-#: then ``verified`` (echo seen) or ``unverified`` (timeout fallback). A worker that dies or
-#: does not acknowledge sends it back to ``queued``; the queue cap evicts it (``dropped``);
-#: attempts or its deadline run out (``dead_letter``); it cannot be delivered (``failed``).
-#: ``redeliver`` queues a dead letter or a failed one again.
+#: then ``verified`` (echo seen) or ``unverified`` (timeout fallback). Not acknowledged in
+#: time, it is handed over again in the state it is in (``sent -> sent``,
+#: ``injected -> injected``: one more attempt). A worker that exits sends it back to
+#: ``queued`` (if the store could not record that, the next hand-over moves it from
+#: ``sent`` or ``injected`` to ``sent``); the queue cap evicts it (``dropped``); attempts or
+#: its deadline run out (``dead_letter``); it cannot be delivered (``failed``).
+#: ``redeliver`` queues a dead letter or a failed one again; a dead letter whose worker
+#: reports it verified or unverified after all (a late report) takes that state.
 DELIVERY_TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
     "queued": frozenset({"sent", "dropped", "dead_letter", "failed"}),
-    "sent": frozenset({"queued", "injected", "verified", "unverified", "dead_letter", "failed"}),
-    "injected": frozenset({"queued", "verified", "unverified", "dead_letter", "failed"}),
+    "sent": frozenset(
+        {"sent", "queued", "injected", "verified", "unverified", "dead_letter", "failed"}
+    ),
+    "injected": frozenset(
+        {"injected", "sent", "queued", "verified", "unverified", "dead_letter", "failed"}
+    ),
     "verified": frozenset(),
     "unverified": frozenset(),
     "dropped": frozenset(),
-    "dead_letter": frozenset({"queued"}),
+    "dead_letter": frozenset({"queued", "verified", "unverified"}),
     "failed": frozenset({"queued"}),
 }
 

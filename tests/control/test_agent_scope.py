@@ -170,10 +170,8 @@ def _agent_token(daemon: Relay, agent: str) -> str:
 
 
 async def test_subscriptions_and_connections_are_bounded() -> None:
-    from trio_relay.control.server import (
-        MAX_CONNECTIONS_PER_AGENT,
-        MAX_SUBSCRIPTIONS_PER_CONNECTION,
-    )
+    from trio_relay.control.connection import MAX_SUBSCRIPTIONS_PER_CONNECTION
+    from trio_relay.control.server import MAX_CONNECTIONS_PER_AGENT
     from trio_relay.errors import BrokerUnreachable, RemoteError
 
     async with serving() as (broker, server, url):

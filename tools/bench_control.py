@@ -34,7 +34,8 @@ from measure import pct, timed
 
 from trio_relay import open_broker
 from trio_relay.client import open_client
-from trio_relay.control.server import ControlServer, pty_command
+from trio_relay.control.operations import pty_command
+from trio_relay.control.server import ControlServer
 from trio_relay.wire import AgentOutput
 
 TOKEN = "bench-token-" + "x" * 32

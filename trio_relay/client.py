@@ -1,11 +1,14 @@
 """A Trio client of the control channel, for every operation and for the event stream.
 
-    async with open_client() as client:          # finds the broker (see open_client)
+    async with open_client() as client:          # finds the broker (see find_broker)
         await client.spawn("sh", ["bash", "--norc"])
         screen = await client.snapshot("sh")
         async with client.subscribe(since=0) as events:
-            async for event in events:           # protocol.BrokerEvent Structs
+            async for event in events:           # wire.BrokerEvent Structs
                 ...
+
+Each message from the broker is decoded once: its envelope, the events of a subscription,
+and a result straight into the Struct the call returns.
 
 Errors: :class:`BrokerUnreachable` if there is no broker to talk to; :class:`RemoteError`
 (with the broker's stable ``code``) for an error answer.
@@ -13,12 +16,10 @@ Errors: :class:`BrokerUnreachable` if there is no broker to talk to; :class:`Rem
 
 from __future__ import annotations
 
+import functools
 import itertools
-import os
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -31,18 +32,16 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from trio_relay.errors import BadAddress, BrokerUnreachable, RemoteError, StateDirError
-from trio_relay.linux.sweep import AGENT_ENV
-from trio_relay.state import DEFAULT_DIR_NAME, StateDir
+from trio_relay.address import UNIX_SCHEME, find_broker, parse_address
+from trio_relay.errors import BrokerUnreachable, RemoteError
+from trio_relay.event_stream import EventStream
 from trio_relay.wire import (
     AgentSummary,
     BrokerEvent,
     BrokerStatus,
     ControlError,
     DeliveryRecord,
-    Event,
     FlushResult,
-    Gap,
     ModeResult,
     PendingDeliveries,
     PruneResult,
@@ -50,10 +49,14 @@ from trio_relay.wire import (
     SendReceipt,
 )
 
-#: The URL scheme of a broker's Unix socket: ``ws+unix:///path/to/control.sock``.
-UNIX_SCHEME = "ws+unix"
-
-MAX_BUFFERED_EVENTS = 4096
+__all__ = [
+    "UNIX_SCHEME",
+    "EventStream",
+    "RelayClient",
+    "find_broker",
+    "open_client",
+    "parse_address",
+]
 
 
 def _gone(exc: ConnectionClosed) -> BrokerUnreachable:
@@ -65,89 +68,41 @@ def _gone(exc: ConnectionClosed) -> BrokerUnreachable:
     )
 
 
-class _ServerMessage(msgspec.Struct):
+class _Message(msgspec.Struct):
+    """What the broker sends: an answer (``ok``, and ``result`` or ``error``), or events
+    of a subscription. ``result`` stays undecoded until the caller says its type."""
+
     id: Any = None
     ok: bool | None = None
-    result: Any = None
+    result: msgspec.Raw = msgspec.Raw(b"null")
     error: ControlError | None = None
     events: list[BrokerEvent] | None = None
 
 
-_decoder = msgspec.json.Decoder(_ServerMessage)
+class _Subscribed(msgspec.Struct):
+    """The answer to ``subscribe``."""
+
+    last_seq: int
+    replay_end: int | None = None
+
+
+_decoder = msgspec.json.Decoder(_Message)
 _encoder = msgspec.json.Encoder()
 T = TypeVar("T")
 
 
-def _as(kind: type[T], result: Any) -> T:
-    """A result as its protocol Struct. Raises RemoteError("internal") if the broker sent
+@functools.cache
+def _result_decoder(kind: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(kind)
+
+
+def _as(kind: type[T], result: msgspec.Raw) -> T:
+    """A result decoded as ``kind``. Raises RemoteError("internal") if the broker sent
     something of another shape (a broker of another version, say)."""
     try:
-        return msgspec.convert(result, kind)
+        return _result_decoder(kind).decode(result)
     except msgspec.ValidationError as exc:
         raise RemoteError("internal", f"unexpected result from the broker: {exc}") from None
-
-
-def find_broker(
-    url: str | None = None, token: str | None = None, state_dir: str | None = None
-) -> tuple[str, str]:
-    """The url and token to use: the arguments, else ``TRIO_RELAY_URL`` and
-    ``TRIO_RELAY_TOKEN``, else the state directory's connection file (its Unix socket when
-    it has one) and token.
-
-    Raises BrokerUnreachable if none says where a running broker is, BadAddress if inside
-    an agent (``TRIO_RELAY_AGENT`` set) the owner's token would be taken from the state
-    directory: an agent acts only with its own scoped token.
-    """
-    url = url or os.environ.get("TRIO_RELAY_URL")
-    token = token or os.environ.get("TRIO_RELAY_TOKEN")
-    if url:
-        parse_address(url)  # a bad URL is said first, whatever else is missing
-    if url and token:
-        return url, token
-    state = StateDir(Path(state_dir) if state_dir else Path.cwd() / DEFAULT_DIR_NAME)
-    try:
-        state.check()
-    except StateDirError as exc:
-        raise BadAddress(str(exc)) from None
-    up = f"trio-relay up --state-dir {state_dir}" if state_dir else "trio-relay up"
-    if token is None and os.environ.get(AGENT_ENV):
-        raise BadAddress(
-            f"this runs inside agent {os.environ[AGENT_ENV]!r} ({AGENT_ENV} is set) without"
-            " its TRIO_RELAY_TOKEN; an agent acts only with its own token, never the"
-            " broker owner's"
-        )
-    connection = state.read_connection()
-    if connection is not None and state.lock_holder() is None:
-        connection = None  # left by a broker that died: nobody listens there
-    if url is None:
-        if connection is None:
-            raise BrokerUnreachable(f"no broker is running on {state.path}; start one with `{up}`")
-        url = f"{UNIX_SCHEME}://{connection.socket}" if connection.socket else connection.url
-    if token is None:
-        try:
-            token = state.token_path.read_text().strip()
-        except FileNotFoundError:
-            raise BrokerUnreachable(
-                f"no token in {state.path}; start a broker with `{up}`"
-            ) from None
-    return url, token
-
-
-def parse_address(url: str) -> tuple[str, int] | str:
-    """``ws://HOST:PORT`` as (host, port), ``ws+unix:///PATH`` as its path. Raises
-    BadAddress naming what is wrong."""
-    try:
-        parts = urlsplit(url)
-        if parts.scheme == UNIX_SCHEME and parts.path:
-            return parts.path
-        if parts.scheme == "ws" and parts.hostname and parts.port:
-            return parts.hostname, parts.port
-        problem = "no port" if parts.scheme == "ws" and parts.hostname else "not of that form"
-    except ValueError as exc:  # a port that is not a number, or out of range
-        problem = str(exc)
-    raise BadAddress(
-        f"not a broker URL (ws://HOST:PORT or {UNIX_SCHEME}:///PATH): {url!r}: {problem}"
-    )
 
 
 @asynccontextmanager
@@ -165,20 +120,8 @@ async def open_client(
     out as itself, not wrapped in a group.
     """
     url, token = find_broker(url, token, state_dir)
-    address = parse_address(url)
+    stream, host, resource = await _open_stream(url, connect_timeout)
     headers = [(b"Authorization", f"Bearer {token}".encode())]
-    try:
-        with trio.fail_after(connect_timeout):
-            if isinstance(address, str):
-                stream: trio.abc.Stream = await trio.open_unix_socket(address)
-                host, resource = "localhost", "/"
-            else:
-                stream = await trio.open_tcp_stream(*address)
-                host, resource = f"{address[0]}:{address[1]}", urlsplit(url).path or "/"
-    except (OSError, trio.TooSlowError) as exc:
-        raise BrokerUnreachable(
-            f"cannot reach a broker at {url}: {exc or 'timed out'}; is `trio-relay up` running?"
-        ) from None
     connected = False
     try:
         # We own the stream (trio-websocket's own connect leaves it open when the
@@ -210,13 +153,7 @@ async def open_client(
     except BaseExceptionGroup as group:
         rejected = group.subgroup(ConnectionRejected)
         if rejected is not None and not connected:
-            exc = rejected.exceptions[0]
-            while isinstance(exc, BaseExceptionGroup):
-                exc = exc.exceptions[0]
-            raise BrokerUnreachable(
-                f"the broker at {url} refused the connection ({exc.status_code}): "
-                f"{(exc.body or b'').decode(errors='replace')}"
-            ) from None
+            raise _refused(url, rejected) from None
         inner = _single(group)
         if inner is not None:
             raise inner from None  # the block's own exception, unwrapped
@@ -224,6 +161,33 @@ async def open_client(
     finally:
         with trio.CancelScope(shield=True):
             await stream.aclose()
+
+
+async def _open_stream(url: str, timeout: float) -> tuple[trio.abc.Stream, str, str]:
+    """A byte stream to the broker at ``url``, and the Host and resource its handshake
+    names. Raises BadAddress, or BrokerUnreachable if nothing answers in ``timeout`` s."""
+    address = parse_address(url)
+    try:
+        with trio.fail_after(timeout):
+            if isinstance(address, str):
+                return await trio.open_unix_socket(address), "localhost", "/"
+            stream = await trio.open_tcp_stream(*address)
+            return stream, f"{address[0]}:{address[1]}", urlsplit(url).path or "/"
+    except (OSError, trio.TooSlowError) as exc:
+        raise BrokerUnreachable(
+            f"cannot reach a broker at {url}: {exc or 'timed out'}; is `trio-relay up` running?"
+        ) from None
+
+
+def _refused(url: str, rejected: BaseExceptionGroup[ConnectionRejected]) -> BrokerUnreachable:
+    exc: BaseException = rejected
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, ConnectionRejected)
+    return BrokerUnreachable(
+        f"the broker at {url} refused the connection ({exc.status_code}): "
+        f"{(exc.body or b'').decode(errors='replace')}"
+    )
 
 
 def _single(group: BaseExceptionGroup) -> BaseException | None:
@@ -236,41 +200,6 @@ def _single(group: BaseExceptionGroup) -> BaseException | None:
     return exc
 
 
-class _Subscription:
-    """Events of one subscription, buffered up to a bound; an overflow becomes a Gap."""
-
-    def __init__(self) -> None:
-        self.events: deque[Event] = deque()
-        self.lot = trio.lowlevel.ParkingLot()
-        self.missed: tuple[int, int] | None = None
-        self.closed: BaseException | None = None
-        self.last_seq = 0  # the newest event when the subscription began
-        #: The newest event of the replay that passes the subscription's filters (0: none).
-        self.replay_end = 0
-
-    def push(self, event: Event) -> None:
-        if len(self.events) >= MAX_BUFFERED_EVENTS:
-            first = self.missed[0] if self.missed else event.seq
-            self.missed = (first, event.seq)
-        else:
-            if self.missed is not None:
-                self.events.append(Gap(first=self.missed[0], last=self.missed[1]))
-                self.missed = None
-            self.events.append(event)
-        self.lot.unpark_all()
-
-    def __aiter__(self) -> _Subscription:
-        return self
-
-    async def __anext__(self) -> Event:
-        while not self.events:
-            if self.closed is not None:
-                raise self.closed
-            await self.lot.park()
-        await trio.lowlevel.checkpoint()
-        return self.events.popleft()
-
-
 class RelayClient:
     """One connection to the broker. Calls may run concurrently. Create with
     :func:`open_client`."""
@@ -278,8 +207,8 @@ class RelayClient:
     def __init__(self, ws: WebSocketConnection) -> None:
         self._ws = ws
         self._ids = itertools.count(1)
-        self._waiting: dict[int, trio.MemorySendChannel[_ServerMessage]] = {}
-        self._subscriptions: dict[int, _Subscription] = {}
+        self._waiting: dict[int, trio.MemorySendChannel[_Message]] = {}
+        self._subscriptions: dict[int, EventStream] = {}
         self._closed: BaseException | None = None
 
     async def _receive(self) -> None:
@@ -301,20 +230,22 @@ class RelayClient:
             for waiter in self._waiting.values():
                 waiter.close()
             for subscription in self._subscriptions.values():
-                subscription.closed = self._closed or BrokerUnreachable("connection closed")
-                subscription.lot.unpark_all()
+                subscription.close(self._closed or BrokerUnreachable("connection closed"))
 
     async def call(self, op: str, **fields: Any) -> Any:
-        """Send one request and return its result. Raises RemoteError for an error answer,
-        BrokerUnreachable if the connection is gone. Cancellation: the answer, if it comes,
-        is dropped."""
-        request_id = next(self._ids)
-        return await self._call(request_id, op, fields)
+        """Send one request and return its result, decoded as plain JSON values. Raises
+        RemoteError for an error answer, BrokerUnreachable if the connection is gone.
+        Cancellation: the answer, if it comes, is dropped."""
+        return _as(Any, await self._call(next(self._ids), op, fields))  # type: ignore[arg-type]
 
-    async def _call(self, request_id: int, op: str, fields: dict[str, Any]) -> Any:
+    async def _ask(self, kind: type[T], op: str, **fields: Any) -> T:
+        """:meth:`call`, its result decoded as ``kind``."""
+        return _as(kind, await self._call(next(self._ids), op, fields))
+
+    async def _call(self, request_id: int, op: str, fields: dict[str, Any]) -> msgspec.Raw:
         if self._closed is not None:
             raise self._closed
-        send, receive = trio.open_memory_channel[_ServerMessage](1)
+        send, receive = trio.open_memory_channel[_Message](1)
         self._waiting[request_id] = send
         try:
             await self._ws.send_message(
@@ -336,40 +267,38 @@ class RelayClient:
     # -- operations
 
     async def status(self) -> BrokerStatus:
-        return _as(BrokerStatus, await self.call("status"))
+        return await self._ask(BrokerStatus, "status")
 
     async def spawn(
         self,
         name: str,
         command: list[str],
         *,
-        cwd: str | None = None,
-        env: dict[str, str] | None = None,
         native: bool = False,
         rows: int = 24,
         cols: int = 80,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
         restart: str = "never",
     ) -> AgentSummary:
-        return _as(
+        return await self._ask(
             AgentSummary,
-            await self.call(
-                "spawn",
-                name=name,
-                command=command,
-                cwd=cwd,
-                env=env or {},
-                native=native,
-                rows=rows,
-                cols=cols,
-                restart=restart,
-            ),
+            "spawn",
+            name=name,
+            command=command,
+            cwd=cwd,
+            env=env or {},
+            native=native,
+            rows=rows,
+            cols=cols,
+            restart=restart,
         )
 
     async def agents(self) -> list[AgentSummary]:
-        return _as(list[AgentSummary], await self.call("agents"))
+        return await self._ask(list[AgentSummary], "agents")
 
     async def release(self, name: str) -> AgentSummary:
-        return _as(AgentSummary, await self.call("release", name=name))
+        return await self._ask(AgentSummary, "release", name=name)
 
     async def send(
         self,
@@ -383,35 +312,28 @@ class RelayClient:
     ) -> SendReceipt:
         """A durable message for agent ``to``; answered once committed (``queued``), or
         with ``wait`` once it is verified, unverified, failed, dropped or dead-lettered."""
-        fields: dict[str, Any] = {
-            "to": to,
-            "body": body,
-            "thread": thread,
-            "wait": wait,
-            "timeout": timeout,
-        }
+        fields: dict[str, Any] = {"thread": thread, "wait": wait, "timeout": timeout}
         if sender is not None:
             fields["from"] = sender
-        return _as(SendReceipt, await self.call("send", **fields))
+        return await self._ask(SendReceipt, "send", to=to, body=body, **fields)
 
     async def deliveries(
         self, agent: str | None = None, *, states: list[str] | None = None, limit: int = 100
     ) -> list[DeliveryRecord]:
-        return _as(
-            list[DeliveryRecord],
-            await self.call("deliveries", agent=agent, states=states, limit=limit),
+        return await self._ask(
+            list[DeliveryRecord], "deliveries", agent=agent, states=states, limit=limit
         )
 
     async def delivery(self, delivery_id: str) -> DeliveryRecord:
-        return _as(DeliveryRecord, await self.call("delivery", delivery_id=delivery_id))
+        return await self._ask(DeliveryRecord, "delivery", delivery_id=delivery_id)
 
     async def dead_letters(
         self, agent: str | None = None, limit: int = 100
     ) -> list[DeliveryRecord]:
-        return _as(list[DeliveryRecord], await self.call("dead_letters", agent=agent, limit=limit))
+        return await self._ask(list[DeliveryRecord], "dead_letters", agent=agent, limit=limit)
 
     async def redeliver(self, delivery_id: str) -> SendReceipt:
-        return _as(SendReceipt, await self.call("redeliver", delivery_id=delivery_id))
+        return await self._ask(SendReceipt, "redeliver", delivery_id=delivery_id)
 
     async def input(self, name: str, data: str) -> None:
         await self.call("input", name=name, data=data)
@@ -420,24 +342,24 @@ class RelayClient:
         await self.call("resize", name=name, rows=rows, cols=cols)
 
     async def snapshot(self, name: str, *, ansi: bool = False) -> ScreenSnapshot:
-        return _as(ScreenSnapshot, await self.call("snapshot", name=name, ansi=ansi))
+        return await self._ask(ScreenSnapshot, "snapshot", name=name, ansi=ansi)
 
     async def mode(self, name: str, set: str | None = None) -> ModeResult:
-        return _as(ModeResult, await self.call("mode", name=name, set=set))
+        return await self._ask(ModeResult, "mode", name=name, set=set)
 
     async def pending(self, name: str) -> PendingDeliveries:
-        return _as(PendingDeliveries, await self.call("pending", name=name))
+        return await self._ask(PendingDeliveries, "pending", name=name)
 
     async def flush(self, name: str) -> FlushResult:
-        return _as(FlushResult, await self.call("flush", name=name))
+        return await self._ask(FlushResult, "flush", name=name)
 
     async def logs(self, name: str, lines: int = 100) -> list[str]:
-        return await self.call("logs", name=name, lines=lines)
+        return await self._ask(list[str], "logs", name=name, lines=lines)
 
     async def prune(self, older_than: float | None = None) -> PruneResult:
         """Delete ended deliveries and released agents unchanged for ``older_than`` seconds
         (None: the broker's retention)."""
-        return _as(PruneResult, await self.call("prune", older_than=older_than))
+        return await self._ask(PruneResult, "prune", older_than=older_than)
 
     async def shutdown(self) -> None:
         await self.call("shutdown")
@@ -445,19 +367,21 @@ class RelayClient:
     @asynccontextmanager
     async def subscribe(
         self, since: int | None = None, *, agent: str | None = None, kinds: list[str] | None = None
-    ) -> AsyncIterator[_Subscription]:
+    ) -> AsyncIterator[EventStream]:
         """Events numbered above ``since`` (None: from now) as an async iterator of
         :mod:`~trio_relay.wire` event Structs, until the block ends. Events the
-        application does not read in time become a Gap, never a silent hole."""
+        application does not read in time become a Gap, never a silent hole. Leaving the
+        block unsubscribes (shielded, for at most 2 s)."""
         request_id = next(self._ids)
-        subscription = _Subscription()
+        subscription = EventStream()
         self._subscriptions[request_id] = subscription
         try:
-            answer = await self._call(
-                request_id, "subscribe", {"since": since, "agent": agent, "kinds": kinds}
+            fields = {"since": since, "agent": agent, "kinds": kinds}
+            answer = _as(_Subscribed, await self._call(request_id, "subscribe", fields))
+            subscription.last_seq = answer.last_seq
+            subscription.replay_end = (
+                answer.last_seq if answer.replay_end is None else answer.replay_end
             )
-            subscription.last_seq = answer["last_seq"]
-            subscription.replay_end = answer.get("replay_end", answer["last_seq"])
             yield subscription
         finally:
             self._subscriptions.pop(request_id, None)

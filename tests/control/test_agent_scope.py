@@ -3,21 +3,19 @@ it reaches the broker, it gets that agent's scope, and sees only that agent's ev
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
+import ws_raw
 from helpers import CLEAN_ENV, REFERENCE_WORKER, RELAY, Relay, wait_for
 
-from trio_relay import Broker, open_broker
 from trio_relay.client import open_client
-from trio_relay.control.server import ControlServer
 from trio_relay.wire import Gap, StoreErrorEvent
 
 TOKEN = "scope-test-token-" + "y" * 32
@@ -95,15 +93,8 @@ def test_the_owner_outside_any_agent_keeps_the_owner_scope(inside: Relay) -> Non
     assert result.returncode == 0 and json.loads(result.stdout)["you"] is None
 
 
-@asynccontextmanager
-async def serving(**options: Any) -> AsyncIterator[tuple[Broker, ControlServer, str]]:
-    """An in-process broker and its control server, for the block."""
-    async with open_broker(**options) as broker:
-        server = ControlServer(broker, TOKEN)
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(server.serve, "127.0.0.1", 0)
-            yield broker, server, url
-            nursery.cancel_scope.cancel()
+#: An in-process broker and its control server, with this module's token.
+serving = functools.partial(ws_raw.serving, TOKEN)
 
 
 async def test_agent_scoped_subscribers_see_only_their_own_events() -> None:
@@ -170,10 +161,8 @@ def _agent_token(daemon: Relay, agent: str) -> str:
 
 
 async def test_subscriptions_and_connections_are_bounded() -> None:
-    from trio_relay.control.server import (
-        MAX_CONNECTIONS_PER_AGENT,
-        MAX_SUBSCRIPTIONS_PER_CONNECTION,
-    )
+    from trio_relay.control.connection import MAX_SUBSCRIPTIONS_PER_CONNECTION
+    from trio_relay.control.server import MAX_CONNECTIONS_PER_AGENT
     from trio_relay.errors import BrokerUnreachable, RemoteError
 
     async with serving() as (broker, server, url):

@@ -11,9 +11,9 @@ import trio
 import trio.lowlevel
 from helpers import REFERENCE_WORKER, wait_until
 from trio_websocket import ConnectionClosed, ConnectionRejected
-from ws_raw import TOKEN, raw
+from ws_raw import TOKEN, raw, serving
 
-from trio_relay import Broker, open_broker
+from trio_relay import Broker
 from trio_relay.broker.delivery import DeliveryPolicy
 from trio_relay.client import open_client
 from trio_relay.control.server import ControlServer
@@ -30,16 +30,13 @@ class Served:
 
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
-    async with open_broker(event_capacity=64) as broker:
-        server = ControlServer(broker, TOKEN, allowed_origins=["http://allowed.example"])
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(server.serve, "127.0.0.1", 0)
-            broker.agent_environment = lambda name: {
-                "TRIO_RELAY_URL": url,
-                "TRIO_RELAY_TOKEN": server.agent_token(name),
-            }
-            yield Served(broker, server, url)
-            nursery.cancel_scope.cancel()
+    origins = ("http://allowed.example",)
+    async with serving(allowed_origins=origins, event_capacity=64) as (broker, server, url):
+        broker.agent_environment = lambda name: {
+            "TRIO_RELAY_URL": url,
+            "TRIO_RELAY_TOKEN": server.agent_token(name),
+        }
+        yield Served(broker, server, url)
 
 
 async def ask(ws, request: dict | str) -> dict:  # type: ignore[no-untyped-def]
@@ -277,31 +274,24 @@ async def test_an_agent_token_sends_as_itself_whatever_it_claims(served: Served)
 
 async def test_hold_pending_flush_and_dead_letters_over_the_channel() -> None:
     policy = DeliveryPolicy(ack_timeout=0.2, max_attempts=1)
-    async with open_broker(delivery=policy) as broker:
-        server = ControlServer(broker, TOKEN)
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(server.serve, "127.0.0.1", 0)
-            async with open_client(url, TOKEN) as client:
-                await client.spawn(
-                    "w", [*REFERENCE_WORKER, "--ignore-deliveries", "1"], native=True
-                )
-                assert (await client.mode("w", "hold")).mode == "hold"
-                held = await client.send("w", "held back")
-                pending = await client.pending("w")
-                assert [d.delivery_id for d in pending.deliveries] == [held.delivery_id]
-                assert (await client.flush("w")).count == 1
-                with trio.fail_after(20):  # ignored once, one attempt allowed: a dead letter
-                    while (await client.delivery(held.delivery_id)).state != "dead_letter":
-                        await trio.sleep(0.05)
-                (dead,) = await client.dead_letters()
-                assert dead.delivery_id == held.delivery_id and dead.last_error
-                await client.mode("w", "auto_inject")
-                await client.redeliver(held.delivery_id)
-                with trio.fail_after(20):
-                    while (await client.delivery(held.delivery_id)).state != "verified":
-                        await trio.sleep(0.05)
-                assert await client.dead_letters() == []
-            nursery.cancel_scope.cancel()
+    async with serving(delivery=policy) as (_, _, url), open_client(url, TOKEN) as client:
+        await client.spawn("w", [*REFERENCE_WORKER, "--ignore-deliveries", "1"], native=True)
+        assert (await client.mode("w", "hold")).mode == "hold"
+        held = await client.send("w", "held back")
+        pending = await client.pending("w")
+        assert [d.delivery_id for d in pending.deliveries] == [held.delivery_id]
+        assert (await client.flush("w")).count == 1
+        with trio.fail_after(20):  # ignored once, one attempt allowed: a dead letter
+            while (await client.delivery(held.delivery_id)).state != "dead_letter":
+                await trio.sleep(0.05)
+        (dead,) = await client.dead_letters()
+        assert dead.delivery_id == held.delivery_id and dead.last_error
+        await client.mode("w", "auto_inject")
+        await client.redeliver(held.delivery_id)
+        with trio.fail_after(20):
+            while (await client.delivery(held.delivery_id)).state != "verified":
+                await trio.sleep(0.05)
+        assert await client.dead_letters() == []
 
 
 async def test_on_shutdown_subscribers_get_the_last_events_then_a_reasoned_close(

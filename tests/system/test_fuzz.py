@@ -19,10 +19,9 @@ from helpers import REFERENCE_WORKER, SUPPORT
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed
-from ws_raw import TOKEN, raw
+from ws_raw import raw, serving
 
-from trio_relay import Broker, WorkerExited, open_broker
-from trio_relay.control.server import ControlServer
+from trio_relay import WorkerExited, open_broker
 from trio_relay.errors import ProtocolError
 from trio_relay.wire import (
     AgentExited,
@@ -148,16 +147,13 @@ def expected_id(message: str | bytes) -> Any:
 
 
 @asynccontextmanager
-async def serving_a_healthy_agent() -> AsyncIterator[tuple[Broker, str]]:
-    """A broker with one agent (``HEALTHY``) and its control server; yields the broker
-    and the server's url. Leaving the block stops the server and the broker."""
-    async with open_broker() as broker:
+async def healthy_and_served() -> AsyncIterator[str]:
+    """A broker with a healthy agent and its control server, for the block; yields the url.
+    After the block the healthy agent must still answer."""
+    async with serving() as (broker, _, url):
         await broker.spawn(HEALTHY, REFERENCE_WORKER)
-        server = ControlServer(broker, TOKEN)
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(server.serve, "127.0.0.1", 0)
-            yield broker, url
-            nursery.cancel_scope.cancel()
+        yield url
+        assert await broker.request_worker(HEALTHY, "ping", {"data": 1}, timeout=10) == {"data": 1}
 
 
 # A passing run takes seconds; the headroom is for shrinking a failure to its minimal
@@ -169,37 +165,33 @@ def test_control_channel_answers_every_message_and_agents_keep_working(batch: li
     note(f"messages: {[m[:200] for m in batch]}")
 
     async def main() -> None:
-        async with serving_a_healthy_agent() as (broker, url):
-            async with raw(url) as ws:
-                for message in batch:
-                    await ws.send_message(message)
-                    with trio.fail_after(10):
-                        while True:  # events of a subscription may come first
-                            answer = json.loads(await ws.get_message())
-                            if "event" not in answer and "events" not in answer:
-                                break
-                    note(f"answer: {str(answer)[:300]}")
-                    assert set(answer) >= {"id", "ok"}, answer
-                    want = expected_id(message) if isinstance(message, str) else None
-                    assert answer["id"] == want, f"answer {answer} for id {want!r}"
-                    if not answer["ok"]:
-                        assert answer["error"]["code"] in STABLE_CODES, answer
-                # the same connection still works, and so does the agent
-                await ws.send_message(json.dumps({"id": "last", "op": "status"}))
+        async with healthy_and_served() as url, raw(url) as ws:
+            for message in batch:
+                await ws.send_message(message)
                 with trio.fail_after(10):
-                    while (last := json.loads(await ws.get_message())).get("id") != "last":
-                        pass
-                assert last["ok"] and last["result"]["agents"].get("running") == 1
-            assert await broker.request_worker(HEALTHY, "ping", {"data": 1}, timeout=10) == {
-                "data": 1
-            }
+                    while True:  # events of a subscription may come first
+                        answer = json.loads(await ws.get_message())
+                        if "event" not in answer and "events" not in answer:
+                            break
+                note(f"answer: {str(answer)[:300]}")
+                assert set(answer) >= {"id", "ok"}, answer
+                want = expected_id(message) if isinstance(message, str) else None
+                assert answer["id"] == want, f"answer {answer} for id {want!r}"
+                if not answer["ok"]:
+                    assert answer["error"]["code"] in STABLE_CODES, answer
+            # the same connection still works, and so does the agent
+            await ws.send_message(json.dumps({"id": "last", "op": "status"}))
+            with trio.fail_after(10):
+                while (last := json.loads(await ws.get_message())).get("id") != "last":
+                    pass
+            assert last["ok"] and last["result"]["agents"].get("running") == 1
 
     trio.run(main)
 
 
 def test_an_oversized_message_closes_only_its_connection_and_agents_keep_working() -> None:
     async def main() -> None:
-        async with serving_a_healthy_agent() as (broker, url):
+        async with healthy_and_served() as url:
             async with raw(url) as ws:
                 try:
                     with trio.fail_after(10):
@@ -213,9 +205,6 @@ def test_an_oversized_message_closes_only_its_connection_and_agents_keep_working
                 with trio.fail_after(10):
                     answer = json.loads(await ws.get_message())
                 assert [a["name"] for a in answer["result"]] == [HEALTHY]
-            assert await broker.request_worker(HEALTHY, "ping", {"data": 2}, timeout=10) == {
-                "data": 2
-            }
 
     trio.run(main)
 

@@ -1,0 +1,190 @@
+"""What each control operation does against the broker.
+
+:meth:`Operations.perform` takes a request already decoded and authorized (see auth.py)
+and returns its result as the encoder takes it. Subscriptions are not here: they belong to
+a connection (connection.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+import msgspec
+import trio
+
+from trio_relay import __version__
+from trio_relay.broker.broker import Broker
+from trio_relay.broker.supervisor import RestartPolicy
+from trio_relay.control.auth import Principal
+from trio_relay.errors import Forbidden
+from trio_relay.wire import (
+    AgentsOp,
+    ControlRequest,
+    DeadLettersOp,
+    DeliveriesOp,
+    DeliveryOp,
+    FlushOp,
+    InputOp,
+    LogsOp,
+    ModeOp,
+    PendingOp,
+    PruneOp,
+    RedeliverOp,
+    ReleaseOp,
+    ResizeOp,
+    SendOp,
+    ShutdownOp,
+    SnapshotOp,
+    SpawnOp,
+    StatusOp,
+)
+from trio_relay.wire.vocabulary import check_terminal_size
+
+
+def pty_command(command: list[str], rows: int, cols: int) -> list[str]:
+    """The argv that runs ``command`` under the PTY worker."""
+    return [
+        sys.executable,
+        "-m",
+        "trio_relay.worker.pty",
+        "--rows",
+        str(rows),
+        "--cols",
+        str(cols),
+        "--",
+        *command,
+    ]
+
+
+class Operations:
+    """The operations of one broker. ``url`` is what ``status`` reports (the server sets
+    it once listening); ``shutdown_requested`` is set by ``shutdown``; ``retention`` is
+    what ``prune`` without an age deletes: older than this (seconds; None: nothing)."""
+
+    def __init__(self, broker: Broker, *, retention: float | None = None) -> None:
+        self.broker = broker
+        self.retention = retention
+        self.url = ""
+        self.started_at = time.time()
+        self.shutdown_requested = trio.Event()
+
+    async def perform(self, request: ControlRequest, principal: Principal) -> Any:
+        """The result of ``request`` for ``principal``. Raises what the broker raises
+        (WorkerNotFound, RequestTimeout, ...), ValueError for an argument out of range,
+        Forbidden for an agent setting a mode. Cancellation cancels the broker call; what
+        the broker has committed by then stays committed."""
+        broker = self.broker
+        match request:
+            case StatusOp():
+                return self._status(principal)
+            case SpawnOp():
+                return _info(await self._spawn(request))
+            case AgentsOp():
+                return [_info(a) for a in broker.agents() if principal.agent in (None, a.name)]
+            case ReleaseOp(name=name):
+                return _info(await broker.release(name))
+            case SendOp():
+                return await self._send(request, principal)
+            case DeliveriesOp(agent=agent, states=states, limit=limit):
+                wanted = frozenset(states) if states else None
+                found = await broker.deliveries(agent, states=wanted, limit=_positive(limit))
+                return [_info(d) for d in found]
+            case DeliveryOp(delivery_id=delivery_id):
+                return _info(await broker.delivery(delivery_id))
+            case DeadLettersOp(agent=agent, limit=limit):
+                return [_info(d) for d in await broker.dead_letters(agent, limit=_positive(limit))]
+            case RedeliverOp(delivery_id=delivery_id):
+                return _info(await broker.redeliver(delivery_id))
+            case InputOp(name=name, data=data):
+                return await broker.write_input(name, data)
+            case ResizeOp(name=name, rows=rows, cols=cols):
+                return await broker.resize(name, rows, cols)
+            case SnapshotOp(name=name, ansi=ansi, timeout=timeout):
+                return await broker.request_worker(name, "snapshot", {"ansi": ansi}, timeout)
+            case ModeOp():
+                return await self._mode(request, principal)
+            case PendingOp(name=name):
+                broker.agent(name)  # WorkerNotFound for an unknown agent
+                pending = [_info(d) for d in await broker.pending(name)]
+                return {"mode": broker.mode(name), "deliveries": pending}
+            case FlushOp(name=name):
+                broker.agent(name)
+                return {"count": await broker.flush(name)}
+            case LogsOp(name=name, lines=lines):
+                if lines < 0:
+                    raise ValueError("`lines` must not be negative")
+                return broker.logs(name)[-lines:] if lines else []
+            case PruneOp(older_than=older_than):
+                return await broker.prune(self._prune_age(older_than))
+            case ShutdownOp():
+                return self.shutdown_requested.set()
+            case _:
+                raise TypeError(f"{type(request).__name__} is not an operation of the broker's")
+
+    def _status(self, principal: Principal) -> dict[str, Any]:
+        broker = self.broker
+        states: dict[str, int] = {}
+        for agent in broker.agents():
+            states[agent.state] = states.get(agent.state, 0) + 1
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "url": self.url,
+            "uptime": time.time() - self.started_at,
+            "agents": states,
+            "last_seq": broker.events.last_seq,
+            "requests": asdict(broker.statistics()),
+            "you": principal.agent,
+        }
+
+    async def _spawn(self, op: SpawnOp) -> Any:
+        if not op.command:
+            raise ValueError("`command` must not be empty")
+        check_terminal_size(op.rows, op.cols)
+        argv = op.command if op.native else pty_command(op.command, op.rows, op.cols)
+        restart = RestartPolicy(op.restart)
+        return await self.broker.spawn(op.name, argv, cwd=op.cwd, env=op.env, restart=restart)
+
+    async def _send(self, op: SendOp, principal: Principal) -> dict[str, Any]:
+        if not 0 <= op.timeout < float("inf"):  # checked before anything is committed
+            raise ValueError(
+                f"`timeout` must be a non-negative number of seconds, not {op.timeout!r}"
+            )
+        sender = principal.agent or op.sender
+        receipt = await self.broker.send(op.to, op.body, sender=sender, thread=op.thread)
+        result = _info(receipt)
+        if op.wait:
+            done = await self.broker.wait_delivery(receipt.delivery_id, op.timeout)
+            result.update(msgspec.structs.asdict(done))
+        return result
+
+    async def _mode(self, op: ModeOp, principal: Principal) -> dict[str, str]:
+        """The broker's delivery mode for the agent (hold keeps deliveries queued)."""
+        self.broker.agent(op.name)  # WorkerNotFound for an unknown agent
+        if op.set is not None:
+            if principal.agent is not None:
+                raise Forbidden("an agent token may only read its mode")
+            await self.broker.set_mode(op.name, op.set)
+        return {"mode": self.broker.mode(op.name)}
+
+    def _prune_age(self, older_than: float | None) -> float:
+        if older_than is not None:
+            return older_than
+        if self.retention is None:
+            raise ValueError("this broker keeps everything (no retention): give `older_than`")
+        return self.retention
+
+
+def _positive(limit: int) -> int:
+    if limit < 1:
+        raise ValueError("`limit` must be positive")
+    return limit
+
+
+def _info(info: Any) -> Any:
+    """A result as the encoder takes it: Structs as they are, dataclasses as dicts."""
+    return info if isinstance(info, msgspec.Struct) else asdict(info)

@@ -217,6 +217,15 @@ class BrokerUnderTest:
         assert self.started is not None
         return self.started.pid
 
+    async def watched(self, nursery: trio.Nursery, source: Any, body: Any) -> Any:
+        """Run ``body(self)`` while ``self._watch(source)`` takes in the broker's events in
+        ``nursery``; the nursery is cancelled however the body ends."""
+        nursery.start_soon(self._watch, source)  # type: ignore[attr-defined]
+        try:
+            return await body(self)
+        finally:
+            nursery.cancel_scope.cancel()
+
 
 class TrioRelay(BrokerUnderTest):
     name = "trio-relay"
@@ -252,11 +261,7 @@ class TrioRelay(BrokerUnderTest):
                 self.client = client
                 async with client.subscribe(kinds=["agent_ready", "agent_output"]) as events:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._watch, events)
-                        try:
-                            return await body(self)
-                        finally:
-                            nursery.cancel_scope.cancel()
+                        return await self.watched(nursery, events, body)
         finally:
             await trio.to_thread.run_sync(self.started.stop)
 
@@ -440,11 +445,7 @@ class AgentRelay(BrokerUnderTest):
                     extra_headers=[("X-API-Key", self.key)],
                     max_message_size=16 * 1024 * 1024,
                 )
-                nursery.start_soon(self._watch, ws)
-                try:
-                    return await body(self)
-                finally:
-                    nursery.cancel_scope.cancel()
+                return await self.watched(nursery, ws, body)
         finally:
             await self.http.aclose()
             await trio.to_thread.run_sync(self.started.stop)
@@ -754,21 +755,13 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", default="4,50", help="N values, comma-separated (default 4,50)")
-    parser.add_argument(
-        "--repeat", type=int, default=3, help="repetitions; the table shows medians (default 3)"
-    )
-    parser.add_argument(
-        "--samples", type=int, default=200, help="snapshot and input round trips (default 200)"
-    )
-    parser.add_argument(
-        "--deliveries",
-        type=int,
-        default=10,
-        help="deliveries timed after the first (default 10; agent-relay takes ~2 s each)",
-    )
-    parser.add_argument(
-        "--idle", type=float, default=10.0, help="idle CPU window in seconds (0: skip; default 10)"
-    )
+    for flag, kind, default, text in (
+        ("--repeat", int, 3, "repetitions; the table shows medians"),
+        ("--samples", int, 200, "snapshot and input round trips"),
+        ("--deliveries", int, 10, "deliveries timed after the first (agent-relay takes ~2 s each)"),
+        ("--idle", float, 10.0, "idle CPU window in seconds (0: skip)"),
+    ):
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default {default:g})")
     parser.add_argument("--skip-agent-relay", action="store_true", help="measure trio-relay only")
     parser.add_argument("--markdown", action="store_true", help="also print the table as markdown")
     args = parser.parse_args()

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import trio
 
-from trio_relay.broker.broker import DEFAULT_RETENTION, open_broker
+from trio_relay.broker.broker import DEFAULT_RETENTION, Broker, open_broker
 from trio_relay.broker.supervisor import DEFAULT_HISTORY
 from trio_relay.client import UNIX_SCHEME
 from trio_relay.control.server import ControlServer
@@ -72,22 +72,14 @@ async def run_daemon(
                 server = ControlServer(
                     broker, token, allowed_origins=allowed_origins, retention=retention
                 )
-                socket = str(state.socket_path.absolute()) if state.socket_usable() else None
-                if socket is None:
-                    log.warning(
-                        "%s is too long a path for a Unix socket; serving TCP only",
-                        state.socket_path,
-                    )
+                socket = _socket_path(state)
                 async with trio.open_nursery() as nursery:
                     url = await nursery.start(
                         functools.partial(server.serve, host, port, socket_path=socket)
                     )
-                    # Agents connect on the Unix socket, which says who they are.
-                    agent_url = f"{UNIX_SCHEME}://{socket}" if socket else url
-                    broker.agent_environment = lambda name: {
-                        "TRIO_RELAY_URL": agent_url,
-                        "TRIO_RELAY_TOKEN": server.agent_token(name),
-                    }
+                    _tell_agents_where(
+                        broker, server, f"{UNIX_SCHEME}://{socket}" if socket else url
+                    )
                     for info in await broker.respawn():
                         log.info("respawned %s (pid %s)", info.name, info.pid)
                     state.write_connection(url, socket)
@@ -104,6 +96,23 @@ async def run_daemon(
     finally:
         state.release_lock()
     log.info("broker stopped")
+
+
+def _socket_path(state: StateDir) -> str | None:
+    """Where the Unix socket endpoint goes, or None (with a warning) if the path is too long."""
+    if state.socket_usable():
+        return str(state.socket_path.absolute())
+    log.warning("%s is too long a path for a Unix socket; serving TCP only", state.socket_path)
+    return None
+
+
+def _tell_agents_where(broker: Broker, server: ControlServer, agent_url: str) -> None:
+    """Every agent gets the broker's address and its own scoped token in its environment.
+    Agents connect on the Unix socket when there is one: it says who they are."""
+    broker.agent_environment = lambda name: {
+        "TRIO_RELAY_URL": agent_url,
+        "TRIO_RELAY_TOKEN": server.agent_token(name),
+    }
 
 
 async def _stop_on_signal(signals: trio.abc.ReceiveChannel[int], server: ControlServer) -> None:

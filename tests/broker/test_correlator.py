@@ -43,9 +43,14 @@ class FakeWorker:
         return self.correlator.resolve(self.name, request_id, payload, error)
 
 
-async def test_answered_request(autojump_clock: trio.abc.Clock) -> None:
+def correlated() -> tuple[Correlator, FakeWorker]:
+    """A correlator with one fake worker, ``w``, attached to it."""
     c = Correlator()
-    w = FakeWorker(c)
+    return c, FakeWorker(c)
+
+
+async def test_answered_request(autojump_clock: trio.abc.Clock) -> None:
+    c, w = correlated()
     async with trio.open_nursery() as nursery:
 
         async def answer_later() -> None:
@@ -73,8 +78,7 @@ async def test_timeout_and_the_entry_is_gone(autojump_clock: trio.abc.Clock) -> 
 
 
 async def test_worker_error(autojump_clock: trio.abc.Clock) -> None:
-    c = Correlator()
-    w = FakeWorker(c)
+    c, w = correlated()
     async with trio.open_nursery() as nursery:
 
         async def fail() -> None:
@@ -116,8 +120,7 @@ async def test_worker_not_found() -> None:
 async def test_cancelled_caller_leaves_no_entry_and_the_late_answer_is_counted(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    c = Correlator()
-    w = FakeWorker(c)
+    c, w = correlated()
     with trio.move_on_after(2) as scope:
         await c.request("w", "hang", timeout=100)
     assert scope.cancelled_caught
@@ -129,8 +132,7 @@ async def test_cancelled_caller_leaves_no_entry_and_the_late_answer_is_counted(
 
 
 async def test_answer_after_timeout_is_dropped_and_counted(autojump_clock: trio.abc.Clock) -> None:
-    c = Correlator()
-    w = FakeWorker(c)
+    c, w = correlated()
     with pytest.raises(RequestTimeout):
         await c.request("w", "slow", timeout=1)
     assert not w.answer(w.frames[0]["request_id"], "late")
@@ -138,8 +140,7 @@ async def test_answer_after_timeout_is_dropped_and_counted(autojump_clock: trio.
 
 
 async def test_duplicate_and_unknown_answers_are_counted(autojump_clock: trio.abc.Clock) -> None:
-    c = Correlator()
-    w = FakeWorker(c)
+    c, w = correlated()
     async with trio.open_nursery() as nursery:
 
         async def twice() -> None:
@@ -197,8 +198,7 @@ async def test_the_deadline_covers_writing_the_frame(autojump_clock: trio.abc.Cl
 async def test_request_ids_are_unique_and_carried_on_the_frame(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    c = Correlator()
-    w = FakeWorker(c)
+    c, w = correlated()
     async with trio.open_nursery() as nursery:
         for _ in range(50):
             nursery.start_soon(_quiet_timeout, c)

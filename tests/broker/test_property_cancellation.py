@@ -47,12 +47,11 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
+from played import Timeline, attempt
 
 from trio_relay.broker.correlator import Correlator
 from trio_relay.errors import (
     ChannelClosed,
-    RelayError,
-    WorkerError,
     WorkerExited,
 )
 from trio_relay.wire import ErrorInfo
@@ -271,10 +270,7 @@ def model(sc: Scenario) -> ModelResult:
 
 
 @dataclass
-class Played:
-    outcomes: dict[int, list[tuple[Any, ...]]]
-    starts: dict[int, float]
-    ends: dict[int, float]
+class Played(Timeline):
     resolves: dict[int, bool]
     cancelled: set[int]
     deaths: list[tuple[float, str, int | None, int | None]]
@@ -327,21 +323,12 @@ def play(sc: Scenario, *, settle: bool) -> Played:
             with trio.CancelScope() as scopes[i]:
                 if i in cancelled:  # cancelled in the same batch, before it ran
                     scopes[i].cancel()
-                starts[i] = trio.current_time()
-                try:
-                    payload = await c.request(req.worker, "op", {"i": i}, timeout=req.timeout)
-                    outcomes[i].append(("ok", payload))
-                except WorkerExited as exc:
-                    outcomes[i].append(("WorkerExited", exc.code, exc.signal))
-                except WorkerError as exc:
-                    outcomes[i].append(("WorkerError", exc.code))
-                except RelayError as exc:
-                    outcomes[i].append((type(exc).__name__,))
-                except trio.Cancelled:
-                    outcomes[i].append(("Cancelled",))
-                    raise
-                finally:
-                    ends[i] = trio.current_time()
+                await attempt(
+                    i,
+                    Timeline(outcomes, starts, ends),
+                    lambda: c.request(req.worker, "op", {"i": i}, timeout=req.timeout),
+                    lambda payload: ("ok", payload),
+                )
 
         async with trio.open_nursery() as nursery:
             t0 = trio.current_time()

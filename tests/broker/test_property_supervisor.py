@@ -71,12 +71,13 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
+from played import Timeline, attempt
 
 import trio_relay.broker.supervisor as supervisor_module
 from trio_relay.broker.broker import Broker
 from trio_relay.broker.process import ExitStatus, StderrRing, WorkerProcess
 from trio_relay.broker.restart import RestartPolicy
-from trio_relay.errors import ChannelClosed, RelayError, WorkerError, WorkerExited, WorkerNotFound
+from trio_relay.errors import ChannelClosed, WorkerNotFound
 from trio_relay.store.engine import open_store
 from trio_relay.wire import (
     PROTOCOL_VERSION,
@@ -511,10 +512,7 @@ def model(sc: Scenario) -> ModelResult:
 
 
 @dataclass
-class Played:
-    outcomes: dict[int, list[tuple[Any, ...]]]
-    starts: dict[int, float]
-    ends: dict[int, float]
+class Played(Timeline):
     releases: dict[int, tuple[str, float]]
     events: list[tuple[float, Any]]
     signals: dict[int, list[int]]
@@ -565,23 +563,14 @@ def play(sc: Scenario, *, settle: bool = True) -> Played:
                         async def caller(i: int) -> None:
                             req = sc.requests[i]
                             with trio.CancelScope() as scopes[i]:
-                                starts[i] = trio.current_time()
-                                try:
-                                    payload = await broker.request_worker(
+                                await attempt(
+                                    i,
+                                    Timeline(outcomes, starts, ends),
+                                    lambda: broker.request_worker(
                                         AGENT, "ping", {"data": i}, timeout=req.timeout
-                                    )
-                                    outcomes[i].append(("ok", payload["data"], payload["run"]))
-                                except WorkerExited as exc:
-                                    outcomes[i].append(("WorkerExited", exc.code, exc.signal))
-                                except WorkerError as exc:
-                                    outcomes[i].append(("WorkerError", exc.code))
-                                except RelayError as exc:
-                                    outcomes[i].append((type(exc).__name__,))
-                                except trio.Cancelled:
-                                    outcomes[i].append(("Cancelled",))
-                                    raise
-                                finally:
-                                    ends[i] = trio.current_time()
+                                    ),
+                                    lambda p: ("ok", p["data"], p["run"]),
+                                )
 
                         async def releaser(index: int) -> None:
                             try:

@@ -106,6 +106,7 @@ class ReferenceWorker:
         self.out.append(encode(Response(request_id=request_id, payload=payload, error=error)))
 
     def handle(self, line: bytes) -> None:
+        """Act on one line from the broker: a bad frame is reported on stderr and skipped."""
         try:
             frame = _decoder.decode(line)
         except msgspec.MsgspecError as exc:
@@ -115,50 +116,54 @@ class ReferenceWorker:
         if kind == "shutdown":
             if not self.ignore_shutdown:
                 self.exit_code = 0
+        elif kind == "deliver":
+            self.deliver(frame)
+        elif rid is not None and kind not in self.never_answer:  # else fire-and-forget, or mute
+            self.request(kind, rid, frame)
+
+    def deliver(self, frame: Any) -> None:
+        """Take a delivery (once per id) and report it injected and verified at once."""
+        if self.ignore_deliveries > 0:
+            self.ignore_deliveries -= 1
             return
-        if kind == "deliver":
-            if self.ignore_deliveries > 0:
-                self.ignore_deliveries -= 1
-                return
-            if frame.delivery_id and frame.delivery_id not in self.deliveries:
-                if self.crash_marker is not None and not os.path.exists(self.crash_marker):
-                    open(self.crash_marker, "w").close()
-                    self.flush()
-                    os._exit(3)
-                self.deliveries.append(frame.delivery_id)
-                self.senders.append(frame.sender)
-                if self.journal is not None:
-                    self.journal.write(f"{os.getpid()} {frame.delivery_id}\n")
-                    self.journal.flush()
-                self.out.append(encode(DeliveryInjected(delivery_id=frame.delivery_id)))
-                self.out.append(
-                    encode(DeliveryVerified(delivery_id=frame.delivery_id, verification="echo"))
-                )
+        if not frame.delivery_id or frame.delivery_id in self.deliveries:
             return
-        if rid is None or kind in self.never_answer:  # fire-and-forget, or told to stay mute
-            return
+        if self.crash_marker is not None and not os.path.exists(self.crash_marker):
+            open(self.crash_marker, "w").close()
+            self.flush()
+            os._exit(3)
+        self.deliveries.append(frame.delivery_id)
+        self.senders.append(frame.sender)
+        if self.journal is not None:
+            self.journal.write(f"{os.getpid()} {frame.delivery_id}\n")
+            self.journal.flush()
+        self.out.append(encode(DeliveryInjected(delivery_id=frame.delivery_id)))
+        self.out.append(
+            encode(DeliveryVerified(delivery_id=frame.delivery_id, verification="echo"))
+        )
+
+    def request(self, kind: str, rid: str, frame: Any) -> None:
+        """Answer one request (``hang`` never is; ``crash`` and ``kill`` end the process)."""
         if kind in ("ping", "echo"):
             self.answer(rid, {"data": frame.data})
         elif kind == "sleep":
-            due = time.monotonic() + frame.seconds
             self.timer_seq += 1
             frame_bytes = encode(Response(request_id=rid, payload={"data": frame.data}))
-            heapq.heappush(self.timers, (due, self.timer_seq, frame_bytes))
+            heapq.heappush(
+                self.timers, (time.monotonic() + frame.seconds, self.timer_seq, frame_bytes)
+            )
         elif kind == "fail":
             self.answer(rid, error=ErrorInfo(str(frame.code or "failed"), frame.message))
-        elif kind == "hang":
-            pass
-        elif kind == "garbage":
-            self.out.append(frame.text.encode() + b"\n")
+        elif kind in ("garbage", "stderr"):
+            if kind == "garbage":
+                self.out.append(frame.text.encode() + b"\n")
+            else:
+                print(frame.text, file=sys.stderr, flush=True)
             self.answer(rid, {"ok": True})
-        elif kind == "stderr":
-            print(frame.text, file=sys.stderr, flush=True)
-            self.answer(rid, {"ok": True})
-        elif kind == "crash":
+        elif kind in ("crash", "kill"):
             self.flush()
-            os._exit(int(frame.code or 0))
-        elif kind == "kill":
-            self.flush()
+            if kind == "crash":
+                os._exit(int(frame.code or 0))
             os.kill(os.getpid(), frame.signal or signal.SIGKILL)
         elif kind == "run":
             import subprocess  # only this request needs it
@@ -170,7 +175,7 @@ class ReferenceWorker:
             self.answer(rid, {"pid": helper.pid})
         elif kind == "received":
             self.answer(rid, {"deliveries": list(self.deliveries), "senders": list(self.senders)})
-        else:
+        elif kind != "hang":
             self.answer(rid, error=ErrorInfo("unknown_kind", f"unknown request kind {kind!r}"))
 
     def fire_timers(self) -> None:
@@ -186,7 +191,7 @@ class ReferenceWorker:
                 data = data[os.write(1, data) :]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m trio_relay.worker.reference",
         description="The reference native worker of the trio-relay worker protocol.",
@@ -225,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--program-pid", type=int, metavar="PID", help="name PID as its program in the hello"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker until its stdin ends, a shutdown, a crash request or --exit-after."""
+    args = parse_args(argv)
     exit_at = None if args.exit_after is None else time.monotonic() + args.exit_after
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -248,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         worker.out.append(encode(Ready()))
         worker.flush()
+    return serve(worker, exit_at, args.exit_code)
+
+
+def serve(worker: ReferenceWorker, exit_at: float | None, exit_code: int) -> int:
+    """The selector loop: frames from stdin, timers, and the --exit-after deadline."""
     splitter = LineSplitter()
     selector = selectors.PollSelector()  # poll, unlike epoll, accepts any fd (/dev/null too)
     selector.register(0, selectors.EVENT_READ)
@@ -268,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         worker.fire_timers()
         worker.flush()
         if exit_at is not None and time.monotonic() >= exit_at:
-            return args.exit_code
+            return exit_code
     return worker.exit_code
 
 

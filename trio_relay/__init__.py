@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from trio_relay import wire
     from trio_relay.broker.broker import AgentInfo, Broker, open_broker
     from trio_relay.broker.delivery import DeliveryPolicy
-    from trio_relay.broker.supervisor import RestartPolicy
+    from trio_relay.broker.restart import RestartPolicy
     from trio_relay.client import RelayClient, open_client
     from trio_relay.errors import (
         AgentExists,
@@ -65,7 +65,7 @@ _EXPORTS = {
     "Broker": "broker.broker",
     "open_broker": "broker.broker",
     "DeliveryPolicy": "broker.delivery",
-    "RestartPolicy": "broker.supervisor",
+    "RestartPolicy": "broker.restart",
     "RelayClient": "client",
     "open_client": "client",
     **dict.fromkeys(_ERRORS, "errors"),

@@ -14,6 +14,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trio_relay.errors import BrokerAlreadyRunning, StateDirError
 from trio_relay.linux.procfs import process_alive
@@ -41,7 +42,9 @@ class _Entry:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __get__(self, state: StateDir, owner: object = None) -> Path:
+    def __get__(self, state: StateDir | None, owner: object = None) -> Any:
+        if state is None:  # read on the class: the descriptor itself
+            return self
         return state.path / self.name
 
 

@@ -22,6 +22,7 @@ from trio_relay.store import sql
 from trio_relay.store.engine import open_store
 from trio_relay.wire import (
     AgentExited,
+    AgentGaveUp,
     AgentSpawned,
     DeadLetterEvent,
     DeliveryDroppedEvent,
@@ -287,6 +288,39 @@ async def test_a_crashed_worker_that_will_not_restart_fails_each_delivery(
         assert len(r.of(DeliveryFailedEvent)) == 2
         with pytest.raises(WorkerNotFound):
             await r.engine.send("w", "too late", sender="me")
+
+
+async def test_an_agent_that_gave_up_fails_each_delivery_naming_its_attempts(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with rig(tmp_path) as r:
+        sent = await r.sent("queued")
+        r.exit(fate="it gave up after 4 restarts")  # agent_gave_up follows agent_exited at once
+        r.events.emit(AgentGaveUp(agent="w", attempts=4, reason="exited with code 3"))
+        with trio.fail_after(5):
+            info = await r.engine.wait(sent.delivery_id, timeout=5)
+        assert info.state == "failed"
+        assert info.reason == (
+            "agent 'w' will not restart: it gave up after 4 restarts (exited with code 3)"
+        )
+
+
+async def test_a_worker_that_reads_nothing_gets_the_delivery_again_later(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Its input queue is full (InputQueueFull): the hand-over is no error, the retry timer
+    sends the delivery again, and nothing else stops."""
+    async with rig(tmp_path, ack_timeout=1) as r:
+        r.transport.full.add("w")
+        receipt = await r.sent("m")
+        assert r.transport.ids() == []
+        r.transport.full.discard("w")
+        with trio.fail_after(30):
+            while receipt.delivery_id not in r.transport.ids():
+                await trio.sleep(0.5)
+        r.ack(receipt.delivery_id)
+        info = await r.engine.wait(receipt.delivery_id, timeout=10)
+        assert info.state == "verified"
 
 
 async def test_a_released_worker_keeps_its_deliveries(

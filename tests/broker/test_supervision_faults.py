@@ -402,3 +402,22 @@ async def _events(client) -> list:  # type: ignore[no-untyped-def]
             if event.seq >= events.last_seq:
                 return out
     return out
+
+
+async def test_a_fault_on_a_restart_fails_the_agents_open_deliveries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fault of ours before a restarted run's hello ends the agent for good: what was
+    queued for it fails at once, naming why, instead of waiting for a run that never comes."""
+    async with open_broker() as broker:
+        await broker.spawn("faulty", REFERENCE_WORKER, restart=RestartPolicy("always"))
+        await broker.set_mode("faulty", "hold")  # keep the deliveries queued in the broker
+        receipts = [await broker.send("faulty", f"m{i}", sender="t") for i in range(2)]
+        plant(monkeypatch, "hello")
+        with pytest.raises(WorkerExited):
+            await broker.request_worker("faulty", "crash", {"code": 1})
+        with trio.fail_after(20):
+            ended = [await broker.wait_delivery(r.delivery_id, timeout=15) for r in receipts]
+        assert [d.state for d in ended] == ["failed", "failed"]
+        assert all("will not restart" in (d.reason or "") for d in ended), ended
+        assert broker.agent("faulty").state == "failed"

@@ -86,3 +86,16 @@ def test_the_exit_code_follows_the_errors_stable_code(
         fail(error)
     assert exited.value.code == code
     assert capsys.readouterr().err.startswith(said)
+
+
+@pytest.mark.parametrize("option", [["--json"], ["--url", "ws://127.0.0.1:1"], ["--token", "t"]])
+def test_a_shared_option_a_command_does_not_take_is_refused_before_it_too(
+    option: list[str], tmp_path: Path
+) -> None:
+    """`up` takes only --state-dir: `trio-relay --json up` is a usage error, as
+    `trio-relay up --json` is, and no broker starts."""
+    before = invoke(*option, "up", "--state-dir", str(tmp_path / "s"))
+    after = invoke("up", *option, "--state-dir", str(tmp_path / "s"))
+    assert before.exit_code == after.exit_code == 2
+    assert f"up does not take {option[0]}" in before.output
+    assert not (tmp_path / "s").exists()

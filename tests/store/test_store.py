@@ -75,6 +75,26 @@ async def test_a_failing_write_fails_alone_in_its_batch(tmp_path: Path) -> None:
     assert "no_such_table" in str(outcome[0])
 
 
+async def test_a_failing_commit_callback_is_logged_and_the_store_carries_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a write's callback (a hook of the delivery engine, say) is reported with
+    its traceback and stops nothing: the write is committed, and later writes are too."""
+
+    def bug(_: object) -> None:
+        raise RuntimeError("a bug in a hook")
+
+    async with open_store(tmp_path / "relay.db") as store:
+        store.submit(lambda c: queue(c, "first"), "queue first", on_commit=bug)
+        await store.write(lambda c: queue(c, "second"), "queue second")
+        bodies = await store.read(
+            lambda c: [r[0] for r in c.execute("SELECT body FROM deliveries ORDER BY seq")]
+        )
+    assert bodies == ["first", "second"]
+    (record,) = [r for r in caplog.records if "callback after queue first" in r.getMessage()]
+    assert record.exc_info is not None and "a bug in a hook" in str(record.exc_info[1])
+
+
 async def test_a_locked_database_fails_the_write_clearly_and_loses_nothing(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
     errors: list[tuple[str, str]] = []

@@ -7,7 +7,7 @@ import sqlite3
 
 import trio
 
-from trio_relay.errors import WorkerNotFound
+from trio_relay.errors import InputQueueFull, WorkerNotFound
 from trio_relay.store.engine import Store
 from trio_relay.wire import decode_broker_frame
 
@@ -21,6 +21,7 @@ class FakeTransport:
         self.running: set[str] = set()
         self.frames: list[tuple[float, str, str]] = []  # (time, agent, delivery_id)
         self.fates: dict[str, str] = {}
+        self.full: set[str] = set()  # agents whose worker reads nothing: InputQueueFull
 
     def active(self, agent: str) -> bool:
         return agent in self.alive
@@ -28,11 +29,16 @@ class FakeTransport:
     def deliver(self, agent: str, frame: bytes) -> None:
         if agent not in self.running:
             raise WorkerNotFound(agent)
+        if agent in self.full:
+            raise InputQueueFull(agent, 8 << 20, 8 << 20)
         decoded = decode_broker_frame(frame)
         self.frames.append((trio.current_time(), agent, decoded.delivery_id))  # type: ignore[union-attr]
 
     def fate(self, agent: str) -> str | None:
         return self.fates.get(agent)
+
+    def gave_up(self, agent: str) -> bool:
+        return self.fates.get(agent, "").startswith("it gave up")
 
     def ids(self, agent: str = "w") -> list[str]:
         return [d for _, a, d in self.frames if a == agent]

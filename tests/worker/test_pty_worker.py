@@ -22,7 +22,7 @@ import trio
 from helpers import SUPPORT, kill_and_reap, pid_alive, wait_until
 
 from trio_relay import Broker, WorkerError, open_broker
-from trio_relay.linux.sweep import session_members
+from trio_relay.linux.procfs import session_members
 from trio_relay.wire import (
     AgentExited,
     AgentIdle,

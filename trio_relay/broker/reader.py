@@ -54,8 +54,9 @@ class FrameReader:
     """Routes every frame one run of a worker writes, until its stdout ends.
 
     ``on_hello(hello)`` is called on the worker's first hello, before the next frame is
-    read (so ``agent_spawned`` precedes every event of the run); ``reports(agent, frame)``,
-    if set, takes the worker's delivery reports instead of the event log. Nothing is
+    read (so ``agent_spawned`` precedes every event of the run); ``reports()`` gives the
+    hook that takes the worker's delivery reports (``hook(agent, frame)``) instead of the
+    event log, or None; it is asked at each report, so a hook set later applies at once. Nothing is
     routed after the run's terminal event but answers to requests.
     """
 
@@ -69,7 +70,7 @@ class FrameReader:
         events: EventLog,
         max_line: int,
         on_hello: Callable[[WorkerHello], None],
-        reports: Callable[[str, DeliveryReport], None] | None,
+        reports: Callable[[], Callable[[str, DeliveryReport], None] | None],
     ) -> None:
         self._agent, self._proc, self._run = agent, proc, run
         self._correlator, self._events = correlator, events
@@ -126,8 +127,8 @@ class FrameReader:
                 self._error("an exited frame with neither code nor signal", b"")
             else:
                 self._run.reported_exit = frame
-        elif self._reports is not None and type(frame) in _DELIVERY_REPORTS:
-            self._reports(name, frame)  # type: ignore[arg-type]
+        elif type(frame) in _DELIVERY_REPORTS and (hook := self._reports()) is not None:
+            hook(name, frame)  # type: ignore[arg-type]
         elif type(frame) is DeliveryInjected:
             emit(DeliveryInjectedEvent(agent=name, delivery_id=frame.delivery_id))
         elif type(frame) is DeliveryVerified:

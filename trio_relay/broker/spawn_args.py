@@ -34,11 +34,23 @@ def stored_spec(
     }
 
 
+#: Workers' module names before the layout of trio-relay 0.1 (in records a broker of that
+#: time stored), and where they are now.
+MOVED_WORKERS = {
+    "trio_relay.pty_worker": "trio_relay.worker.pty",
+    "trio_relay.reference_worker": "trio_relay.worker.reference",
+}
+
+
 def spawn_arguments(stored: Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of ``Broker.spawn`` (but the name) from a stored record.
-    Raises KeyError, TypeError or ValueError for a record that does not fit."""
+    """The keyword arguments of ``Broker.spawn`` (but the name) from a stored record; a
+    worker stored under its old module name (``-m trio_relay.pty_worker``) runs from where
+    it is now. Raises KeyError, TypeError or ValueError for a record that does not fit."""
+    argv = list(stored["argv"])
+    if len(argv) > 2 and argv[1] == "-m" and argv[2] in MOVED_WORKERS:
+        argv[2] = MOVED_WORKERS[argv[2]]
     return {
-        "argv": stored["argv"],
+        "argv": argv,
         "cwd": stored["cwd"],
         "env": stored["env"],
         "restart": RestartPolicy(**stored["restart"]),

@@ -23,7 +23,7 @@ from trio_relay.broker.correlator import Correlator
 from trio_relay.broker.events import EventLog
 from trio_relay.broker.process import WorkerProcess, spawn_process
 from trio_relay.broker.reader import DeliveryReport, FrameReader, protocol_error
-from trio_relay.broker.restart import RestartPolicy, RestartTracker
+from trio_relay.broker.restart import RestartTracker
 from trio_relay.errors import AgentExists, ChannelClosed, SpawnFailed, WorkerNotFound
 from trio_relay.linux.sweep import is_child_session
 from trio_relay.wire import (
@@ -36,9 +36,6 @@ from trio_relay.wire import (
     encode,
 )
 from trio_relay.wire.lines import DEFAULT_MAX_LINE
-
-# RestartPolicy was defined here before the split; its importers still find it here.
-__all__ = ["DEFAULT_HISTORY", "RestartPolicy", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +277,7 @@ class Supervisor:
             events=self._events,
             max_line=self._max_line,
             on_hello=lambda hello: self._accept_hello(agent, proc, run, hello),
-            reports=self.delivery_reports,
+            reports=lambda: self.delivery_reports,
         )
         async with trio.open_nursery() as nursery:
             proc.start_tasks(nursery)

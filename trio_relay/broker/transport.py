@@ -38,6 +38,11 @@ class SupervisorTransport:
             return f"it could not be restarted ({record.last_reason})"
         return f"its restart policy is {record.spec.restart.mode!r}"
 
+    def gave_up(self, agent: str) -> bool:
+        """Whether ``agent`` gave up restarting."""
+        record = self._record(agent)
+        return record is not None and record.state == "gave_up"
+
     def _record(self, agent: str) -> Agent | None:
         try:
             return self._supervisor.get(agent)

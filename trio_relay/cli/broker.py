@@ -21,7 +21,7 @@ from trio_relay.cli.context import (
     pass_settings,
 )
 from trio_relay.errors import BrokerAlreadyRunning, StateDirError, StoreError
-from trio_relay.linux.sweep import process_alive
+from trio_relay.linux.procfs import process_alive
 from trio_relay.state import StateDir
 
 READY_TIMEOUT = 30.0  # seconds `up --detach` waits for the broker to be ready

@@ -118,7 +118,20 @@ class RelayCommand(click.Command):
         self.params.extend(self.shared)
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Merge this command's shared options into :class:`Settings`. Raises UsageError
+        for a shared option given to the group that this command does not take (``--json
+        up``), as the command itself would."""
         settings = ctx.ensure_object(Settings)
+        group = ctx.parent
+        taken = {option.name for option in self.shared}
+        for option in SHARED_OPTIONS:
+            assert option.name is not None
+            if (
+                option.name not in taken
+                and group is not None
+                and group.get_parameter_source(option.name) is ParameterSource.COMMANDLINE
+            ):
+                raise click.UsageError(f"{self.name} does not take {option.opts[0]}", ctx)
         for option in self.shared:
             assert option.name is not None
             value = ctx.params.pop(option.name)

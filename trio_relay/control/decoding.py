@@ -37,8 +37,9 @@ def decode_request(message: str | bytes) -> ControlRequest:
 
 
 def _diagnose(message: str) -> ControlRequest:
-    """Why ``message`` is not a request, as Undecodable (it returns only if the generic
-    decoder accepts what the typed one did not, which it never should)."""
+    """Why ``message`` is not a request, as Undecodable. It returns a request only where the
+    generic decoder reads what the typed one refused: a repeated key, where the last one
+    wins (``{"op": "status", "op": "shutdown"}`` is a shutdown, as it always was)."""
     try:
         raw: Any = msgspec.json.decode(message)
     except RecursionError:

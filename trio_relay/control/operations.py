@@ -18,7 +18,7 @@ import trio
 
 from trio_relay import __version__
 from trio_relay.broker.broker import Broker
-from trio_relay.broker.supervisor import RestartPolicy
+from trio_relay.broker.restart import RestartPolicy
 from trio_relay.control.auth import Principal
 from trio_relay.errors import Forbidden
 from trio_relay.wire import (

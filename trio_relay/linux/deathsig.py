@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -25,7 +26,7 @@ def death_signal(parent_pid: int) -> Callable[[], bool]:
     """
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
 
     def arm() -> bool:
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
@@ -33,3 +34,16 @@ def death_signal(parent_pid: int) -> Callable[[], bool]:
         return os.getppid() == parent_pid
 
     return arm
+
+
+def _libc() -> Any:
+    """The C library, loaded once per process."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
+_LIBC: Any = None

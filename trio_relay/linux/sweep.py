@@ -23,21 +23,7 @@ import logging
 import os
 import signal
 
-from trio_relay.linux.procfs import environ, pids, process_alive, process_stat, session_members
-
-# process_alive and session_members were first defined here; their importers still find them.
-__all__ = [
-    "AGENT_ENV",
-    "RUN_ENV",
-    "is_child_session",
-    "kill_run",
-    "kill_session",
-    "kill_tagged",
-    "process_alive",
-    "run_members",
-    "session_members",
-    "tagged",
-]
+from trio_relay.linux.procfs import environ, pids, process_stat, session_members
 
 log = logging.getLogger(__name__)
 

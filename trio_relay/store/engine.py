@@ -181,7 +181,7 @@ class Store:
                 if error is None:
                     self.writes += 1
                     if op.on_commit is not None:
-                        op.on_commit(op.result)
+                        _run_callback(op.what, op.on_commit, op.result)
                     continue
                 if _is_store_error(error):
                     op.error = self._failed(op.what, error)
@@ -189,7 +189,7 @@ class Store:
                     op.error = error
                     log.error("store: %s failed", op.what, exc_info=error)
                 if op.on_abort is not None:
-                    op.on_abort(op.error)
+                    _run_callback(op.what, op.on_abort, op.error)
         finally:
             for op in batch:  # even if a callback failed: no writer is left waiting
                 op.done.set()
@@ -312,3 +312,13 @@ async def open_store(
         if not store._stopped.is_set():  # the writer never ran: close the connection here
             with trio.CancelScope(shield=True):
                 await store._call(store._conn.close)
+
+
+def _run_callback(what: str, callback: Callable[[Any], None], value: Any) -> None:
+    """Run a write's commit or abort callback. A fault in one (a bug of ours) is logged
+    with its traceback and ends only that callback: the writer, and every other write,
+    carry on."""
+    try:
+        callback(value)
+    except Exception:
+        log.exception("store: the callback after %s failed", what)

@@ -39,11 +39,13 @@ class DeliveryEngine:
         *,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self.store = store
-        self.events = events
-        self.transport = transport
-        self.policy = policy or DeliveryPolicy()
-        self._core = Core(store, events, transport, self.policy, wall)
+        self._core = Core(store, events, transport, policy or DeliveryPolicy(), wall)
+
+    # What it was made with, read-only: its parts share them through the core.
+    store = property(lambda self: self._core.store, doc="The store (read-only).")
+    events = property(lambda self: self._core.events, doc="The event log (read-only).")
+    transport = property(lambda self: self._core.transport, doc="The supervisor's view.")
+    policy = property(lambda self: self._core.policy, doc="The policy (read-only).")
 
     @property
     def stale_reports(self) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 from trio_relay.broker.delivery.core import Core
 from trio_relay.broker.delivery.mailbox import Delivery, Mailbox
-from trio_relay.errors import ChannelClosed, WorkerNotFound
+from trio_relay.errors import ChannelClosed, InputQueueFull, WorkerNotFound
 from trio_relay.store import sql
 from trio_relay.wire import Deliver, encode
 from trio_relay.wire.vocabulary import OPEN_STATES
@@ -77,8 +77,9 @@ def pump(core: Core, box: Mailbox) -> None:
 
 
 def write_frame(core: Core, box: Mailbox, delivery: Delivery) -> None:
-    """Queue the delivery's frame to the worker. A worker that is gone is no error here:
-    its exit requeues the delivery; if it lives on, the retry timer sends it again."""
+    """Queue the delivery's frame to the worker. A worker that is gone, or one that reads
+    nothing, is no error here: its exit requeues the delivery; if it lives on, the retry
+    timer sends it again."""
     frame = Deliver(
         delivery_id=core.did(delivery.seq),
         sender=delivery.sender,
@@ -87,5 +88,5 @@ def write_frame(core: Core, box: Mailbox, delivery: Delivery) -> None:
     )
     try:
         core.transport.deliver(box.name, encode(frame))
-    except (WorkerNotFound, ChannelClosed) as exc:
+    except (WorkerNotFound, ChannelClosed, InputQueueFull) as exc:
         log.info("%s: delivery %s not written: %s", box.name, frame.delivery_id, exc)

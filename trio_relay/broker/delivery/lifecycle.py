@@ -10,7 +10,14 @@ from trio_relay.broker.delivery.core import Core
 from trio_relay.broker.delivery.handover import pump
 from trio_relay.broker.delivery.mailbox import Mailbox
 from trio_relay.store import sql
-from trio_relay.wire import AgentExited, AgentGaveUp, AgentSpawned, DeliveryRequeuedEvent, Event
+from trio_relay.wire import (
+    AgentExited,
+    AgentGaveUp,
+    AgentSpawned,
+    DeliveryRequeuedEvent,
+    Event,
+    SpawnFailedEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,13 @@ def on_event(core: Core, event: Event) -> None:
         box.running = False
         box.stall_at = None
         _requeue(core, box, event.reason, crashed=not event.intended)
+    elif isinstance(event, SpawnFailedEvent):
+        # A run that never got going; if the agent will not come back (a fault of ours
+        # ends it), nothing will deliver its open deliveries.
+        fate = core.transport.fate(event.agent)
+        box = core.mailboxes.get(event.agent)
+        if box is not None and fate is not None and not core.transport.gave_up(event.agent):
+            fail_open(core, box, f"agent {box.name!r} will not restart: {fate}")
     elif isinstance(event, AgentGaveUp):
         box = core.mailbox(event.agent)
         fail_open(
@@ -54,8 +68,9 @@ def _requeue(core: Core, box: Mailbox, reason: str, *, crashed: bool) -> None:
     name = box.name
     # Its fate is settled when its exit is announced. Decided now, not in the requeue's
     # commit callback: a write submitted from there finds the store closed when a
-    # shutdown follows the crash, and the crashed agent would be respawned.
-    fate = core.transport.fate(name) if crashed else None
+    # shutdown follows the crash, and the crashed agent would be respawned. An agent that
+    # gave up is failed by its agent_gave_up event, which follows at once.
+    fate = core.transport.fate(name) if crashed and not core.transport.gave_up(name) else None
 
     def settle(committed: bool) -> None:
         # Not committed: the store still says "sent", which a restart reads as queued too

@@ -56,11 +56,15 @@ class Transport(Protocol):
         """Running, starting or restarting: a delivery for it will be handed over."""
 
     def deliver(self, agent: str, frame: bytes) -> None:
-        """Queue one frame to the agent's worker. Raises WorkerNotFound or ChannelClosed."""
+        """Queue one frame to the agent's worker. Raises WorkerNotFound, ChannelClosed
+        or InputQueueFull."""
 
     def fate(self, agent: str) -> str | None:
         """None if the agent is running or coming back (or was released); otherwise why it
         will not come back."""
+
+    def gave_up(self, agent: str) -> bool:
+        """Whether the agent gave up restarting (an ``agent_gave_up`` event says so)."""
 
 
 def check_send(sender: str, body: str, thread: str | None, max_body: int) -> None:

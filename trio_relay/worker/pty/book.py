@@ -15,8 +15,6 @@ import msgspec
 
 from trio_relay.wire.vocabulary import INJECT_MODES, InjectMode
 
-MODES = INJECT_MODES
-
 
 class Delivery(msgspec.Struct):
     delivery_id: str
@@ -46,7 +44,7 @@ class DeliveryBook:
     """Deliveries in a worker: held, queued, the one in flight, and settled outcomes."""
 
     def __init__(self, mode: InjectMode = "auto_inject", remember: int = 10000) -> None:
-        if mode not in MODES:
+        if mode not in INJECT_MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.mode: InjectMode = mode
         self.held: deque[Delivery] = deque()
@@ -86,8 +84,8 @@ class DeliveryBook:
     def set_mode(self, mode: InjectMode) -> int:
         """Switch mode; returning to ``auto_inject`` queues what was held. Returns how many
         were released. Raises ValueError for an unknown mode."""
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        if mode not in INJECT_MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(INJECT_MODES)}")
         self.mode = mode
         return self.flush() if mode == "auto_inject" else 0
 

@@ -29,9 +29,6 @@ class Deadlines:
     def clear(self) -> None:
         self._at.clear()
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._at
-
     def next(self) -> float | None:
         """The earliest deadline, or None if none is armed."""
         return min(self._at.values()) if self._at else None

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import random
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import CLEAN_ENV, REFERENCE_WORKER, RELAY, Relay, pid_alive, relay, wait_for
 
+from trio_relay.cli.attach import RESTORE
 from trio_relay.cli.main import main
 from trio_relay.state import StateDir
 
@@ -273,6 +277,9 @@ def test_attach_mirrors_and_drives_an_agent_through_a_real_terminal(broker: Rela
         assert "attached-42" in broker.invoke("snapshot", "sh").output
         os.write(fd, b"\x1d")  # Ctrl-] detaches
         read_until(fd, b"detached from sh; it keeps running", seen)
+        # The terminal is left as it was found, whatever the agent set, and the detach
+        # line starts a clean line.
+        assert RESTORE + b"[detached from sh" in seen, bytes(seen[-300:])
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
@@ -283,6 +290,54 @@ def test_attach_mirrors_and_drives_an_agent_through_a_real_terminal(broker: Rela
         except (ProcessLookupError, ChildProcessError):
             pass  # it had already exited and was reaped above
     assert json.loads(broker.invoke("ps", "--json").output)[0]["state"] == "running"
+
+
+def test_attach_says_when_the_local_terminal_is_smaller_than_the_agents(broker: Relay) -> None:
+    broker.invoke("spawn", "wide", "--rows", "30", "--cols", "120", "--", "cat")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a 10x40 terminal, smaller than the agent's 30x120
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 10, 40, 0, 0))
+        os.execve(
+            sys.executable,
+            [*RELAY, "attach", "wide", "--drive", "--state-dir", broker.state],
+            CLEAN_ENV,
+        )
+    seen = bytearray()
+    try:
+        read_until(fd, b"\x1b[2J", seen)  # painted
+        os.write(fd, b"\x1d")
+        read_until(fd, b"detached from wide", seen)
+        text = seen.decode(errors="replace")
+        assert "the agent's terminal is 30x120, larger than yours (10x40)" in text
+        assert "trio-relay resize wide 10 40" in text
+    finally:
+        os.close(fd)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass  # it had already exited
+
+
+def test_snapshot_ansi_keeps_its_escapes_when_piped(broker: Relay) -> None:
+    script = "printf '\\033[1;31mRED\\033[0m plain\\n'; exec cat"
+    broker.invoke("spawn", "colour", "--", "sh", "-c", script)
+    wait_for(lambda: "RED plain" in broker.invoke("snapshot", "colour").output)
+    piped = subprocess.run(
+        [*RELAY, "snapshot", "colour", "--ansi", "--state-dir", broker.state],
+        capture_output=True,
+        env=CLEAN_ENV,
+        timeout=30,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert b"\x1b[" in piped.stdout and b"RED" in piped.stdout, piped.stdout
+    plain = subprocess.run(
+        [*RELAY, "snapshot", "colour", "--state-dir", broker.state],
+        capture_output=True,
+        env=CLEAN_ENV,
+        timeout=30,
+    )
+    assert b"\x1b" not in plain.stdout and b"RED plain" in plain.stdout
 
 
 def test_attach_to_an_unknown_agent_fails_clearly(broker: Relay) -> None:

@@ -112,7 +112,8 @@ def logs(settings: Settings, name: str, lines: int) -> None:
 @pass_settings
 def snapshot(settings: Settings, name: str, ansi: bool) -> None:
     """Print what agent NAME's screen shows now."""
-    settings.show(lambda c: c.snapshot(name, ansi=ansi), lambda s: click.echo(s.text))
+    # color=True: click would strip the escapes when stdout is a pipe or a file.
+    settings.show(lambda c: c.snapshot(name, ansi=ansi), lambda s: click.echo(s.text, color=ansi))
 
 
 @command("input")
@@ -205,17 +206,20 @@ def attach(settings: Settings, name: str, drive: bool) -> None:
     running). Without it, Ctrl-C stops watching. Exits 0 on detach or when the agent is
     released, 1 if it exits on its own.
     """
-    from trio_relay.cli.attach import RawTerminal
+    from trio_relay.cli.attach import Attached, RawTerminal
     from trio_relay.cli.attach import attach as run_attach
 
     try:
         with RawTerminal(0) if drive else contextlib.nullcontext():
-            exited = settings.call(lambda c: run_attach(c, name, drive=drive))
+            attached = settings.call(lambda c: run_attach(c, name, drive=drive))
     except KeyboardInterrupt:  # Ctrl-C stops watching (without --drive it is not sent on)
-        exited = None
+        attached = Attached()
+    if attached.notice:
+        click.echo(f"[{attached.notice}]", err=True)
+    exited = attached.exited
     if exited is None:
-        click.echo(f"\r\n[detached from {name}; it keeps running]", err=True)
+        click.echo(f"[detached from {name}; it keeps running]", err=True)
     else:
-        click.echo(f"\r\n[{name} exited: {exited.reason}]", err=True)
+        click.echo(f"[{name} exited: {exited.reason}]", err=True)
         if not exited.intended:
             sys.exit(EXIT_FAILED)

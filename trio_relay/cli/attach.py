@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import termios
 import tty
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -20,6 +21,13 @@ from trio_relay.client import RelayClient
 from trio_relay.wire import AgentExited, AgentOutput, Gap, ScreenSnapshot
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
+#: What an attach leaves the terminal as it found it with, whatever the agent's program set:
+#: attributes reset, the normal screen (not the alternate one), the cursor keys and keypad
+#: in normal mode, mouse reports and bracketed paste off, the cursor visible, a clean line.
+RESTORE = (
+    b"\x1b[0m\x1b[?1049l\x1b[?1l\x1b>\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l"
+    b"\x1b[?2004l\x1b[?25h\r\n"
+)
 
 
 def paint(snapshot: ScreenSnapshot) -> bytes:
@@ -39,6 +47,15 @@ def unseen_part(event: AgentOutput, offset: int) -> bytes:
     return data[max(0, offset - event.offset) :]
 
 
+@dataclass
+class Attached:
+    """How an attach ended: the agent's ``agent_exited`` event (None: detached or stopped
+    watching), and what a person should know about the picture they saw (``notice``)."""
+
+    exited: AgentExited | None = None
+    notice: str | None = None
+
+
 async def attach(
     client: RelayClient,
     name: str,
@@ -46,27 +63,58 @@ async def attach(
     drive: bool,
     stdin_fd: int = 0,
     stdout_fd: int = 1,
-) -> AgentExited | None:
-    """Mirror agent ``name`` until it exits (returns its ``agent_exited`` event) or, when
-    driving, until the detach key is pressed (returns None). Raises RemoteError (for
-    example not_found) and BrokerUnreachable like any client call."""
+) -> Attached:
+    """Mirror agent ``name`` until it exits or, when driving, until the detach key is
+    pressed. However it ends (cancellation included), the terminal is restored
+    (:data:`RESTORE`). Raises RemoteError (for example not_found) and BrokerUnreachable
+    like any client call."""
     # A Trio stream, not a blocking write: with --drive, stdin and stdout are one open
     # terminal, and reading it the Trio way makes both non-blocking.
     out = trio.lowlevel.FdStream(os.dup(stdout_fd))
+    attached = Attached()
     try:
-        return await _mirror(client, name, drive, stdin_fd, out)
+        attached.exited = await _mirror(client, name, drive, stdin_fd, out, attached, stdout_fd)
+        return attached
     finally:
         with trio.CancelScope(shield=True):
+            try:
+                await out.send_all(RESTORE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the terminal is gone: nothing left to restore
             await out.aclose()
 
 
+def size_notice(name: str, snapshot: ScreenSnapshot, fd: int) -> str | None:
+    """What to tell a person whose terminal (``fd``) is smaller than the agent's, or None."""
+    try:
+        local = os.get_terminal_size(fd)
+    except OSError:  # not a terminal
+        return None
+    if not local.lines or not local.columns:  # a terminal that does not know its size
+        return None
+    if local.lines >= snapshot.rows and local.columns >= snapshot.cols:
+        return None
+    return (
+        f"the agent's terminal is {snapshot.rows}x{snapshot.cols}, larger than yours"
+        f" ({local.lines}x{local.columns}): part of it was not shown"
+        f" (make yours larger, or `trio-relay resize {name} {local.lines} {local.columns}`)"
+    )
+
+
 async def _mirror(
-    client: RelayClient, name: str, drive: bool, stdin_fd: int, out: trio.lowlevel.FdStream
+    client: RelayClient,
+    name: str,
+    drive: bool,
+    stdin_fd: int,
+    out: trio.lowlevel.FdStream,
+    attached: Attached,
+    stdout_fd: int,
 ) -> AgentExited | None:
     async with client.subscribe(
         agent=name, kinds=["agent_output", "agent_exited", "gap"]
     ) as events:
         snapshot = await client.snapshot(name, ansi=True)
+        attached.notice = size_notice(name, snapshot, stdout_fd)
         await out.send_all(paint(snapshot))
         offset = snapshot.offset or 0
         async with trio.open_nursery() as nursery:

@@ -179,6 +179,22 @@ async def test_a_hello_naming_another_session_is_not_trusted(broker: Broker) -> 
         bystander.wait()
 
 
+async def test_a_hello_naming_a_program_that_already_exited_is_no_protocol_error(
+    broker: Broker,
+) -> None:
+    """A wrapper whose program exited before its hello (``true``) names a pid that is gone:
+    nothing to trust or to kill, and no warning about it."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid names no process
+    await broker.spawn("quick", [*REFERENCE_WORKER, "--program-pid", str(gone.pid)])
+    assert await broker.request_worker("quick", "ping", {"data": 1}) == {"data": 1}
+    assert not [
+        e
+        for e in broker.events.since(0)
+        if isinstance(e, WorkerProtocolError) and e.agent == "quick"
+    ]
+
+
 # ---------------------------------------------------------------- races
 
 

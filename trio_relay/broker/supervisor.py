@@ -25,6 +25,7 @@ from trio_relay.broker.process import WorkerProcess, spawn_process
 from trio_relay.broker.reader import DeliveryReport, FrameReader, protocol_error
 from trio_relay.broker.restart import RestartTracker
 from trio_relay.errors import AgentExists, ChannelClosed, SpawnFailed, WorkerNotFound
+from trio_relay.linux.procfs import process_stat
 from trio_relay.linux.sweep import is_child_session
 from trio_relay.wire import (
     PROTOCOL_VERSION,
@@ -369,6 +370,10 @@ class Supervisor:
         if hello.program_pid is not None:
             if is_child_session(proc.pid, hello.program_pid):
                 proc.program_session = hello.program_pid
+            elif process_stat(hello.program_pid) is None:
+                # Gone already (a program that exits at once, like `true`): there is no
+                # session to trust or to kill, and nothing a person needs to hear about.
+                log.debug("%s: its program %d has already exited", agent.name, hello.program_pid)
             else:
                 protocol_error(
                     self._events,

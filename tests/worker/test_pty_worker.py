@@ -7,6 +7,7 @@ session (the ``relay`` fixture), besides the suite-wide check on worker processe
 from __future__ import annotations
 
 import fcntl
+import shutil
 import signal
 import struct
 import sys
@@ -364,6 +365,65 @@ async def test_snapshot_with_ansi_attributes(relay: Relay) -> None:
     assert snap["text"].split("\n")[0] == "plain \x1b[0;1;31mbold red\x1b[0m"
     plain = await relay.broker.request_worker("sh", "snapshot", {})
     assert plain["text"].split("\n")[0] == "plain bold red"
+
+
+async def test_dim_text_shows_in_the_ansi_snapshot(relay: Relay) -> None:
+    # The snapshot attach draws its first frame from.
+    await relay.spawn("sh", "sh", "-c", "printf 'a \\033[2mfaint\\033[22m b'; exec cat")
+    snap = await relay.screen("sh", lambda text: "faint" in text, ansi=True)
+    assert snap["text"].split("\n")[0] == "a \x1b[0;2mfaint\x1b[0m b"
+
+
+async def test_a_shrinking_resize_shows_the_programs_redraw_at_the_cursor(relay: Relay) -> None:
+    # Output at the bottom, then the terminal loses rows: what is near the cursor stays.
+    program = (
+        "import os, signal, sys\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGWINCH})\n"
+        "print('top', *(f'row {n}' for n in range(1, 23)), sep='\\n')\n"
+        "sys.stdout.write('> '); sys.stdout.flush()\n"
+        "signal.sigwait({signal.SIGWINCH})\n"
+        "sys.stdout.write('\\r\\x1b[Kresized'); sys.stdout.flush()\n"  # redraw its row
+        "os.read(0, 1)\n"
+    )
+    await relay.spawn("py", sys.executable, "-c", program, prompt="> ")
+    await relay.broker.resize("py", 5, 80)
+    snap = await relay.screen("py", lambda text: "resized" in text)
+    assert snap["text"].split("\n") == ["row 19", "row 20", "row 21", "row 22", "resized"]
+    assert snap["cursor"] == [4, 7]
+    await relay.broker.write_input("py", "q")
+
+
+@pytest.mark.skipif(shutil.which("vim") is None, reason="vim is not installed")
+async def test_vim_redraws_after_a_shrinking_resize(relay: Relay, tmp_path: Path) -> None:
+    text = tmp_path / "numbers.txt"
+    text.write_text("".join(f"line {n:02}\n" for n in range(1, 41)))
+    vim = ["vim", "-u", "NONE", "-i", "NONE", "-n", "-N", str(text)]
+    await relay.spawn("vim", *vim, prompt="line 23")
+    await relay.broker.write_input("vim", "20G")  # the cursor to line 20: row 19 of 23
+
+    def showing(first: int, last: int, rows: int) -> Callable[[str], bool]:
+        def check(screen: str) -> bool:
+            lines = screen.split("\n")
+            body = [f"line {n:02}" for n in range(first, last + 1)]
+            return len(lines) == rows and lines[: len(body)] == body
+
+        return check
+
+    with trio.fail_after(10):  # vim has moved the cursor: then the terminal shrinks
+        while True:
+            snap = await relay.broker.request_worker("vim", "snapshot", {})
+            if snap["cursor"] == [19, 0] and showing(1, 23, 24)(snap["text"]):
+                break
+            await trio.sleep(0.01)
+    await relay.broker.resize("vim", 8, 40)
+    # vim keeps the cursor's line at the same fraction of the smaller window's 7 text rows
+    # (row 5): lines 15 to 21, then the command line; nothing of the 24-row screen is left.
+    snap = await relay.screen("vim", showing(15, 21, 8))
+    lines = snap["text"].split("\n")
+    assert not lines[7].startswith("line"), lines
+    assert snap["cursor"] == [5, 0] and (snap["rows"], snap["cols"]) == (8, 40)
+    await relay.broker.write_input("vim", "\x1b:q!\r")
+    await relay.wait_event(AgentExited, "vim")
 
 
 # ---------------------------------------------------------------- the broker goes away

@@ -85,3 +85,108 @@ def test_a_bad_sequence_is_counted_but_a_listener_bug_is_not_swallowed() -> None
     with pytest.raises(ListenerError):
         screen.feed("more")
     assert screen.parse_errors == before + 1
+
+
+# ---------------------------------------------------------------- what xterm would show
+
+
+def test_csi_s_and_t_scroll_the_whole_screen_without_moving_the_cursor() -> None:
+    screen = TerminalScreen(5, 10)
+    screen.feed("1\r\n2\r\n3\r\n4\r\n5")
+    screen.feed("\x1b[2S")  # scroll up 2: blank rows come in at the bottom
+    assert screen.lines() == ["3", "4", "5", "", ""]
+    assert screen.cursor == (4, 1)
+    screen.feed("\x1b[T")  # scroll down, default 1: a blank row comes in at the top
+    assert screen.lines() == ["", "3", "4", "5", ""]
+    screen.feed("\x1b[0S")  # 0 is taken as 1
+    assert screen.lines() == ["3", "4", "5", "", ""]
+    screen.feed("x")  # the cursor did not move
+    assert screen.lines() == ["3", "4", "5", "", " x"]
+    screen.feed("\x1b[99T")  # more than the screen: all blank
+    assert screen.lines() == ["", "", "", "", ""]
+    assert screen.parse_errors == 0
+
+
+def test_csi_s_and_t_scroll_only_inside_the_scrolling_margins() -> None:
+    screen = TerminalScreen(5, 10)
+    screen.feed("1\r\n2\r\n3\r\n4\r\n5")
+    screen.feed("\x1b[2;4r")  # margins: rows 2 to 4; the cursor goes home
+    screen.feed("\x1b[S")
+    assert screen.lines() == ["1", "3", "4", "", "5"]
+    screen.feed("\x1b[2T")
+    assert screen.lines() == ["1", "", "", "3", "5"]
+    screen.feed("\x1b[5S")  # capped at the region's height
+    assert screen.lines() == ["1", "", "", "", "5"]
+    assert screen.cursor == (0, 0)
+
+
+def test_private_and_modifier_sequences_are_not_scrolls_or_attributes() -> None:
+    screen = TerminalScreen(3, 10)
+    screen.feed("a\r\nb\r\nc")
+    screen.feed("\x1b[?1;1S\x1b[>0T\x1b[1;2;3;4;5T")  # XTSMGRAPHICS, title modes, mouse
+    assert screen.lines() == ["a", "b", "c"]
+    screen.feed("\x1b[>4;2m\x1b[>1ud")  # modifyOtherKeys, kitty keys: no underline, no dim
+    assert screen.ansi_text() == "a\nb\ncd"
+    assert screen.feed("\x1b[>4;") == [] and screen.held == 5  # split: held back
+    screen.feed("2me")
+    assert screen.ansi_text() == "a\nb\ncde" and screen.held == 0
+
+
+def test_shrinking_keeps_the_rows_around_the_cursor_at_the_bottom() -> None:
+    screen = TerminalScreen(6, 20)
+    screen.feed("top\r\nrow1\r\nrow2\r\nrow3\r\nrow4\r\n> prompt")
+    screen.resize(3, 20)  # xterm: the top rows go (to the scrollback) so the cursor stays
+    assert screen.lines() == ["row3", "row4", "> prompt"]
+    assert screen.cursor == (2, 8)
+    screen.feed("!\r\nnext")  # output goes on where the cursor is
+    assert screen.lines() == ["row4", "> prompt!", "next"]
+    screen.resize(6, 20)  # growing adds blank rows at the bottom; nothing comes back
+    assert screen.lines() == ["row4", "> prompt!", "next", "", "", ""]
+    assert screen.cursor == (2, 4)
+
+
+def test_shrinking_drops_rows_below_the_cursor_before_any_at_the_top() -> None:
+    screen = TerminalScreen(6, 20)
+    screen.feed("title\r\nline 1\r\n> ")
+    screen.resize(4, 20)  # the blank rows below the cursor go: nothing moves
+    assert screen.lines() == ["title", "line 1", ">", ""]
+    assert screen.cursor == (2, 2)
+    screen.feed("\x1b[5;1Hbelow\x1b[3;3H")  # clamped to the last row
+    screen.resize(3, 20)  # the row below the cursor goes, content or not
+    assert screen.lines() == ["title", "line 1", ">"]
+    screen.resize(2, 20)  # then the top one, and the cursor moves up with its row
+    assert screen.lines() == ["line 1", ">"]
+    assert screen.cursor == (1, 2)
+    screen.resize(4, 20)
+    assert screen.lines() == ["line 1", ">", "", ""]
+    screen.feed("\x1b[4;1Hend")
+    assert screen.lines() == ["line 1", ">", "", "end"]
+
+
+def test_shrinking_columns_and_rows_together_and_the_margins_reset() -> None:
+    screen = TerminalScreen(4, 10)
+    screen.feed("\x1b[2;3r\x1b[1;1Habcdefghij\x1b[4;1Hklmnopqrst")
+    screen.resize(2, 5)
+    assert screen.lines() == ["", "klmno"]  # rows 1-2 (0-based) dropped from the top
+    screen.resize(3, 10)
+    screen.feed("\x1b[3;1H\n\n")  # no margins left: a linefeed at the bottom scrolls all
+    assert screen.lines() == ["", "", ""]
+
+
+def test_dim_text_is_rendered_and_round_trips() -> None:
+    screen = TerminalScreen(3, 40)
+    screen.feed("a\x1b[2mdim\x1b[22mb\x1b[1;2mbd\x1b[22mc\x1b[2;31mr\x1b[0mz")
+    ansi = screen.ansi_text()
+    first = ansi.split("\n")[0]
+    assert first == "a\x1b[0;2mdim\x1b[0mb\x1b[0;1;2mbd\x1b[0mc\x1b[0;2;31mr\x1b[0mz"
+    again = TerminalScreen(3, 40)
+    again.feed(ansi)
+    assert again.ansi_text() == ansi
+    screen.feed("\r\n\x1b[38;5;2mg\x1b[48;2;0;2;2mh\x1b[m")  # a colour's 2 is not dim
+    green = "38;2;0;205;0"  # pyte keeps colour 2 of the 256 as its RGB value
+    assert screen.ansi_text().split("\n")[1] == (
+        f"\x1b[0;{green}mg\x1b[0;{green};48;2;0;2;2mh\x1b[0m"
+    )
+    screen.feed("\r\n\x1b[2mx\x1b[m")  # dim survives a scroll, and a reset ends it
+    screen.feed("\r\n")
+    assert screen.ansi_text().split("\n")[1] == "\x1b[0;2mx\x1b[0m"

@@ -12,6 +12,18 @@
   worker sees a typed message echoed;
 - renders snapshots as plain text or with ANSI attributes.
 
+Where pyte 0.8.2 differs from xterm, the screen does what xterm and tmux do:
+
+- a resize to fewer rows drops the rows below the cursor first, then rows from the top only
+  as needed to keep the cursor's row on screen (the cursor moves up with it); more rows are
+  blank rows added at the bottom. (pyte drops rows from the top and leaves the cursor
+  where it was, below the screen.)
+- ``CSI n S`` and ``CSI n T`` scroll the scrolling region (DECSTBM) up and down n lines
+  (default 1) without moving the cursor;
+- dim (SGR 2, ended by SGR 22 or 0) is kept with each cell and rendered as ``ESC[2m``;
+- ``CSI > ... m`` and the other ``CSI >`` sequences (modifyOtherKeys, kitty keyboard
+  flags, title modes) are dropped: pyte would take ``ESC[>4;2m`` for underline and dim.
+
 It does no I/O. A sequence that pyte cannot handle is counted in :attr:`parse_errors` (the
 last one in :attr:`last_parse_error`) and skipped; it never stops the output that follows.
 """
@@ -20,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyte
 from pyte import graphics
@@ -30,9 +42,11 @@ _QUERY = re.compile(
     r"|\x1b\[(?P<da>>?)0?c"
     r"|\x1b\[\?(?P<rqm>\d{1,5})\$p"
     r"|\x1b\](?P<osc>1[01]);\?(?P<st>\x07|\x1b\\)"
+    r"|(?P<gt>\x1b\[>[\d;]{0,32}[@-~])"  # not a query: dropped (pyte ignores the ">")
 )
-# The end of a chunk that may be the start of a query: held back until more text comes.
-_PARTIAL = re.compile(r"\x1b(?:\[[?>]?\d{0,5}\$?|\](?:1[01]?(?:;\??\x1b?)?)?)?\Z")
+# The end of a chunk that may be the start of a query or of a dropped ``CSI >``: held back
+# until more text comes.
+_PARTIAL = re.compile(r"\x1b(?:\[(?:\??\d{0,5}\$?|>[\d;]{0,32})|\](?:1[01]?(?:;\??\x1b?)?)?)?\Z")
 
 PRIMARY_DA = "\x1b[?62;22c"  # VT220 with ANSI colour
 SECONDARY_DA = "\x1b[>1;10;0c"  # VT220, firmware 10
@@ -43,6 +57,22 @@ BRACKETED_PASTE = 2004 << 5  # how pyte stores private mode 2004 in Screen.mode
 _FG_CODES = {name: code for code, name in {**graphics.FG_ANSI, **graphics.FG_AIXTERM}.items()}
 _BG_CODES = {name: code for code, name in {**graphics.BG_ANSI, **graphics.BG_AIXTERM}.items()}
 _HEX = re.compile(r"[0-9a-fA-F]{6}\Z")
+
+
+class _Char(NamedTuple):
+    """pyte's ``Char`` with ``dim``: what every cell holds (pyte only ever replaces fields of
+    the screen's default character and the cursor's attributes, so the type carries over)."""
+
+    data: str
+    fg: str = "default"
+    bg: str = "default"
+    bold: bool = False
+    italics: bool = False
+    underscore: bool = False
+    strikethrough: bool = False
+    reverse: bool = False
+    blink: bool = False
+    dim: bool = False
 
 
 class ListenerError(Exception):
@@ -62,6 +92,8 @@ class _Stream(pyte.Stream):
     character. Only the exceptions pyte's handlers raise are taken so: an error of the draw
     listener propagates as :class:`ListenerError`."""
 
+    csi = {**pyte.Stream.csi, "S": "scroll_up", "T": "scroll_down"}
+
     def __init__(self, screen: _Screen, on_error: Callable[[Exception], None]) -> None:
         super().__init__(screen)
         self.on_error = on_error
@@ -77,10 +109,85 @@ class _Stream(pyte.Stream):
 
 
 class _Screen(pyte.Screen):
-    """pyte's screen, with a tap on drawn text. Queries are answered by TerminalScreen, so
-    pyte's own (partial) answers are disabled."""
+    """pyte's screen, with a tap on drawn text, dim, ``CSI S``/``CSI T`` and xterm's resize.
+    Queries are answered by TerminalScreen, so pyte's own (partial) answers are disabled."""
 
     on_draw: Callable[[str], None] | None = None
+
+    @property
+    def default_char(self) -> Any:
+        return _Char(" ", reverse=pyte.modes.DECSCNM in self.mode)
+
+    def reset(self) -> None:
+        super().reset()
+        self.cursor.attrs = self.default_char
+
+    def select_graphic_rendition(self, *attrs: int) -> None:
+        super().select_graphic_rendition(*attrs)  # a 0 also ends dim (the default char's)
+        if 2 not in attrs and 22 not in attrs:
+            return
+        dim = None
+        params = iter(attrs)
+        for attr in params:
+            if attr == 2:
+                dim = True
+            elif attr == 0 or attr == 22:
+                dim = False
+            elif attr == 38 or attr == 48:  # 38;5;n or 38;2;r;g;b: its 2 and 5 are no SGR
+                for _ in range({5: 1, 2: 3}.get(next(params, 0), 0)):
+                    next(params, None)
+        if dim is not None and self.cursor.attrs.dim != dim:
+            self.cursor.attrs = self.cursor.attrs._replace(dim=dim)
+
+    def scroll_up(self, count: int = 1, *more: int, private: bool = False) -> None:
+        """``CSI n S``: the scrolling region's rows move up n; blank rows come in below."""
+        if not private and not more:
+            self._scroll(count or 1)
+
+    def scroll_down(self, count: int = 1, *more: int, private: bool = False) -> None:
+        """``CSI n T``: the rows move down n. (With more parameters it is xterm's mouse
+        highlight tracking, not a scroll.)"""
+        if not private and not more:
+            self._scroll(-(count or 1))
+
+    def _scroll(self, by: int) -> None:
+        top, bottom = self.margins or (0, self.lines - 1)
+        by = max(-(bottom - top + 1), min(by, bottom - top + 1))
+        buffer = self.buffer
+        rows = range(top, bottom + 1) if by > 0 else range(bottom, top - 1, -1)
+        for y in rows:
+            source = y + by
+            if top <= source <= bottom and source in buffer:
+                buffer[y] = buffer.pop(source)
+            else:
+                buffer.pop(y, None)
+        self.dirty.update(range(top, bottom + 1))
+
+    def resize(self, lines: int | None = None, columns: int | None = None) -> None:
+        """As xterm: fewer rows drop those below the cursor, then those above it only as
+        needed to keep its row on screen; more rows are added blank at the bottom. The
+        scrolling margins are reset."""
+        lines = lines or self.lines
+        columns = columns or self.columns
+        if lines == self.lines and columns == self.columns:
+            return
+        if lines < self.lines:
+            shift = max(0, self.cursor.y - (lines - 1))
+            kept = {
+                y - shift: line for y, line in self.buffer.items() if shift <= y < shift + lines
+            }
+            self.buffer.clear()
+            self.buffer.update(kept)
+            self.cursor.y -= shift
+            for saved in self.savepoints:
+                saved.cursor.y = max(0, min(saved.cursor.y - shift, lines - 1))
+        if columns < self.columns:
+            for line in self.buffer.values():
+                for x in range(columns, self.columns):
+                    line.pop(x, None)
+        self.lines, self.columns = lines, columns
+        self.dirty.update(range(lines))
+        self.set_margins()
 
     def draw(self, data: str) -> None:
         if self.on_draw is not None:
@@ -134,6 +241,11 @@ class TerminalScreen:
         answers: list[str] = []
         start = 0
         for match in _QUERY.finditer(text):
+            if match["gt"] is not None:
+                if start < match.start():
+                    self._stream.feed(text[start : match.start()])
+                start = match.end()
+                continue
             self._stream.feed(text[start : match.end()])
             start = match.end()
             answers.append(self._answer(match))
@@ -257,7 +369,7 @@ def _check_size(rows: int, cols: int) -> None:
         raise ValueError(f"terminal size {rows}x{cols} is below 1x1")
 
 
-def _style(char: pyte.screens.Char) -> tuple[Any, ...]:
+def _style(char: _Char) -> tuple[Any, ...]:
     return char[1:]
 
 
@@ -272,10 +384,11 @@ def _colour(value: str, codes: dict[str, int], extended: int) -> str | None:
     return None
 
 
-def _sgr(char: pyte.screens.Char) -> str:
+def _sgr(char: _Char) -> str:
     codes = ["0"]
     for flag, code in (
         (char.bold, "1"),
+        (char.dim, "2"),
         (char.italics, "3"),
         (char.underscore, "4"),
         (char.blink, "5"),

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -259,27 +261,21 @@ def read_until(fd: int, wanted: bytes, seen: bytearray, timeout: float = 15) -> 
                 raise AssertionError(f"{wanted!r} never came; got {bytes(seen[-500:])!r}") from None
 
 
-def test_attach_mirrors_and_drives_an_agent_through_a_real_terminal(broker: Relay) -> None:
-    broker.invoke("spawn", "sh", "--", "bash", "--norc")
-    wait_for(lambda: "bash" in broker.invoke("snapshot", "sh").output)
+@contextmanager
+def attached(broker: Relay, name: str, size: tuple[int, int] | None = None) -> Iterator[int]:
+    """`trio-relay attach NAME --drive` in a real terminal (of ``size`` rows and columns, if
+    given); yields our end of it. Whatever happens, the attach process is gone afterwards."""
     pid, fd = pty.fork()
-    if pid == 0:  # the child: `trio-relay attach --drive` on a real terminal
+    if pid == 0:  # the child
+        if size is not None:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
         os.execve(
             sys.executable,
-            [*RELAY, "attach", "sh", "--drive", "--state-dir", broker.state],
+            [*RELAY, "attach", name, "--drive", "--state-dir", broker.state],
             CLEAN_ENV,
         )
-    seen = bytearray()
     try:
-        read_until(fd, b"bash", seen)  # the painted screen
-        os.write(fd, b"echo attached-$((40+2))\r")  # typed into our terminal...
-        read_until(fd, b"attached-42", seen)  # ...ran in the agent, mirrored back
-        assert "attached-42" in broker.invoke("snapshot", "sh").output
-        os.write(fd, b"\x1d")  # Ctrl-] detaches
-        read_until(fd, b"detached from sh; it keeps running", seen)
-        # The terminal is left as it was found, whatever the agent set, and the detach
-        # line starts a clean line.
-        assert RESTORE + b"[detached from sh" in seen, bytes(seen[-300:])
+        yield fd
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
@@ -289,34 +285,35 @@ def test_attach_mirrors_and_drives_an_agent_through_a_real_terminal(broker: Rela
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass  # it had already exited and was reaped above
+
+
+def test_attach_mirrors_and_drives_an_agent_through_a_real_terminal(broker: Relay) -> None:
+    broker.invoke("spawn", "sh", "--", "bash", "--norc")
+    wait_for(lambda: "bash" in broker.invoke("snapshot", "sh").output)
+    seen = bytearray()
+    with attached(broker, "sh") as fd:
+        read_until(fd, b"bash", seen)  # the painted screen
+        os.write(fd, b"echo attached-$((40+2))\r")  # typed into our terminal...
+        read_until(fd, b"attached-42", seen)  # ...ran in the agent, mirrored back
+        assert "attached-42" in broker.invoke("snapshot", "sh").output
+        os.write(fd, b"\x1d")  # Ctrl-] detaches
+        read_until(fd, b"detached from sh; it keeps running", seen)
+        # The terminal is left as it was found, whatever the agent set, and the detach
+        # line starts a clean line.
+        assert RESTORE + b"[detached from sh" in seen, bytes(seen[-300:])
     assert json.loads(broker.invoke("ps", "--json").output)[0]["state"] == "running"
 
 
 def test_attach_says_when_the_local_terminal_is_smaller_than_the_agents(broker: Relay) -> None:
     broker.invoke("spawn", "wide", "--rows", "30", "--cols", "120", "--", "cat")
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: a 10x40 terminal, smaller than the agent's 30x120
-        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 10, 40, 0, 0))
-        os.execve(
-            sys.executable,
-            [*RELAY, "attach", "wide", "--drive", "--state-dir", broker.state],
-            CLEAN_ENV,
-        )
     seen = bytearray()
-    try:
+    with attached(broker, "wide", size=(10, 40)) as fd:  # smaller than the agent's 30x120
         read_until(fd, b"\x1b[2J", seen)  # painted
         os.write(fd, b"\x1d")
         read_until(fd, b"detached from wide", seen)
-        text = seen.decode(errors="replace")
-        assert "the agent's terminal is 30x120, larger than yours (10x40)" in text
-        assert "trio-relay resize wide 10 40" in text
-    finally:
-        os.close(fd)
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass  # it had already exited
+    text = seen.decode(errors="replace")
+    assert "the agent's terminal is 30x120, larger than yours (10x40)" in text
+    assert "trio-relay resize wide 10 40" in text
 
 
 def test_snapshot_ansi_keeps_its_escapes_when_piped(broker: Relay) -> None:

@@ -261,7 +261,7 @@ class TerminalScreen:
 
     @property
     def held(self) -> int:
-        """Characters (all ASCII) held back as a possible incomplete query."""
+        """Characters (all ASCII) held back as a possible incomplete query or `CSI >` sequence."""
         return len(self._held)
 
     def _answer(self, match: re.Match[str]) -> str:

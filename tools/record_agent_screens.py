@@ -375,7 +375,6 @@ async def record_one(name: str, binary: Path, out: Path, prefix: list[str]) -> d
 
 
 async def main_async(names: list[str], out: Path, paths: dict[str, Path]) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
     prefix = no_network_prefix()
     if not prefix:
         print("unshare -n does not work here: relying on the dead base URLs", file=sys.stderr)
@@ -398,6 +397,7 @@ def main() -> None:
     args = parser.parse_args()
     if unknown := set(args.clis) - set(FLOWS):
         parser.error(f"unknown CLI(s): {', '.join(sorted(unknown))}")
+    args.out.mkdir(parents=True, exist_ok=True)
     paths = agent_clis.ensure(args.dir.resolve(), quiet=True)
     results = trio.run(main_async, args.clis or list(FLOWS), args.out, paths)
     for name, result in results.items():

@@ -233,8 +233,12 @@ async def codex(s: Session) -> None:
     await s.stage("first-draw", "spawned, no ~/.codex", r"\S")
     s.mark("first draw")
     await s.stage("sign-in", "the sign-in choice", r"(?i)sign in")
-    await s.press("3", r"(?i)press enter to save")  # "Provide your own API key"
-    await s.record("api-key", "pressed 3 on the sign-in choice (the key is prefilled)")
+    # 3 ("Provide your own API key") opens "Sign in another way"; 1. Use an OpenAI API key
+    # is selected there.
+    await s.press("3", r"(?i)sign in another way")
+    await s.record("sign-in-other", "pressed 3 on the sign-in choice")
+    await s.press(ENTER, r"(?i)press enter to save")
+    await s.record("api-key", "3, then Enter on Use an OpenAI API key (the key is prefilled)")
     await s.press(ENTER, r"(?i)^(?!.*press enter to save)")
     if await s.optional(r"(?i)warning|trust|continue", timeout=5):
         await s.record("warning", "Enter on the API-key screen")

@@ -181,9 +181,41 @@ def quiet_stable(session: Session) -> Callable[[], Awaitable[str]]:
     return wait
 
 
-async def common_tail(s: Session, idle: str, busy: str, error: str, placeholder: str) -> None:
+@dataclass(frozen=True)
+class Screens:
+    """What tells a CLI's stages apart once its input box is up (regexes over the screen)."""
+
+    idle: str
+    busy: str
+    error: str
+    placeholder: str
+
+
+SCREENS = {
+    "claude": Screens(
+        idle=r"─\n❯ *\n─",
+        busy=r"(?i)esc to interrupt|thinking|…",
+        error=r"(?i)error|unable to connect|fetch failed|connection|retry",
+        placeholder=r"\[Pasted text",
+    ),
+    "codex": Screens(
+        idle=r"(?m)^\s*›",
+        busy=r"(?i)esc to interrupt|working|thinking",
+        error=r"(?i)error|stream disconnected|reconnect|failed",
+        placeholder=r"\[Pasted",
+    ),
+    "gemini": Screens(
+        idle=r"(?i)type your message",
+        busy=r"(?i)esc to cancel|thinking|…",
+        error=r"(?i)error|failed|fetch",
+        placeholder=r"\[Pasted",
+    ),
+}
+
+
+async def common_tail(s: Session, screens: Screens) -> None:
     """The stages every CLI shares once its input box is up: idle, draft, paste, busy, error."""
-    await s.stage("idle", "the input box, nothing typed", idle)
+    await s.stage("idle", "the input box, nothing typed", screens.idle)
     s.mark("idle prompt")
     await s.keys(DRAFT)
     await s.stage("draft", f"typed {DRAFT!r}, no Enter", re.escape(DRAFT))
@@ -193,19 +225,21 @@ async def common_tail(s: Session, idle: str, busy: str, error: str, placeholder:
         await s.keys("\x01\x0b")
     await s.paste(LONG)
     # The placeholder, or (if this CLI does not collapse a paste this long) the text itself.
-    shown = f"{placeholder}|(?s:{re.escape(LONG[-30:])})"
+    shown = f"{screens.placeholder}|(?s:{re.escape(LONG[-30:])})"
     await s.stage("paste", f"bracketed paste of {len(LONG)} characters, no Enter", shown)
     await trio.sleep(PASTE_PAUSE)
     await s.keys(ENTER)
-    await s.stage("busy-paste", "Enter right after the paste", busy, timeout=10)
-    await s.stage("error-paste", "the failed model call after the paste", error)
-    await s.wait(idle, timeout=10)
+    await s.stage("busy-paste", "Enter right after the paste", screens.busy, timeout=10)
+    await s.stage("error-paste", "the failed model call after the paste", screens.error)
+    await s.wait(screens.idle, timeout=10)
     await s.keys(MESSAGE)
     await s.wait(re.escape(MESSAGE))
     await trio.sleep(0.1)
     await s.keys(ENTER)
-    await s.stage("busy", f"Enter on {MESSAGE!r}: the model call under way", busy, timeout=10)
-    await s.stage("error", "the model call failed (no network, dummy key)", error)
+    await s.stage(
+        "busy", f"Enter on {MESSAGE!r}: the model call under way", screens.busy, timeout=10
+    )
+    await s.stage("error", "the model call failed (no network, dummy key)", screens.error)
 
 
 async def claude(s: Session) -> None:
@@ -220,13 +254,7 @@ async def claude(s: Session) -> None:
     await s.record("api-key", "Down+Enter on trust: the API-key confirmation")
     # "No (recommended)" is selected; Up+Enter takes "Yes".
     await s.press(UP + ENTER, r"^(?!.*use this api key)")
-    await common_tail(
-        s,
-        idle=r"─\n❯ *\n─",
-        busy=r"(?i)esc to interrupt|thinking|…",
-        error=r"(?i)error|unable to connect|fetch failed|connection|retry",
-        placeholder=r"\[Pasted text",
-    )
+    await common_tail(s, SCREENS["claude"])
 
 
 async def codex(s: Session) -> None:
@@ -243,13 +271,7 @@ async def codex(s: Session) -> None:
     if await s.optional(r"(?i)warning|trust|continue", timeout=5):
         await s.record("warning", "Enter on the API-key screen")
         await s.press(ENTER, r"(?m)^\s*›")
-    await common_tail(
-        s,
-        idle=r"(?m)^\s*›",
-        busy=r"(?i)esc to interrupt|working|thinking",
-        error=r"(?i)error|stream disconnected|reconnect|failed",
-        placeholder=r"\[Pasted",
-    )
+    await common_tail(s, SCREENS["codex"])
 
 
 async def gemini(s: Session) -> None:
@@ -264,13 +286,7 @@ async def gemini(s: Session) -> None:
     if await s.optional(r"(?i)api key", timeout=5):
         await s.record("key", "Enter on the auth choice")
         await s.press(ENTER, r"(?i)type your message")
-    await common_tail(
-        s,
-        idle=r"(?i)type your message",
-        busy=r"(?i)esc to cancel|thinking|…",
-        error=r"(?i)error|failed|fetch",
-        placeholder=r"\[Pasted",
-    )
+    await common_tail(s, SCREENS["gemini"])
 
 
 FLOWS = {"claude": claude, "codex": codex, "gemini": gemini}

@@ -10,6 +10,7 @@ import fcntl
 import shutil
 import signal
 import struct
+import subprocess
 import sys
 import termios
 from collections.abc import AsyncIterator, Callable
@@ -744,3 +745,14 @@ async def test_output_offsets_count_the_bytes_reported_even_for_invalid_utf8() -
         offset += len(frame.data.encode())
     exited = frames[-1]
     assert isinstance(exited, Exited) and exited.snapshot["offset"] == offset == len(text.encode())
+
+
+def test_running_the_worker_module_itself_says_which_to_run() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_relay.worker.pty.worker", "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "python -m trio_relay.worker.pty [options] -- CMD" in result.stderr

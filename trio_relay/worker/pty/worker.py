@@ -348,3 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         proc.close()
+
+
+if __name__ == "__main__":  # the module, not the package: say which one to run
+    sys.exit("run the PTY worker as: python -m trio_relay.worker.pty [options] -- CMD [ARGS...]")

@@ -19,25 +19,26 @@ ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "wire": {"errors"},
     "linux": {"errors"},
-    "worker": {"errors", "wire", "linux"},
+    "profiles": {"errors"},
+    "worker": {"errors", "wire", "linux", "profiles"},
     "state": {"errors", "linux"},
     "store": {"errors", "wire"},
     "broker": {"errors", "wire", "linux", "store", "state"},
-    "control": {"errors", "wire", "linux", "broker", "__init__"},
+    "control": {"errors", "wire", "linux", "broker", "profiles", "__init__"},
     "address": {"errors", "linux", "state"},
     "event_stream": {"errors", "wire"},
     "client": {"errors", "wire", "address", "event_stream"},
     "daemonize": set(),
-    "daemon": {"errors", "wire", "linux", "state", "broker", "control", "client"},
+    "daemon": {"errors", "wire", "linux", "state", "broker", "control", "client", "profiles"},
     "cli": {
-        *("errors", "wire", "linux", "state", "address", "client"),
+        *("errors", "wire", "linux", "state", "address", "client", "profiles"),
         *("daemon", "daemonize", "__init__"),
     },
     "__init__": {"errors", "wire", "broker", "client"},
     "__main__": {"cli"},
 }
 #: Rooms that must never import Trio (or anything that imports it).
-NO_TRIO = {"errors", "wire", "linux", "worker"}
+NO_TRIO = {"errors", "wire", "linux", "profiles", "worker"}
 TRIO_MODULES = {"trio", "trio_websocket", "anyio"}
 
 
@@ -117,6 +118,6 @@ def test_the_rules_can_fail(tmp_path: Path) -> None:
     )
     assert wrong_imports(fake, "worker", "trio_relay.worker.pty") == [
         "line 2: trio ('worker' must not import Trio)",
-        "line 3: trio_relay.broker (room 'worker' may import ['errors', 'linux', 'wire'])",
-        "line 4: trio_relay.client (room 'worker' may import ['errors', 'linux', 'wire'])",
+        "line 3: trio_relay.broker (room 'worker' may import ['errors', 'linux', 'profiles', 'wire'])",
+        "line 4: trio_relay.client (room 'worker' may import ['errors', 'linux', 'profiles', 'wire'])",
     ]

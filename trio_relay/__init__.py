@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         Forbidden,
         InputQueueFull,
         IntakeClosed,
+        ProfileError,
         ProtocolError,
         RelayError,
         RemoteError,
@@ -54,7 +55,8 @@ __version__ = "0.1.0"
 
 _ERRORS = (
     "AgentExists BadAddress BrokerAlreadyRunning BrokerUnreachable ChannelClosed DeliveryNotFound"
-    " DeliveryStateError DeliveryTimeout Forbidden InputQueueFull IntakeClosed ProtocolError"
+    " DeliveryStateError DeliveryTimeout Forbidden InputQueueFull IntakeClosed ProfileError"
+    " ProtocolError"
     " RelayError RemoteError RequestTimeout SpawnFailed StateDirError StoreError TooMany"
     " WorkerError WorkerExited WorkerNotFound"
 ).split()

@@ -280,10 +280,14 @@ class RelayClient:
         cwd: str | None = None,
         env: dict[str, str] | None = None,
         restart: str = "never",
+        profile: str | None = None,
     ) -> AgentSummary:
+        """Start ``command`` as agent ``name`` (``profile``: its profile's name; None: the
+        one its command chooses)."""
         return await self._ask(
             AgentSummary,
             "spawn",
+            profile=profile,
             name=name,
             command=command,
             cwd=cwd,

@@ -16,6 +16,7 @@ from trio_relay.broker.broker import DEFAULT_RETENTION, Broker, open_broker
 from trio_relay.broker.supervisor import DEFAULT_HISTORY
 from trio_relay.client import UNIX_SCHEME
 from trio_relay.control.server import ControlServer
+from trio_relay.profiles.catalog import Catalog, user_profile_dirs
 from trio_relay.state import StateDir
 
 log = logging.getLogger("trio_relay")
@@ -70,7 +71,11 @@ async def run_daemon(
                 history=history,
             ) as broker:
                 server = ControlServer(
-                    broker, token, allowed_origins=allowed_origins, retention=retention
+                    broker,
+                    token,
+                    allowed_origins=allowed_origins,
+                    retention=retention,
+                    profiles=Catalog(user_profile_dirs(state.path)),
                 )
                 socket = _socket_path(state)
                 async with trio.open_nursery() as nursery:

@@ -5,6 +5,7 @@ CLI turns into its exit code, and what a client raises again as :class:`RemoteEr
 
     RelayError                     internal
     ├── ProtocolError              bad_request    a frame or message broke the protocol
+    ├── ProfileError               bad_request    no such profile, or a bad profile file
     ├── WorkerNotFound             not_found      no running agent by that name
     ├── DeliveryNotFound           not_found      no delivery by that id
     ├── AgentExists                conflict       the name is taken
@@ -48,6 +49,7 @@ __all__ = [
     "Forbidden",
     "InputQueueFull",
     "IntakeClosed",
+    "ProfileError",
     "ProtocolError",
     "RelayError",
     "RemoteError",
@@ -72,6 +74,13 @@ class RelayError(Exception):
 
 class ProtocolError(RelayError):
     """A frame broke the worker protocol: not JSON, too long, unknown kind, wrong field."""
+
+    error_code = "bad_request"
+
+
+class ProfileError(RelayError):
+    """An agent profile that does not exist or cannot be used (its file, field or pattern
+    is named)."""
 
     error_code = "bad_request"
 

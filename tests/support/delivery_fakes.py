@@ -21,6 +21,7 @@ class FakeTransport:
         self.running: set[str] = set()
         self.frames: list[tuple[float, str, str]] = []  # (time, agent, delivery_id)
         self.fates: dict[str, str] = {}
+        self.waits: dict[str, str] = {}  # agent -> why its worker holds what it was handed
         self.full: set[str] = set()  # agents whose worker reads nothing: InputQueueFull
 
     def active(self, agent: str) -> bool:
@@ -36,6 +37,9 @@ class FakeTransport:
 
     def fate(self, agent: str) -> str | None:
         return self.fates.get(agent)
+
+    def waiting(self, agent: str) -> str | None:
+        return self.waits.get(agent)
 
     def gave_up(self, agent: str) -> bool:
         return self.fates.get(agent, "").startswith("it gave up")

@@ -107,8 +107,12 @@ class Terminal:
 
 def ready(**options: Any) -> Terminal:
     terminal = Terminal(**options)
-    terminal.advance(0.25)  # the settle period, with no output
+    terminal.output(b"$ ")  # ready never before something was drawn
+    terminal.advance(0.25)  # the settle period, with no more output
     assert terminal.of(Ready)
+    # What follows is what the test makes of it: the frames so far are dropped.
+    terminal.frames.clear()
+    terminal.times.clear()
     return terminal
 
 
@@ -131,13 +135,13 @@ def test_output_frames_coalesce_after_quiet_within_16_ms_or_4_kib() -> None:
     terminal.advance(0.001)
     assert not terminal.of(Output)
     terminal.advance(0.001)  # 2 ms of quiet
-    assert terminal.of(Output) == [Output(offset=0, data="a")]
+    assert terminal.of(Output) == [Output(offset=2, data="a")]  # after the "$ " drawn
     start = terminal.now
     for _ in range(20):  # a flood: a frame after 16 ms, though never quiet for 2 ms
         terminal.output(b"b")
         terminal.advance(0.0015)
     flood = terminal.of(Output)[1]
-    assert flood.offset == 1 and flood.data == "b" * 11  # read at 0, 1.5, ... 15 ms
+    assert flood.offset == 3 and flood.data == "b" * 11  # read at 0, 1.5, ... 15 ms
     assert terminal.time_of(Output, offset=1) == pytest.approx(start + 0.016)
     terminal.advance(1)
     terminal.output(b"c" * 3000)
@@ -232,5 +236,5 @@ def test_a_stop_signals_the_session_and_the_end_is_reported() -> None:
     terminal.step()
     (exited,) = terminal.of(Exited)
     assert (exited.code, exited.signal) == (None, signal.SIGKILL)
-    assert exited.snapshot["text"].startswith("bye") and exited.snapshot["offset"] == 3
+    assert exited.snapshot["text"].startswith("$ bye") and exited.snapshot["offset"] == 5
     assert terminal.core.exit_code == 128 + signal.SIGKILL

@@ -3,11 +3,14 @@ and of its current run (:class:`Run`).
 
 An agent's state changes only in :meth:`Agent.change_state`, which also emits the
 lifecycle events that announce it, so a listener always finds the agent in the state its
-event reports.
+event reports. Its activity (what its worker reads off the screen: starting, attention,
+idle, busy; exited once a run ended) changes in :meth:`Agent.set_activity`, each change an
+``agent_activity`` event.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -16,7 +19,7 @@ import trio
 
 from trio_relay.broker.process import ExitStatus, WorkerProcess
 from trio_relay.broker.restart import RestartPolicy, RestartTracker
-from trio_relay.wire import Event, Exited, WorkerHello
+from trio_relay.wire import AgentActivity, Event, Exited, WorkerHello
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class AgentSpec:
     hello_timeout: float = 10.0
     grace: float = 2.0
     kill_grace: float = 2.0
+    #: The name of the agent's profile (None: it has none, e.g. a native worker).
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isprintable() or len(self.name) > 128:
@@ -70,6 +75,11 @@ class Agent:
         self.next_delay: float | None = None  # the restart delay decided when a run ended
         self.done = trio.Event()
         self.backoff_scope: trio.CancelScope | None = None
+        self.activity = "starting"
+        self.activity_text = "not started yet"
+        self.activity_since = time.time()
+        #: Why deliveries handed to the worker wait there (None: they are typed as they come).
+        self.waiting: str | None = None
 
     def change_state(self, state: AgentState, *events: Event, reason: str | None = None) -> None:
         """Put the agent in ``state`` (with ``reason`` as its ``last_reason``, if given),
@@ -80,6 +90,20 @@ class Agent:
             self.last_reason = reason
         for event in events:
             self._emit(event)
+        if state == "running":
+            self.set_activity("starting", "spawned: nothing drawn yet")
+        elif state != "starting":
+            self.set_activity("exited", self.last_reason)
+
+    def set_activity(self, activity: str, text: str, waiting: str | None = None) -> None:
+        """Record what the agent is doing, and why deliveries wait; a change of activity
+        is emitted as ``agent_activity``. Never raises."""
+        self.waiting = waiting
+        if activity == self.activity:
+            return
+        event = AgentActivity(agent=self.name, from_=self.activity, to=activity, text=text)
+        self.activity, self.activity_text, self.activity_since = activity, text, time.time()
+        self._emit(event)
 
     @property
     def name(self) -> str:

@@ -98,13 +98,15 @@ class Broker:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         restart: RestartPolicy | None = None,
+        profile: str | None = None,
         **timing: float,
     ) -> AgentInfo:
         """Start a worker program as agent ``name``; return once it said hello.
 
         ``env`` is added to the broker's own environment, with ``TRIO_RELAY_AGENT`` set to
         the agent's name. ``timing`` may set ``hello_timeout``, ``grace`` and ``kill_grace``
-        (seconds). Raises AgentExists, SpawnFailed, or ValueError for a bad name or command.
+        (seconds). ``profile`` names the agent's profile, for listing (the worker's command
+        line carries the profile itself). Raises AgentExists, SpawnFailed, or ValueError for a bad name or command.
         """
         extra = self.agent_environment(name) if self.agent_environment else {}
         spec = AgentSpec(
@@ -113,6 +115,7 @@ class Broker:
             cwd=cwd,
             env=child_environment(name, self.run_id, env, extra),
             restart=restart or RestartPolicy(),
+            profile=profile,
             **timing,
         )
         if self.supervisor.taken(name) or name in self._spawning:
@@ -338,6 +341,11 @@ class Broker:
             pending_deliveries=self.delivery_engine.open_count(agent.name),
             pending_requests=self.correlator.pending_count(agent.name),
             protocol_errors=agent.protocol_errors,
+            activity=agent.activity,
+            activity_since=agent.activity_since,
+            activity_text=agent.activity_text,
+            waiting=agent.waiting,
+            profile=agent.spec.profile,
         )
 
 

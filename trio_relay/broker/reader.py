@@ -15,6 +15,7 @@ from trio_relay.broker.lines import read_lines
 from trio_relay.broker.process import WorkerProcess
 from trio_relay.errors import ProtocolError
 from trio_relay.wire import (
+    ActivityChanged,
     AgentIdle,
     AgentOutput,
     AgentReady,
@@ -35,6 +36,7 @@ from trio_relay.wire import (
     decode_worker_frame,
 )
 from trio_relay.wire.lines import OversizedLine
+from trio_relay.wire.vocabulary import VERIFIED_LEVELS
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +122,13 @@ class FrameReader:
             emit(AgentOutput(agent=name, offset=frame.offset, data=frame.data))
         elif type(frame) is Ready:
             emit(AgentReady(agent=name))
+            hello = self._run.hello
+            if hello is not None and hello.worker != "pty":  # it reads no screen: ready is idle
+                self._agent.set_activity("idle", f"its {hello.worker} worker said it is ready")
         elif type(frame) is Idle:
             emit(AgentIdle(agent=name))
+        elif type(frame) is ActivityChanged:
+            self._agent.set_activity(frame.activity, frame.text, frame.waiting)
         elif type(frame) is Exited:
             if frame.code is None and frame.signal is None:
                 self._error("an exited frame with neither code nor signal", b"")
@@ -133,7 +140,9 @@ class FrameReader:
             emit(DeliveryInjectedEvent(agent=name, delivery_id=frame.delivery_id))
         elif type(frame) is DeliveryVerified:
             verdict = (
-                DeliveryVerifiedEvent if frame.verification == "echo" else DeliveryUnverifiedEvent
+                DeliveryVerifiedEvent
+                if frame.verification in VERIFIED_LEVELS
+                else DeliveryUnverifiedEvent
             )
             emit(
                 verdict(

@@ -31,6 +31,7 @@ def stored_spec(
         "env": dict(env or {}),
         "restart": dataclasses.asdict(spec.restart),
         "timing": dict(timing),
+        "profile": spec.profile,
     }
 
 
@@ -54,5 +55,6 @@ def spawn_arguments(stored: Mapping[str, Any]) -> dict[str, Any]:
         "cwd": stored["cwd"],
         "env": stored["env"],
         "restart": RestartPolicy(**stored["restart"]),
+        "profile": stored.get("profile"),
         **stored["timing"],
     }

@@ -38,6 +38,12 @@ class SupervisorTransport:
             return f"it could not be restarted ({record.last_reason})"
         return f"its restart policy is {record.spec.restart.mode!r}"
 
+    def waiting(self, agent: str) -> str | None:
+        """Why the deliveries handed to ``agent``'s worker wait there, as it reported (the
+        agent is busy, starting, waits for a person, or holds a draft), or None."""
+        record = self._record(agent)
+        return record.waiting if record is not None and record.state == "running" else None
+
     def gave_up(self, agent: str) -> bool:
         """Whether ``agent`` gave up restarting."""
         record = self._record(agent)

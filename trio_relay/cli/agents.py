@@ -42,6 +42,12 @@ def _ok(result: object) -> None:
 @option_with_default(
     "--restart", default="never", type=click.Choice(RESTART_MODES), help="Restart policy."
 )
+@click.option(
+    "--profile",
+    metavar="NAME",
+    help="How the agent looks and wants to be typed to: claude, codex, gemini, aider, shell,"
+    " python, generic, or one of your own (default: chosen by COMMAND's name).",
+)
 @pass_settings
 def spawn(
     settings: Settings,
@@ -53,10 +59,14 @@ def spawn(
     rows: int,
     cols: int,
     restart: str,
+    profile: str | None,
 ) -> None:
     """Start COMMAND as agent NAME: `trio-relay spawn alice -- claude`.
 
-    COMMAND runs in a pseudo-terminal under the PTY worker, unless --native.
+    COMMAND runs in a pseudo-terminal under the PTY worker, unless --native. Its profile
+    says how to tell when it is idle, busy or waiting for a person, and how to type a
+    message so that it is submitted; `trio-relay profiles` lists them. Your own profiles are
+    TOML files in <state dir>/profiles/ or ~/.config/trio-relay/profiles/.
     """
     variables = {}
     for item in env:
@@ -74,8 +84,9 @@ def spawn(
             rows=rows,
             cols=cols,
             restart=restart,
+            profile=profile,
         ),
-        lambda a: click.echo(f"{a.name} running, pid {a.pid}"),
+        lambda a: click.echo(f"{a.name} running, pid {a.pid}, profile {a.profile}"),
     )
 
 

@@ -21,6 +21,8 @@ from trio_relay.broker.broker import Broker
 from trio_relay.broker.restart import RestartPolicy
 from trio_relay.control.auth import Principal
 from trio_relay.errors import Forbidden
+from trio_relay.profiles.catalog import Catalog, user_profile_dirs
+from trio_relay.profiles.profile import Profile, encode_profile
 from trio_relay.wire import (
     AgentsOp,
     ControlRequest,
@@ -45,12 +47,16 @@ from trio_relay.wire import (
 from trio_relay.wire.vocabulary import check_terminal_size
 
 
-def pty_command(command: list[str], rows: int, cols: int) -> list[str]:
-    """The argv that runs ``command`` under the PTY worker."""
+def pty_command(
+    command: list[str], rows: int, cols: int, profile: Profile | None = None
+) -> list[str]:
+    """The argv that runs ``command`` under the PTY worker (with ``profile``, as JSON)."""
+    chosen = ["--profile", encode_profile(profile)] if profile is not None else []
     return [
         sys.executable,
         "-m",
         "trio_relay.worker.pty",
+        *chosen,
         "--rows",
         str(rows),
         "--cols",
@@ -65,9 +71,12 @@ class Operations:
     it once listening); ``shutdown_requested`` is set by ``shutdown``; ``retention`` is
     what ``prune`` without an age deletes: older than this (seconds; None: nothing)."""
 
-    def __init__(self, broker: Broker, *, retention: float | None = None) -> None:
+    def __init__(
+        self, broker: Broker, *, retention: float | None = None, profiles: Catalog | None = None
+    ) -> None:
         self.broker = broker
         self.retention = retention
+        self.profiles = profiles or Catalog(user_profile_dirs(None))
         self.url = ""
         self.started_at = time.time()
         self.shutdown_requested = trio.Event()
@@ -145,9 +154,23 @@ class Operations:
         if not op.command:
             raise ValueError("`command` must not be empty")
         check_terminal_size(op.rows, op.cols)
-        argv = op.command if op.native else pty_command(op.command, op.rows, op.cols)
+        if op.native:
+            if op.profile is not None:
+                raise ValueError("a native worker takes no profile (it reads no screen)")
+            argv, profile = op.command, None
+        else:
+            catalog = self.profiles
+            profile = catalog.get(op.profile) if op.profile else catalog.choose(op.command)
+            argv = pty_command(op.command, op.rows, op.cols, profile)
         restart = RestartPolicy(op.restart)
-        return await self.broker.spawn(op.name, argv, cwd=op.cwd, env=op.env, restart=restart)
+        return await self.broker.spawn(
+            op.name,
+            argv,
+            cwd=op.cwd,
+            env=op.env,
+            restart=restart,
+            profile=profile.name if profile else None,
+        )
 
     async def _send(self, op: SendOp, principal: Principal) -> dict[str, Any]:
         if not 0 <= op.timeout < float("inf"):  # checked before anything is committed

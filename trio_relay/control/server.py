@@ -19,6 +19,7 @@ from trio_relay.broker.broker import Broker
 from trio_relay.control.auth import Principal, Refusal, agent_token, authenticate, identify
 from trio_relay.control.connection import Connection
 from trio_relay.control.operations import Operations
+from trio_relay.profiles.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ class ControlServer:
 
     ``token`` is the owner's; :meth:`agent_token` derives each agent's from it.
     ``retention`` is what ``prune`` without an age deletes: older than this (seconds;
-    None: nothing). ``shutdown_requested`` is set when a client asks the broker to stop.
+    None: nothing). ``profiles``: where spawn finds agent profiles (default: the built-ins
+    and the user's config directory). ``shutdown_requested`` is set when a client asks the broker to stop.
     """
 
     def __init__(
@@ -45,9 +47,10 @@ class ControlServer:
         allowed_origins: Iterable[str] = (),
         max_message_size: int = DEFAULT_MAX_MESSAGE,
         retention: float | None = None,
+        profiles: Catalog | None = None,
     ) -> None:
         self.broker = broker
-        self.operations = Operations(broker, retention=retention)
+        self.operations = Operations(broker, retention=retention, profiles=profiles)
         self.shutdown_requested = self.operations.shutdown_requested
         self._token = token
         self._allowed_origins = frozenset(allowed_origins)

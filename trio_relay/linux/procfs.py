@@ -86,3 +86,40 @@ def holds(pid: int, target: str) -> bool:
             except OSError:
                 continue  # closed meanwhile
     return False
+
+
+#: The number of the read system call, by machine (``/proc/<pid>/syscall`` gives numbers).
+_READ_SYSCALL = {"x86_64": 0, "aarch64": 63, "riscv64": 63, "i686": 3, "armv7l": 3}
+
+
+def reads_terminal(pid: int, *, descendants: int = 16) -> bool:
+    """Whether ``pid``, or one of its first ``descendants`` descendants (a shell's child),
+    is blocked in ``read`` on a terminal (``/dev/pts/N`` or ``/dev/tty*``): it waits for
+    input. False if that cannot be told (gone, not ours to look at, another machine)."""
+    todo, seen = [pid], 0
+    while todo and seen <= descendants:
+        current = todo.pop(0)
+        seen += 1
+        if _blocked_reading_terminal(current):
+            return True
+        try:
+            with open(f"/proc/{current}/task/{current}/children") as f:
+                todo += [int(child) for child in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def _blocked_reading_terminal(pid: int) -> bool:
+    number = _READ_SYSCALL.get(os.uname().machine)
+    if number is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            fields = f.read().split()
+        if len(fields) < 2 or fields[0] != str(number):
+            return False
+        target = os.readlink(f"/proc/{pid}/fd/{int(fields[1], 16)}")
+    except (OSError, ValueError):
+        return False
+    return target.startswith(("/dev/pts/", "/dev/tty"))

@@ -29,13 +29,13 @@ _NAMES_BY_MODULE = {
     "frames": """
         PROTOCOL_VERSION Frame ErrorInfo Request NOT_REQUEST_KINDS
         BrokerFrame BrokerHello Shutdown WriteInput Resize Deliver Ping Snapshot Mode Pending Flush
-        WorkerFrame WorkerHello Response Ready Output Idle Exited
+        WorkerFrame WorkerHello Response Ready Output Idle ActivityChanged Exited
         DeliveryInjected DeliveryVerified DeliveryFailed
         encode_request decode_worker_frame decode_broker_frame
     """,
     "events": """
         Event AgentEvent DeliveryEvent BrokerEvent decode_event
-        AgentSpawned AgentReady AgentIdle AgentOutput AgentExited SpawnFailedEvent
+        AgentSpawned AgentReady AgentIdle AgentActivity AgentOutput AgentExited SpawnFailedEvent
         AgentRestarting AgentGaveUp WorkerProtocolError
         DeliveryQueuedEvent DeliveryInjectedEvent DeliveryVerifiedEvent DeliveryUnverifiedEvent
         DeliveryFailedEvent DeliveryDroppedEvent DeliveryRequeuedEvent DeliveryRetryingEvent
@@ -52,7 +52,8 @@ _NAMES_BY_MODULE = {
     """,
     "lines": "DEFAULT_MAX_LINE OversizedLine LineSplitter",
     "vocabulary": """
-        InjectMode INJECT_MODES RestartMode RESTART_MODES Verification
+        InjectMode INJECT_MODES RestartMode RESTART_MODES Verification VERIFICATIONS
+        VERIFIED_LEVELS Activity ACTIVITIES
         OpenState EndState DeliveryState OPEN_STATES TERMINAL_STATES DELIVERY_STATES
         DELIVERY_TRANSITIONS TERMINAL_SIZE_RANGE check_terminal_size
     """,

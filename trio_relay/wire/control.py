@@ -41,7 +41,8 @@ class StatusOp(ControlRequest, tag="status", kw_only=True):
 
 
 class SpawnOp(AgentOp, tag="spawn", kw_only=True):
-    """Start ``command`` as agent ``name``: under the PTY worker unless ``native``."""
+    """Start ``command`` as agent ``name``: under the PTY worker unless ``native``, with the
+    profile named ``profile`` (None: the one its command's name chooses)."""
 
     command: list[str]
     cwd: str | None = None
@@ -50,6 +51,7 @@ class SpawnOp(AgentOp, tag="spawn", kw_only=True):
     rows: int = 24
     cols: int = 80
     restart: RestartMode = "never"
+    profile: str | None = None
 
 
 class AgentsOp(ControlRequest, tag="agents", kw_only=True):
@@ -218,6 +220,14 @@ class AgentSummary(msgspec.Struct, kw_only=True):
     pending_deliveries: int
     pending_requests: int
     protocol_errors: int
+    #: What the agent is doing (:data:`~trio_relay.wire.vocabulary.Activity`), since when
+    #: (wall clock), and the screen text that decided it (a dialog's message in attention).
+    activity: str = "starting"
+    activity_since: float | None = None
+    activity_text: str = ""
+    #: Why deliveries wait in its worker (None: they are typed as they come).
+    waiting: str | None = None
+    profile: str | None = None
 
 
 class DeliveryRecord(msgspec.Struct, kw_only=True):

@@ -46,6 +46,16 @@ class AgentIdle(AgentEvent, tag="agent_idle", kw_only=True):
     pass
 
 
+class AgentActivity(AgentEvent, tag="agent_activity", kw_only=True):
+    """The agent's activity changed ``from`` one to ``to`` another (see
+    :data:`~trio_relay.wire.vocabulary.Activity`); ``text`` is the screen text that decided
+    it (for ``attention``: what the dialog asks of a person)."""
+
+    from_: str = msgspec.field(name="from")
+    to: str
+    text: str = ""
+
+
 class AgentOutput(AgentEvent, tag="agent_output", kw_only=True):
     offset: int
     data: str
@@ -174,6 +184,7 @@ BrokerEvent = Union[
     AgentSpawned,
     AgentReady,
     AgentIdle,
+    AgentActivity,
     AgentOutput,
     AgentExited,
     SpawnFailedEvent,

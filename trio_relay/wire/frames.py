@@ -22,7 +22,7 @@ from typing import Any, Union, get_args
 import msgspec
 
 from trio_relay.wire.codec import ENCODER, decode_with
-from trio_relay.wire.vocabulary import InjectMode, Verification
+from trio_relay.wire.vocabulary import Activity, InjectMode, Verification
 
 PROTOCOL_VERSION = 1
 
@@ -153,6 +153,16 @@ class Idle(Frame, tag="idle"):
     """The agent has been silent for the idle period with nothing pending."""
 
 
+class ActivityChanged(Frame, tag="activity"):
+    """What the agent is doing changed (``activity``, with ``text``: the screen text that
+    decided it, or a dialog's message for a person), or why deliveries wait did
+    (``waiting``: None when they are typed as they come)."""
+
+    activity: Activity
+    text: str = ""
+    waiting: str | None = None
+
+
 class Exited(Frame, tag="exited"):
     """The wrapped program itself exited (a wrapper reports this before it exits)."""
 
@@ -167,7 +177,8 @@ class DeliveryInjected(Frame, tag="delivery_injected"):
 
 
 class DeliveryVerified(Frame, tag="delivery_verified"):
-    """``echo``: the text appeared on screen. ``timeout_fallback``: it did not, see reason."""
+    """``submitted`` or ``echo`` (verified), ``timeout_fallback`` or ``not_submitted``
+    (unverified, see reason): :data:`~trio_relay.wire.vocabulary.Verification`."""
 
     delivery_id: str
     verification: Verification
@@ -185,6 +196,7 @@ WorkerFrame = Union[
     Ready,
     Output,
     Idle,
+    ActivityChanged,
     Exited,
     DeliveryInjected,
     DeliveryVerified,

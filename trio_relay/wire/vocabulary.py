@@ -16,7 +16,22 @@ INJECT_MODES: tuple[InjectMode, ...] = get_args(InjectMode)
 RestartMode = Literal["never", "on-failure", "always"]
 RESTART_MODES: tuple[RestartMode, ...] = get_args(RestartMode)
 
-Verification = Literal["echo", "timeout_fallback"]
+#: How a typed delivery was confirmed. ``submitted``: the agent's profile saw it take the
+#: message (it left the input line, and the agent turned busy or showed it above). ``echo``:
+#: the text was seen on screen, nothing more known. Either makes it ``verified``.
+#: ``timeout_fallback``: typed, never seen within the timeout. ``not_submitted``: typed and
+#: seen, but still in the input line after Enter was pressed twice (the line was cleared).
+#: Either of those makes it ``unverified``.
+Verification = Literal["submitted", "echo", "timeout_fallback", "not_submitted"]
+VERIFICATIONS: tuple[Verification, ...] = get_args(Verification)
+#: The levels that make a delivery ``verified``; the others make it ``unverified``.
+VERIFIED_LEVELS: frozenset[str] = frozenset({"submitted", "echo"})
+
+#: What an agent is doing, as its worker sees the screen: ``starting`` (nothing drawn yet,
+#: or its prompt not yet seen), ``attention`` (a dialog waits for a person), ``idle`` (at
+#: its prompt, ready for a message), ``busy`` (working), ``exited``.
+Activity = Literal["starting", "attention", "idle", "busy", "exited"]
+ACTIVITIES: tuple[Activity, ...] = get_args(Activity)
 
 OpenState = Literal["queued", "sent", "injected"]
 EndState = Literal["verified", "unverified", "failed", "dropped", "dead_letter"]

@@ -63,6 +63,10 @@ class Transport(Protocol):
         """None if the agent is running or coming back (or was released); otherwise why it
         will not come back."""
 
+    def waiting(self, agent: str) -> str | None:
+        """Why the agent's worker holds the deliveries it was handed (the agent is not
+        ready for a message), or None: their wait for progress runs."""
+
     def gave_up(self, agent: str) -> bool:
         """Whether the agent gave up restarting (an ``agent_gave_up`` event says so)."""
 

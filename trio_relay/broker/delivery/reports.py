@@ -15,6 +15,7 @@ from trio_relay.broker.delivery.core import Core
 from trio_relay.broker.delivery.handover import pump
 from trio_relay.broker.delivery.mailbox import Delivery, Mailbox
 from trio_relay.store import sql
+from trio_relay.wire.vocabulary import VERIFIED_LEVELS
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def _late_report(core: Core, agent: str, seq: int, frame: wire.DeliveryVerified)
 
 def _outcome(frame: wire.DeliveryVerified) -> tuple[str, dict[str, Any]]:
     """The state a verification report ends its delivery in, and the fields it records."""
-    state = "verified" if frame.verification == "echo" else "unverified"
+    state = "verified" if frame.verification in VERIFIED_LEVELS else "unverified"
     return state, {"verification": frame.verification, "reason": frame.reason}
 
 
@@ -152,7 +153,9 @@ def _stale(core: Core, agent: str, delivery_id: str) -> None:
 def _announce_verified(core: Core, agent: str, frame: wire.DeliveryVerified) -> None:
     """``delivery_verified`` for an echo, ``delivery_unverified`` for a timeout fallback."""
     kind = (
-        wire.DeliveryVerifiedEvent if frame.verification == "echo" else wire.DeliveryUnverifiedEvent
+        wire.DeliveryVerifiedEvent
+        if frame.verification in VERIFIED_LEVELS
+        else wire.DeliveryUnverifiedEvent
     )
     core.events.emit(
         kind(

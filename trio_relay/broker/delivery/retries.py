@@ -1,5 +1,7 @@
 """No progress on a mailbox's head in time: send it again with a longer wait (the policy's
-backoff), or, its attempts or its deadline spent, make it a dead letter. Called by the
+backoff), or, its attempts or its deadline spent, make it a dead letter. While the worker
+reports that it holds it until the agent is ready (busy, starting, a dialog, a draft), the
+wait starts again and no attempt is spent; only the deadline ends it. Called by the
 timer task; synchronous, never blocks."""
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ def on_stall(core: Core, box: Mailbox) -> None:
     now = core.wall()
     waited = core.policy.ack_wait(head.attempts)
     error = f"no acknowledgement from {box.name!r} within {waited:g} s of attempt {head.attempts}"
-    if now >= head.deadline_at:
+    waiting = core.transport.waiting(box.name)
+    if waiting is not None and now < head.deadline_at:
+        core.arm(box)  # the worker holds it, visibly, until the agent is ready: no attempt spent
+        return
+    if waiting is not None:
+        error = f"deadline of {core.policy.deadline:g} s passed while it waited ({waiting})"
+    elif now >= head.deadline_at:
         error = f"deadline of {core.policy.deadline:g} s passed ({error})"
     elif head.attempts >= core.policy.max_attempts:
         error = f"{head.attempts} attempts spent ({error})"

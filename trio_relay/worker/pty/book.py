@@ -21,7 +21,10 @@ class Delivery(msgspec.Struct):
     sender: str
     body: str
     thread: str | None = None
-    state: Literal["held", "queued", "typing", "verifying"] = "queued"
+    #: ``typing``: its text is being typed; ``verifying``: typed with Enter, its echo looked
+    #: for (a profile without a prompt); ``typed``: typed, its text looked for in the input
+    #: line before Enter; ``submitting``: Enter pressed, the agent's taking it looked for.
+    state: Literal["held", "queued", "typing", "verifying", "typed", "submitting"] = "queued"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -34,9 +37,11 @@ class Delivery(msgspec.Struct):
 
 
 class Settled(msgspec.Struct, frozen=True):
-    """How a delivery ended: ``echo`` or ``timeout_fallback`` (with a reason), or ``failed``."""
+    """How a delivery ended: a verification level (see
+    :data:`~trio_relay.wire.vocabulary.Verification`; all but ``submitted`` and ``echo``
+    with a reason), or ``failed``."""
 
-    verification: Literal["echo", "timeout_fallback", "failed"]
+    verification: Literal["submitted", "echo", "timeout_fallback", "not_submitted", "failed"]
     reason: str | None = None
 
 

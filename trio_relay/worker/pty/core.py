@@ -9,9 +9,17 @@ program), :meth:`~PtyCore.pending_input` (bytes for the terminal) and
 :meth:`~PtyCore.next_deadline`. The screen model catches up in slices
 (:meth:`~PtyCore.parse_slice`), which the loop calls within its time budget.
 
-The lifecycle lives here: ``hello``; ``ready`` once the output was quiet for ``--settle``
-seconds, ``--prompt`` matched the screen or ``--ready-timeout`` passed; ``idle`` after
-``--idle`` seconds of silence with nothing queued or in flight; stopping (SIGHUP and SIGCONT to
+The lifecycle lives here: ``hello``; the agent's activity, read off the screen with its
+profile (:mod:`.activity`) at most every ``CLASSIFY_DELAY`` seconds while the screen changes
+and once the output was quiet for ``--settle`` seconds, each change an ``activity`` frame;
+``ready`` the first time it is idle (with a profile that knows a prompt: its prompt is
+visible), when ``--prompt`` matched the screen, or (the generic profile only, with
+something drawn) after ``--ready-timeout``; never before the program drew something unless
+its profile says a program blocked reading its terminal is idle (``idle_when_reading``: the
+loop looks, when asked by :attr:`~PtyCore.probe_wanted`, and tells :meth:`~PtyCore.probed`);
+``idle`` after ``--idle`` seconds of
+silence with nothing queued or in flight; deliveries typed only while the activity allows
+(idle; busy too if the profile says so) and the input line holds no draft; stopping (SIGHUP and SIGCONT to
 the session, SIGKILL after ``--kill-grace``); and the end: the rest of the output, the
 delivery in flight, ``exited`` with the final screen, and :attr:`~PtyCore.exit_code`.
 """
@@ -21,8 +29,9 @@ from __future__ import annotations
 import errno
 import signal
 
-from trio_relay.wire import PROTOCOL_VERSION, Exited, Idle, Ready, WorkerHello
+from trio_relay.wire import PROTOCOL_VERSION, ActivityChanged, Exited, Idle, Ready, WorkerHello
 from trio_relay.wire.lines import LineSplitter
+from trio_relay.worker.pty.activity import NO_INPUT, InputLine, classify, input_line
 from trio_relay.worker.pty.deadlines import Deadlines
 from trio_relay.worker.pty.injector import Injector
 from trio_relay.worker.pty.input_queue import InputQueue
@@ -33,6 +42,8 @@ from trio_relay.worker.pty.requests import TERMINAL_CLOSED, BrokerFrames
 from trio_relay.worker.pty.screen import TerminalScreen
 
 DRAIN_SECONDS = 1.0  # after CMD exited: how long to wait for the rest of its output
+CLASSIFY_DELAY = 0.05  # while the screen changes, its activity is read at most this often
+PROBE_INTERVAL = 0.25  # how often to look whether a program that drew nothing reads input
 MAX_PARSE_ERRORS_LOGGED = 20
 
 
@@ -41,6 +52,7 @@ class PtyCore:
 
     def __init__(self, options: Options) -> None:
         self.opts = options
+        self.profile = options.agent_profile
         self.outbox = Outbox()
         self.deadlines = Deadlines()
         self.screen = TerminalScreen(options.rows, options.cols)
@@ -53,22 +65,32 @@ class PtyCore:
         self.splitter = LineSplitter()
         self.parse_errors_logged = 0
         self.ready = False
+        self.activity = "starting"
+        self.activity_text = "nothing drawn yet"
+        self.waiting: str | None = None
+        self.input: InputLine = NO_INPUT
+        self.was_idle = False
+        self.ready_by_timeout = False  # the generic profile became ready after --ready-timeout
+        self.reading = False  # the program was seen blocked reading its terminal
+        self.probe_wanted = False  # the loop should look whether it is (see probed)
+        self.last_output_at = 0.0
         self.idle_sent = False
         self.stopping = False
         self.terminal_open = True
         self.returncode: int | None = None  # the program's, once it exited
         self.exit_code: int | None = None  # the worker's, once the end was reported
         self._handlers = {
-            "settle": lambda now: self._become_ready(f"quiet for {options.settle:g} s", now),
-            "ready_timeout": lambda now: self._become_ready(
-                f"still not quiet after {options.ready_timeout:g} s", now
-            ),
+            "settle": self.classify,
+            "classify": self.classify,
+            "ready_timeout": self._on_ready_timeout,
             "idle": self._on_idle,
             "coalesce": lambda now: self.output_stream.flush(),
             "throttle": self.injector.pump,
             "key": lambda now: self.injector.type_next(),
             "typing": self.injector.on_typing_timeout,
+            "enter": self.injector.press_enter,
             "verify": self.injector.on_verify_timeout,
+            "probe": self._want_probe,
             "kill": self._on_kill_grace,
             "drain": self._on_drain_timeout,
         }
@@ -107,13 +129,31 @@ class PtyCore:
 
     # the injector's host
     def may_inject(self) -> bool:
-        return self.ready and self.alive and self.terminal_open
+        return self.ready and self.alive and self.terminal_open and self._typing_blocker() is None
+
+    def _typing_blocker(self) -> str | None:
+        """Why a delivery may not be typed now (None: it may)."""
+        activity, text = self.activity, self.activity_text
+        if activity == "attention":
+            return f"the agent waits for a person: {text}"
+        if activity == "busy" and not (self.profile.typing.while_busy or self.ready_by_timeout):
+            return f"the agent is busy: {text}"
+        if activity == "starting" and not self.ready:
+            return f"the agent is starting: {text}"
+        if self.input.text:
+            return f"a draft is in the input line: {self.input.text[:60]!r}"
+        return None
 
     def program_gone(self) -> bool:
         return not self.terminal_open or self.returncode is not None
 
     def after_settle(self, now: float) -> None:
         self._arm_idle(now)
+        self._report_activity(False)
+
+    def input_line(self) -> InputLine:
+        """The input line on screen now."""
+        return input_line(self.profile, self.screen.lines(), self.screen.cursor[0])
 
     # ------------------------------------------------------------ what happened
 
@@ -122,6 +162,7 @@ class PtyCore:
         self.outbox.send(
             WorkerHello(protocol=PROTOCOL_VERSION, worker="pty", pid=pid, program_pid=program_pid)
         )
+        self.last_output_at = now
         self.deadlines.set("settle", now + self.opts.settle)
         self.deadlines.set("ready_timeout", now + self.opts.ready_timeout)
 
@@ -133,6 +174,8 @@ class PtyCore:
             lines = self.splitter.feed(b"\n") if self.splitter.buffered else []
         for line in lines:
             self.frames.handle(line, now)
+        if lines:
+            self._report_activity(False)
         if not data:
             self.begin_stop("stdin closed: the broker is gone", now)
 
@@ -143,9 +186,9 @@ class PtyCore:
             self._terminal_closed(now)
             return
         self.output_stream.feed(data, now)
-        if not self.ready:
-            self.deadlines.set("settle", now + self.opts.settle)
-        else:
+        self.last_output_at = now
+        self.deadlines.set("settle", now + self.opts.settle)
+        if self.ready:
             self._arm_idle(now)
 
     def input_written(self, count: int, now: float) -> None:
@@ -180,9 +223,63 @@ class PtyCore:
                 self.outbox.log(f"screen model skipped a sequence: {screen.last_parse_error}")
             self.parse_errors_logged = screen.parse_errors
         self.injector.check_echo(now)
+        if self.deadlines.at("classify") is None:
+            self.deadlines.set("classify", now + CLASSIFY_DELAY)
         if not self.ready and self.opts.prompt is not None:
             if self.opts.prompt.search(screen.text()):
-                self._become_ready("prompt matched", now)
+                self._become_ready("--prompt matched", now)
+
+    def classify(self, now: float) -> None:
+        """Read the agent's activity off the screen; report a change (and a change of why
+        deliveries wait); become ready the first time it is idle; go on typing."""
+        if self.exit_code is not None or self.returncode is not None:
+            return
+        screen = self.screen
+        verdict = classify(
+            self.profile,
+            screen.lines(),
+            screen.cursor[0],
+            screen.title,
+            quiet=now - self.last_output_at >= self.opts.settle,
+            reading=self.reading,
+            was_idle=self.was_idle,
+            settle=self.opts.settle,
+        )
+        self.input = verdict.input
+        if not verdict.drawn and self.profile.idle_when_reading:
+            self._want_probe(now)  # is it blocked reading its terminal? (asked again later)
+        changed = verdict.activity != self.activity
+        if changed:
+            self.outbox.log(f"activity: {self.activity} -> {verdict.activity} ({verdict.text})")
+            self.activity, self.activity_text = verdict.activity, verdict.text
+            self.injector.on_activity(verdict.activity, now)
+        if verdict.activity == "idle":
+            self.was_idle = True
+            self._become_ready(verdict.text, now, announce=False)
+        self._report_activity(changed)
+        self.injector.check_echo(now)
+        self.injector.pump(now)
+
+    def _want_probe(self, now: float) -> None:
+        self.probe_wanted = True
+        self.deadlines.set("probe", now + PROBE_INTERVAL)
+
+    def probed(self, reading: bool, now: float) -> None:
+        """The loop looked: the program is (or is not) blocked reading its terminal."""
+        self.probe_wanted = False
+        if reading != self.reading:
+            self.reading = reading
+            self.classify(now)
+
+    def _report_activity(self, changed: bool) -> None:
+        """Send an ``activity`` frame if the activity or why deliveries wait changed."""
+        book = self.injector.book
+        waiting = self._typing_blocker() if book.queue and book.current is None else None
+        if changed or waiting != self.waiting:
+            self.waiting = waiting
+            self.outbox.send(
+                ActivityChanged(activity=self.activity, text=self.activity_text, waiting=waiting)
+            )
 
     def begin_stop(self, reason: str, now: float) -> None:
         """Stop the program: SIGHUP (and SIGCONT) to its session now, SIGKILL after the kill
@@ -210,15 +307,28 @@ class PtyCore:
 
     # ------------------------------------------------------------ lifecycle
 
-    def _become_ready(self, why: str, now: float) -> None:
+    def _become_ready(self, why: str, now: float, announce: bool = True) -> None:
         if self.ready:
             return
         self.ready = True
-        self.deadlines.cancel("settle", "ready_timeout")
+        self.deadlines.cancel("ready_timeout", "probe")
         self.outbox.log(f"ready: {why}")
         self.outbox.send(Ready())
         self._arm_idle(now)
-        self.injector.pump(now)
+        if announce:
+            self._report_activity(False)
+            self.injector.pump(now)
+
+    def _on_ready_timeout(self, now: float) -> None:
+        """``--ready-timeout`` passed: a program the generic profile knows nothing of is
+        ready if it drew something (it never went quiet); with a prompt in the profile,
+        deliveries go on waiting for it."""
+        waited = self.opts.ready_timeout
+        if self.profile.prompt is not None:
+            self.outbox.log(f"not at its prompt after {waited:g} s ({self.activity_text})")
+        elif self.activity != "starting":
+            self.ready_by_timeout = True
+            self._become_ready(f"still not quiet after {waited:g} s", now)
 
     def _arm_idle(self, now: float) -> None:
         if self.ready and self.alive:

@@ -22,6 +22,10 @@ class Deadlines:
         """Arm ``name`` for ``when``, replacing the deadline it had."""
         self._at[name] = when
 
+    def at(self, name: str) -> float | None:
+        """When ``name`` is due (None: not armed)."""
+        return self._at.get(name)
+
     def cancel(self, *names: str) -> None:
         for name in names:
             self._at.pop(name, None)

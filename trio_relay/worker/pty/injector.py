@@ -1,17 +1,29 @@
 """Typing deliveries into the terminal, one at a time, and verifying them.
 
-:class:`Injector` takes ``deliver`` frames, books them (:mod:`.book`), and once the terminal
-is ready and the throttle (:mod:`.throttle`) open, types the next one: the text of
-:func:`.echo.format_message` in chunks of ``chunk`` characters (never cut inside a character)
-``key_delay`` apart, in a bracketed paste if the program enabled one, then Enter after
-``enter_delay``. It reports ``delivery_injected`` once the Enter was written, then
-``delivery_verified`` (``echo`` as soon as the text is seen on screen, or ``timeout_fallback``
-after ``verify_timeout``) or ``delivery_failed`` (the terminal refused the bytes, or took none
-of them for ``verify_timeout``: the rest is dropped, the paste closed and the line cleared
-with Ctrl-U; the Enter is never typed). Keys the user writes meanwhile wait for the message.
+:class:`Injector` takes ``deliver`` frames, books them (:mod:`.book`), and once the host
+allows it (ready, the activity right, no draft in the input line) and the throttle
+(:mod:`.throttle`) is open, types the next one: the text of :func:`.echo.format_message` in
+chunks of ``chunk`` characters (never cut inside a character) ``key_delay`` apart, in a
+bracketed paste if the program enabled one and the profile pastes. Then:
+
+- with a profile that knows the program's input line (a prompt): it waits until the text
+  (or the profile's collapsed-paste placeholder) shows, presses Enter ``enter_delay`` later
+  and reports ``delivery_injected``; ``submitted`` once the text left the input line and the
+  agent turned busy or shows the message (``echo`` if it only left the input line). Still in
+  the input line after the profile's window, Enter is pressed once more; still there after
+  another window, or never shown before Enter, the line is cleared with the profile's keys
+  and it ends ``not_submitted``;
+- without (the generic profile): Enter after ``enter_delay``, ``delivery_injected``, then
+  ``echo`` as soon as the text is seen on screen, or ``timeout_fallback`` after
+  ``verify_timeout``.
+
+``delivery_failed``: the terminal refused the bytes, or took none of them for
+``verify_timeout`` (the rest is dropped, the paste closed and the line cleared; the Enter is
+never typed). Keys the user writes meanwhile wait until the message is submitted.
 
 Sans-IO: it is told the time, queues bytes on the :class:`.input_queue.InputQueue`, arms the
-``throttle``, ``key``, ``typing`` and ``verify`` deadlines and puts frames in the outbox.
+``throttle``, ``key``, ``typing``, ``enter`` and ``verify`` deadlines and puts frames in the
+outbox.
 """
 
 from __future__ import annotations
@@ -20,9 +32,11 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from trio_relay.wire import Deliver, DeliveryFailed, DeliveryInjected, DeliveryVerified
+from trio_relay.wire.vocabulary import VERIFIED_LEVELS
+from trio_relay.worker.pty.activity import InputLine
 from trio_relay.worker.pty.book import Delivery, DeliveryBook, Settled
 from trio_relay.worker.pty.deadlines import Deadlines
-from trio_relay.worker.pty.echo import EchoMatcher, format_message
+from trio_relay.worker.pty.echo import EchoMatcher, format_message, normalize
 from trio_relay.worker.pty.input_queue import Done, InputQueue
 from trio_relay.worker.pty.options import Options
 from trio_relay.worker.pty.outbox import Outbox
@@ -31,7 +45,14 @@ from trio_relay.worker.pty.throttle import InjectionThrottle, Outcome
 
 BRACKETED_PASTE = ("\x1b[200~", "\x1b[201~")
 CLEAR_LINE = b"\x15"  # Ctrl-U
-_OUTCOMES = {"echo": Outcome.SUCCESS, "timeout_fallback": Outcome.UNVERIFIED}
+_OUTCOMES = {
+    "submitted": Outcome.SUCCESS,
+    "echo": Outcome.SUCCESS,
+    "timeout_fallback": Outcome.UNVERIFIED,
+    "not_submitted": Outcome.UNVERIFIED,
+}
+ENTER = b"\r"
+MAX_ENTERS = 2  # Enter is pressed once more if the first did not submit
 
 
 if TYPE_CHECKING:  # a Protocol class is only for the type checker (RSS matters here)
@@ -49,6 +70,9 @@ if TYPE_CHECKING:  # a Protocol class is only for the type checker (RSS matters 
         def after_settle(self, now: float) -> None:
             """A delivery settled (the idle timer starts again)."""
 
+        def input_line(self) -> InputLine:
+            """The program's input line on screen now (per its profile)."""
+
 
 class Injector:
     """The deliveries of one worker, and the one being typed or verified."""
@@ -64,6 +88,13 @@ class Injector:
     ) -> None:
         self.opts, self.screen, self.keys = opts, screen, keys
         self.deadlines, self.outbox, self.host = deadlines, outbox, host
+        self.profile = opts.agent_profile
+        self.collapsed = self.profile.compiled.collapsed
+        #: The program's input line is known: Enter only once the text shows in it.
+        self.knows_input = self.profile.prompt is not None
+        self.enter_delay = opts.pause_before_enter
+        self.enters = 0  # Enters pressed for the delivery in flight
+        self.saw_busy = False  # the agent turned busy after the first Enter
         self.book = DeliveryBook(opts.mode)
         self.throttle = InjectionThrottle()
         self.matcher: EchoMatcher | None = None
@@ -75,8 +106,10 @@ class Injector:
 
     @property
     def typing_now(self) -> bool:
+        """A message is being typed or waits in the input line for its Enter: a person's
+        keys wait."""
         current = self.book.current
-        return current is not None and current.state == "typing"
+        return current is not None and current.state in ("typing", "typed")
 
     # ------------------------------------------------------------ new deliveries
 
@@ -130,8 +163,10 @@ class Injector:
             return
         delivery = self.book.next()
         assert delivery is not None
-        paste = self.screen.bracketed_paste
-        text = format_message(delivery.sender, delivery.delivery_id, delivery.body, paste)
+        typing = self.profile.typing
+        paste = self.screen.bracketed_paste and typing.paste == "auto"
+        multiline = paste and typing.newlines == "keep"
+        text = format_message(delivery.sender, delivery.delivery_id, delivery.body, multiline)
         self.matcher = EchoMatcher(text)
         self.screen.on_draw = self.matcher.feed
         size = self.opts.chunk
@@ -143,7 +178,9 @@ class Injector:
         self.paste_open = paste  # until the chunk with the end marker is written
         self.typing.clear()
         self.typing.extend((self.opts.key_delay, piece.encode()) for piece in pieces)
-        self.typing.append((self.opts.enter_delay, b"\r"))
+        if not self.knows_input:
+            self.typing.append((self.enter_delay, ENTER))
+        self.enters, self.saw_busy = 0, False
         self.typed_bytes = 0
         self.typing_bytes = sum(len(data) for _, data in self.typing)
         # The typing deadline is a stall timeout: re-armed whenever a chunk was written, so a
@@ -179,11 +216,15 @@ class Injector:
             self.deadlines.set("typing", now + self.opts.verify_timeout)
             return
         self.deadlines.cancel("typing")
+        self.deadlines.set("verify", now + self.opts.verify_timeout)
+        if self.knows_input:
+            current.state = "typed"  # Enter once the text shows in the input line
+            self.check_echo(now)
+            return
         current.state = "verifying"
         self.release_user_input(now)
         self.outbox.send(DeliveryInjected(delivery_id=current.delivery_id))
-        if not self.check_echo(now):
-            self.deadlines.set("verify", now + self.opts.verify_timeout)
+        self.check_echo(now)
 
     def on_typing_timeout(self, now: float) -> None:
         """The ``typing`` deadline: the terminal took none of the message for a while."""
@@ -208,29 +249,130 @@ class Injector:
     # ------------------------------------------------------------ verifying
 
     def check_echo(self, now: float) -> bool:
-        """Settle the delivery being verified if its text is on screen; returns whether it
-        did (False too when none is being verified)."""
+        """Look at the screen for the delivery in flight: its echo (``verifying``), its text
+        in the input line (``typed``: Enter follows), or its submission (``submitting``).
+        Returns whether it settled."""
         current = self.book.current
         matcher = self.matcher
-        if current is None or current.state != "verifying" or matcher is None:
+        if current is None or matcher is None:
             return False
-        if matcher.found or matcher.check_text(self.screen.text()):
-            self.settle(Settled("echo"), now)
-            return True
+        if current.state == "verifying":
+            if matcher.found or matcher.check_text(self.screen.text()):
+                self.settle(Settled("echo"), now)
+                return True
+        elif current.state == "typed":
+            if self.deadlines.at("enter") is None and self._text_shown(matcher):
+                self.deadlines.set("enter", now + self.enter_delay)
+        elif current.state == "submitting":
+            line = self.host.input_line()
+            if self._left_input(line) and (self.saw_busy or self._shown_elsewhere()):
+                self.settle(Settled("submitted"), now)
+                return True
         return False
 
-    def on_verify_timeout(self, now: float) -> None:
-        """The ``verify`` deadline: settle by echo if it is on screen now, else fall back."""
-        current = self.book.current
-        if current is None or current.state != "verifying" or self.matcher is None:
-            return
-        if self.host.program_gone() or self.check_echo(now):
-            return  # the program exited meanwhile (its exit decides), or the echo is there
-        reason = (
-            f"the message text did not appear on screen within "
-            f"{self.opts.verify_timeout:g} s ({self.matcher.describe_miss()})"
+    def _text_shown(self, matcher: EchoMatcher) -> bool:
+        """The typed text, or the profile's placeholder for a collapsed paste, is on screen."""
+        if matcher.found or matcher.check_text(self.screen.text()):
+            return True
+        return self.collapsed is not None and bool(
+            self.collapsed.search(self.host.input_line().text)
         )
-        self.settle(Settled("timeout_fallback", reason), now)
+
+    @staticmethod
+    def _left_input(line: InputLine) -> bool:
+        """The input line holds nothing (or the prompt is not on screen: the agent took it
+        and shows something else)."""
+        return not line.found or not line.text
+
+    def _shown_elsewhere(self) -> bool:
+        """With the input line empty: the message (its start) or the collapsed placeholder
+        is on screen, so it is in the transcript."""
+        text = self.screen.text()
+        if self.collapsed is not None and self.collapsed.search(text):
+            return True
+        assert self.matcher is not None
+        head = self.matcher.needle[:80]
+        return head in normalize(text)
+
+    def press_enter(self, now: float) -> None:
+        """The ``enter`` deadline: press Enter for the delivery in flight."""
+        current = self.book.current
+        if current is None or current.state not in ("typed", "submitting"):
+            return
+        self.enters += 1
+        self.keys.add(ENTER, self._entered, owner=current.delivery_id)
+
+    def _entered(self, error: OSError | None, now: float) -> None:
+        current = self.book.current
+        if current is None or current.state not in ("typed", "submitting"):
+            return
+        if error is not None:
+            if not self.host.program_gone():
+                self.settle(Settled("failed", f"cannot write to the terminal: {error}"), now)
+            return
+        if current.state == "typed":
+            current.state = "submitting"
+            self.release_user_input(now)
+            self.outbox.send(DeliveryInjected(delivery_id=current.delivery_id))
+        self.deadlines.set("verify", now + self.profile.submitted.window)
+        self.check_echo(now)
+
+    def on_activity(self, activity: str, now: float) -> None:
+        """The agent's activity changed: busy after Enter is evidence it took the message."""
+        current = self.book.current
+        if activity == "busy" and current is not None and current.state == "submitting":
+            self.saw_busy = True
+            self.check_echo(now)
+
+    def on_verify_timeout(self, now: float) -> None:
+        """The ``verify`` deadline: settle by what is on screen now, or fall back (generic),
+        press Enter again, or clear the line (a profile that knows the input line)."""
+        current = self.book.current
+        if current is None or self.matcher is None or self.host.program_gone():
+            return  # the program exited meanwhile: its exit decides
+        if self.check_echo(now):
+            return
+        if current.state == "verifying":
+            reason = (
+                f"the message text did not appear on screen within "
+                f"{self.opts.verify_timeout:g} s ({self.matcher.describe_miss()})"
+            )
+            self.settle(Settled("timeout_fallback", reason), now)
+        elif current.state == "typed":
+            if self.deadlines.at("enter") is not None:
+                return  # shown just now: Enter follows
+            reason = (
+                f"the typed text did not appear in the input line within "
+                f"{self.opts.verify_timeout:g} s ({self.matcher.describe_miss()}); Enter was "
+                "not pressed and the line was cleared"
+            )
+            self._clear_line()
+            self.settle(Settled("not_submitted", reason), now)
+        elif current.state == "submitting":
+            window = self.profile.submitted.window
+            if self._left_input(self.host.input_line()):
+                reason = (
+                    f"the message left the input line, but the agent showed no other sign "
+                    f"of taking it within {window:g} s"
+                )
+                self.settle(Settled("echo", reason), now)
+            elif self.enters < MAX_ENTERS:
+                self.outbox.log(
+                    f"delivery {current.delivery_id}: still in the input line {window:g} s "
+                    "after Enter; pressing Enter once more"
+                )
+                self.press_enter(now)
+            else:
+                reason = (
+                    f"still in the input line {window:g} s after Enter was pressed "
+                    f"{self.enters} times; the line was cleared"
+                )
+                self._clear_line()
+                self.settle(Settled("not_submitted", reason), now)
+
+    def _clear_line(self) -> None:
+        """Type the profile's keys that empty the input line (a person's keys wait)."""
+        self.keys.add(self.profile.typing.clear.encode())
 
     def settle(self, settled: Settled, now: float) -> None:
         """End the delivery in flight: report it, adapt the throttle, start the next one."""
@@ -239,11 +381,15 @@ class Injector:
         self.screen.on_draw = None
         self.matcher = None
         self.typing.clear()
-        self.deadlines.cancel("key", "typing", "verify")
+        self.deadlines.cancel("key", "typing", "enter", "verify")
         self.throttle.record(_OUTCOMES.get(settled.verification, Outcome.FAILED), now)
-        if settled.verification != "echo":
+        if settled.verification not in VERIFIED_LEVELS:
             word = "failed" if settled.verification == "failed" else "unverified"
             self.outbox.log(f"delivery {delivery.delivery_id} {word}: {settled.reason}")
+        elif settled.reason:
+            self.outbox.log(
+                f"delivery {delivery.delivery_id} {settled.verification}: {settled.reason}"
+            )
         self._announce(delivery.delivery_id, settled, injected=True)
         self.host.after_settle(now)
         self.pump(now)

@@ -12,6 +12,8 @@ from typing import Any
 
 import msgspec
 
+from trio_relay.errors import ProfileError
+from trio_relay.profiles.profile import Profile, decode_profile
 from trio_relay.wire.vocabulary import INJECT_MODES, TERMINAL_SIZE_RANGE, InjectMode
 
 MAX_SIZE = TERMINAL_SIZE_RANGE[1]
@@ -22,6 +24,8 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     """What ``python -m trio_relay.worker.pty`` was asked to do (see :func:`parse_args`)."""
 
     argv: list[str]
+    #: How the program looks and wants to be typed to (default: the built-in ``generic``).
+    profile: Profile | None = None
     # the terminal
     rows: int = 24
     cols: int = 80
@@ -37,9 +41,25 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     verify_timeout: float = 5.0
     chunk: int = 128
     key_delay: float = 0.005
-    enter_delay: float = 0.03
+    enter_delay: float | None = None  # None: the profile's
     # stopping
     kill_grace: float = 1.0
+
+    @property
+    def agent_profile(self) -> Profile:
+        """The profile in use: ``--profile``, else the built-in ``generic``."""
+        if self.profile is not None:
+            return self.profile
+        from trio_relay.profiles.catalog import BUILTIN_DIR, load_profile_file
+
+        return load_profile_file(BUILTIN_DIR / "generic.toml")
+
+    @property
+    def pause_before_enter(self) -> float:
+        """``--enter-delay``, else the profile's."""
+        if self.enter_delay is not None:
+            return self.enter_delay
+        return self.agent_profile.typing.enter_delay
 
 
 class UsageError(Exception):
@@ -80,12 +100,29 @@ def _mode(text: str) -> str:
     return text
 
 
+def _profile(text: str) -> Profile:
+    """A profile as JSON (what the broker passes), or the name of a built-in one."""
+    try:
+        if text.lstrip().startswith("{"):
+            return decode_profile(text)
+        from trio_relay.profiles.catalog import Catalog
+
+        return Catalog().get(text)
+    except ProfileError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _pattern(text: str) -> re.Pattern[str]:
     return re.compile(text, re.MULTILINE)
 
 
 # option -> (Options field, parser, help)
 OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "--profile": (
+        "profile",
+        _profile,
+        "the agent's profile, as JSON or a built-in's name (default generic)",
+    ),
     "--rows": ("rows", _size, "terminal rows (default 24)"),
     "--cols": ("cols", _size, "terminal columns (default 80)"),
     "--term": ("term", str, "TERM for CMD (default xterm-256color)"),
@@ -121,7 +158,7 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--enter-delay": (
         "enter_delay",
         _non_negative,
-        "pause before the Enter that ends a message, in seconds (default 0.03)",
+        "pause before the Enter that ends a message, in seconds (default: the profile's)",
     ),
     "--kill-grace": (
         "kill_grace",

@@ -56,6 +56,7 @@ import sys
 import time
 from collections import deque
 
+from trio_relay.linux.procfs import reads_terminal
 from trio_relay.worker.pty.core import PtyCore
 from trio_relay.worker.pty.options import USAGE, UsageError, help_text, parse_args
 from trio_relay.worker.pty.process import PtyProcess
@@ -117,6 +118,8 @@ class Loop:
                 for key, mask in self.selector.select(self._timeout()):
                     key.data(mask)
                 self._run_due()
+                if core.probe_wanted:
+                    core.probed(reads_terminal(proc.pid), time.monotonic())
                 self._carry_out()
                 if core.backlogged:
                     self._parse()

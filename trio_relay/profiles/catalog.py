@@ -1,0 +1,104 @@
+"""Finding a profile: by name, or by the command an agent runs.
+
+Profiles are TOML files named ``<name>.toml``, in the format of :mod:`.profile`. They are
+looked up, first found wins, in
+
+1. ``<state dir>/profiles/`` (this broker's own),
+2. ``$XDG_CONFIG_HOME/trio-relay/profiles/`` (default ``~/.config/trio-relay/profiles/``),
+3. the built-ins (``trio_relay/profiles/builtin/``): claude, codex, gemini, aider, shell,
+   python and generic.
+
+A user's file with a built-in's name replaces it. :meth:`Catalog.choose` picks the profile a
+command asks for: the first (users' files first) whose ``commands`` match the program's
+file name, else ``generic``. Reading is synchronous (small local files, read at spawn).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from trio_relay.errors import ProfileError
+from trio_relay.profiles.profile import Profile
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+BUILTIN_NAMES = ("claude", "codex", "gemini", "aider", "shell", "python", "generic")
+FALLBACK = "generic"
+
+
+def user_profile_dirs(state_dir: Path | None) -> list[Path]:
+    """Where a user's profiles are looked for, in order (they need not exist)."""
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    dirs = [Path(config) / "trio-relay" / "profiles"]
+    if state_dir is not None:
+        dirs.insert(0, Path(state_dir) / "profiles")
+    return dirs
+
+
+def load_profile_file(path: Path) -> Profile:
+    """Read one profile file; its name must be its file's stem. Raises ProfileError naming
+    the file and what is wrong with it."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ProfileError(f"cannot read profile {path}: {exc}") from None
+    data.setdefault("name", path.stem)
+    try:
+        profile = msgspec.convert(data, Profile)
+        profile.compiled  # noqa: B018 - a bad pattern is reported now, naming the file
+    except (msgspec.ValidationError, ProfileError) as exc:
+        raise ProfileError(f"profile {path}: {exc}") from None
+    if profile.name != path.stem:
+        raise ProfileError(f"profile {path}: its name {profile.name!r} is not its file's name")
+    return profile
+
+
+class Catalog:
+    """The profiles one broker can use (``dirs``: the users' directories, in order)."""
+
+    def __init__(self, dirs: Sequence[Path] = ()) -> None:
+        self.dirs = [*dirs, BUILTIN_DIR]
+
+    def _files(self) -> dict[str, Path]:
+        """Every profile's file, by name (the first found of each name)."""
+        found: dict[str, Path] = {}
+        for folder in self.dirs:
+            try:
+                paths = sorted(folder.glob("*.toml"))
+            except OSError:
+                continue
+            for path in paths:
+                found.setdefault(path.stem, path)
+        return found
+
+    def names(self) -> list[str]:
+        """The names of the profiles there are."""
+        return sorted(self._files())
+
+    def get(self, name: str) -> Profile:
+        """The profile called ``name``. Raises ProfileError if there is none (naming those
+        there are) or it cannot be read."""
+        path = self._files().get(name)
+        if path is None:
+            known = ", ".join(self.names())
+            raise ProfileError(f"no profile named {name!r} (there are: {known})")
+        return load_profile_file(path)
+
+    def choose(self, command: Sequence[str]) -> Profile:
+        """The profile for ``command``: the first whose ``commands`` match its program's file
+        name (users' profiles first), else ``generic``. Raises ProfileError for a profile
+        file that cannot be read (never passed over in silence)."""
+        program = os.path.basename(command[0]) if command else ""
+        interactive = all(arg.startswith("-") for arg in command[1:])
+        for path in self._files().values():
+            profile = load_profile_file(path)
+            if profile.interactive_only and not interactive:
+                continue
+            if any(fnmatch.fnmatchcase(program, pattern) for pattern in profile.commands):
+                return profile
+        return self.get(FALLBACK)

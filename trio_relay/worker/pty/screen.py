@@ -306,6 +306,11 @@ class TerminalScreen:
         return cursor.y, min(cursor.x, self._screen.columns - 1)
 
     @property
+    def title(self) -> str:
+        """The window title the program set (OSC 0 or 2), or ""."""
+        return self._screen.title
+
+    @property
     def bracketed_paste(self) -> bool:
         """Whether the program enabled bracketed paste (``ESC[?2004h``)."""
         return BRACKETED_PASTE in self._screen.mode

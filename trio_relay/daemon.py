@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import trio
 
+from trio_relay.broker.attention import run_attention_hook
 from trio_relay.broker.broker import DEFAULT_RETENTION, Broker, open_broker
 from trio_relay.broker.supervisor import DEFAULT_HISTORY
 from trio_relay.client import UNIX_SCHEME
@@ -51,10 +52,12 @@ async def run_daemon(
     event_buffer: int = 4096,
     retention: float | None = DEFAULT_RETENTION,
     history: int = DEFAULT_HISTORY,
+    on_attention: str | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the broker until SIGINT, SIGTERM or a ``shutdown`` request; ``started`` gives the
-    url once it accepts connections.
+    url once it accepts connections. ``on_attention``: a shell command run each time an
+    agent turns to ``attention`` (see :mod:`trio_relay.broker.attention`).
 
     Raises BrokerAlreadyRunning if another broker holds the state directory, OSError if the
     port cannot be bound. Every agent is released before this returns.
@@ -93,6 +96,8 @@ async def run_daemon(
                     )
                     task_status.started(url)
                     nursery.start_soon(_stop_on_signal, signals, server)
+                    if on_attention:
+                        nursery.start_soon(run_attention_hook, broker.events, on_attention)
                     await server.shutdown_requested.wait()
                     log.info("shutting down: releasing %d agent(s)", len(broker.agents()))
                     await broker.shutdown()  # the server still answers meanwhile

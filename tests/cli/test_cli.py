@@ -62,22 +62,16 @@ def test_spawn_list_and_release_through_the_cli(broker: Relay) -> None:
     broker.invoke("send", "w", "kept for later")
     table = broker.invoke("ps").output.splitlines()
     assert table[0].split() == [
-        "NAME",
-        "STATE",
-        "PID",
-        "UPTIME",
-        "RESTARTS",
-        "PENDING",
-        "LAST",
-        "ACTIVITY",
-        "LAST",
-        "EXIT",
+        *("NAME", "STATE", "ACTIVITY", "PROFILE", "PID", "UPTIME", "RESTARTS", "PENDING"),
+        *("LAST", "EXIT"),
     ]
-    name, state, _pid, _uptime, restarts, pending, activity, *_ = table[1].split()
-    assert (name, state, restarts, pending) == ("w", "running", "0", "1")
-    assert activity.endswith("s")  # it said hello moments ago
+    name, state, activity, since, profile, _pid, _uptime, restarts, pending, *_ = table[1].split()
+    assert (name, state, profile, restarts, pending) == ("w", "running", "-", "0", "1")
+    # A native worker reads no screen: its ready is idle, moments ago.
+    assert activity == "idle" and since.endswith("s")
     (listed,) = json.loads(broker.invoke("ps", "--json").output)
     assert listed["pending_deliveries"] == 1 and listed["last_activity"] > 0
+    assert listed["activity"] == "idle" and listed["profile"] is None
     status = json.loads(broker.invoke("status", "--json").output)
     assert status["agents"] == {"running": 1} and status["pid"] == broker.pid
     assert broker.invoke("release", "w").output.startswith("w released")

@@ -80,9 +80,8 @@ class Broker:
         self.run_id = secrets.token_hex(8)
         self.store = store
         store.on_error = self._store_failed
-        self.delivery_engine = DeliveryEngine(
-            store, self.events, SupervisorTransport(self.supervisor), delivery
-        )
+        self.transport = SupervisorTransport(self.supervisor)
+        self.delivery_engine = DeliveryEngine(store, self.events, self.transport, delivery)
         self.events.listen(self.delivery_engine.on_event)
         self.supervisor.delivery_reports = self.delivery_engine.on_report
         self.supervisor.forgotten = self.delivery_engine.forget
@@ -326,6 +325,11 @@ class Broker:
         agents stay marked to be respawned by the next broker on it. Idempotent."""
         self.delivery_engine.close_intake()
         await self.supervisor.shutdown()
+
+    def waiting(self, name: str) -> str | None:
+        """Why the deliveries handed to agent ``name``'s worker wait there (it is starting,
+        busy, waits for a person, or a draft is in its input line), or None."""
+        return self.transport.waiting(name)
 
     def _info(self, agent: Agent) -> AgentInfo:
         return AgentInfo(

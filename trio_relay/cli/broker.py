@@ -87,6 +87,12 @@ class Duration(click.ParamType):
     type=click.FloatRange(min=0.001),
     help="Rotate broker.log at this size; 3 older files are kept.",
 )
+@click.option(
+    "--on-attention",
+    metavar="CMD",
+    help="Run CMD (with /bin/sh) whenever an agent waits for a person; it gets"
+    " TRIO_RELAY_AGENT and TRIO_RELAY_ATTENTION (what the agent asks) in its environment.",
+)
 @click.option("--detach", is_flag=True, help="Run in the background; return once it is ready.")
 @click.option(
     "--detached", is_flag=True, hidden=True, help="Started by --detach: log to broker.log only."
@@ -121,6 +127,7 @@ def up(
             f"--history={options['history']}",
             f"--log-max-mb={log_max_mb}",
             *(f"--allow-origin={o}" for o in options["allowed_origins"]),
+            *([f"--on-attention={options['on_attention']}"] if options["on_attention"] else []),
             *(["-v"] if verbose else []),
         ]
         _start_detached(state, forwarded)

@@ -67,17 +67,33 @@ def agent_table(agents: list[AgentSummary]) -> None:
             [
                 a.name,
                 a.state,
+                f"{a.activity} {age(a.activity_since)}",
+                a.profile or "-",
                 str(a.pid or "-"),
                 age(a.started_at) if a.state == "running" else "-",
                 str(a.restarts),
                 str(a.pending_deliveries),
-                f"{age(a.last_activity)} ago" if a.last_activity else "-",
                 a.last_exit or "-",
             ]
             for a in agents
         ],
-        ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "PENDING", "LAST ACTIVITY", "LAST EXIT"],
+        [
+            "NAME",
+            "STATE",
+            "ACTIVITY",
+            "PROFILE",
+            "PID",
+            "UPTIME",
+            "RESTARTS",
+            "PENDING",
+            "LAST EXIT",
+        ],
     )
+    for a in agents:  # what a person is asked, and why messages wait
+        if a.activity == "attention":
+            click.echo(f"{a.name} needs you: {a.activity_text}")
+        if a.waiting:
+            click.echo(f"{a.name}: messages wait: {a.waiting}")
 
 
 def delivery_table(ds: list[DeliveryRecord], *, empty: str) -> None:

@@ -29,6 +29,7 @@ from trio_relay.wire import (
     DeadLettersOp,
     DeliveriesOp,
     DeliveryOp,
+    DeliveryRecord,
     FlushOp,
     InputOp,
     LogsOp,
@@ -101,9 +102,9 @@ class Operations:
             case DeliveriesOp(agent=agent, states=states, limit=limit):
                 wanted = frozenset(states) if states else None
                 found = await broker.deliveries(agent, states=wanted, limit=_positive(limit))
-                return [_info(d) for d in found]
+                return [self._explained(d) for d in found]
             case DeliveryOp(delivery_id=delivery_id):
-                return _info(await broker.delivery(delivery_id))
+                return self._explained(await broker.delivery(delivery_id))
             case DeadLettersOp(agent=agent, limit=limit):
                 return [_info(d) for d in await broker.dead_letters(agent, limit=_positive(limit))]
             case RedeliverOp(delivery_id=delivery_id):
@@ -118,7 +119,7 @@ class Operations:
                 return await self._mode(request, principal)
             case PendingOp(name=name):
                 broker.agent(name)  # WorkerNotFound for an unknown agent
-                pending = [_info(d) for d in await broker.pending(name)]
+                pending = [self._explained(d) for d in await broker.pending(name)]
                 return {"mode": broker.mode(name), "deliveries": pending}
             case FlushOp(name=name):
                 broker.agent(name)
@@ -172,6 +173,9 @@ class Operations:
             profile=profile.name if profile else None,
         )
 
+    def _explained(self, record: DeliveryRecord) -> DeliveryRecord:
+        return _explained_record(self.broker, record)
+
     async def _send(self, op: SendOp, principal: Principal) -> dict[str, Any]:
         if not 0 <= op.timeout < float("inf"):  # checked before anything is committed
             raise ValueError(
@@ -206,6 +210,14 @@ def _positive(limit: int) -> int:
     if limit < 1:
         raise ValueError("`limit` must be positive")
     return limit
+
+
+def _explained_record(broker: Broker, record: DeliveryRecord) -> DeliveryRecord:
+    """``record``, with why it waits if its agent's worker holds it (it was handed over)."""
+    if record.state != "sent":
+        return record
+    waiting = broker.waiting(record.agent)
+    return msgspec.structs.replace(record, waiting=waiting) if waiting else record
 
 
 def _info(info: Any) -> Any:

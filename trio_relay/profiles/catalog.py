@@ -64,7 +64,7 @@ class Catalog:
     def __init__(self, dirs: Sequence[Path] = ()) -> None:
         self.dirs = [*dirs, BUILTIN_DIR]
 
-    def _files(self) -> dict[str, Path]:
+    def files(self) -> dict[str, Path]:
         """Every profile's file, by name (the first found of each name)."""
         found: dict[str, Path] = {}
         for folder in self.dirs:
@@ -78,12 +78,12 @@ class Catalog:
 
     def names(self) -> list[str]:
         """The names of the profiles there are."""
-        return sorted(self._files())
+        return sorted(self.files())
 
     def get(self, name: str) -> Profile:
         """The profile called ``name``. Raises ProfileError if there is none (naming those
         there are) or it cannot be read."""
-        path = self._files().get(name)
+        path = self.files().get(name)
         if path is None:
             known = ", ".join(self.names())
             raise ProfileError(f"no profile named {name!r} (there are: {known})")
@@ -95,7 +95,7 @@ class Catalog:
         file that cannot be read (never passed over in silence)."""
         program = os.path.basename(command[0]) if command else ""
         interactive = all(arg.startswith("-") for arg in command[1:])
-        for path in self._files().values():
+        for path in self.files().values():
             profile = load_profile_file(path)
             if profile.interactive_only and not interactive:
                 continue

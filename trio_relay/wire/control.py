@@ -250,6 +250,9 @@ class DeliveryRecord(msgspec.Struct, kw_only=True):
     last_error: str | None = None
     verification: str | None = None
     reason: str | None = None
+    #: An open delivery its agent's worker holds: why it is not typed yet (the agent is
+    #: starting, busy, waits for a person, or a draft is in its input line).
+    waiting: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -262,6 +265,8 @@ class DeliveryRecord(msgspec.Struct, kw_only=True):
             return f"verified ({self.verification})"
         if self.state == "unverified":
             return f"injected but not verified ({self.verification}: {self.reason})"
+        if self.waiting and not self.terminal:
+            return f"{self.state}, waiting: {self.waiting}"
         detail = self.reason or self.last_error
         return f"{self.state} ({detail})" if detail and self.terminal else self.state
 

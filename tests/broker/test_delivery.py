@@ -173,6 +173,33 @@ async def test_the_wall_clock_deadline_bounds_the_retries(
         assert [t - start for t, _, _ in r.transport.frames] == [0, 10]
 
 
+async def test_a_delivery_the_worker_holds_for_an_agent_not_ready_spends_no_attempts(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The worker says why it holds what it was handed (a dialog waits for a person): the
+    # wait for progress starts again without a retry, until the agent takes it...
+    async with rig(tmp_path, ack_timeout=1, backoff=2, max_attempts=2, deadline=100) as r:
+        r.transport.waits["w"] = "the agent waits for a person: trust this folder?"
+        receipt = await r.engine.send("w", "hello", sender="me")
+        await trio.sleep(50)
+        assert r.transport.ids() == [receipt.delivery_id]  # handed over once, not resent
+        assert not r.of(DeliveryRetryingEvent) and not r.of(DeadLetterEvent)
+        del r.transport.waits["w"]
+        r.ack(receipt.delivery_id, "submitted")
+        with trio.fail_after(5):
+            done = await r.engine.wait(receipt.delivery_id, timeout=5)
+        assert (done.state, done.verification, done.attempts) == ("verified", "submitted", 1)
+    # ...or its deadline passes, naming why it waited.
+    (tmp_path / "2").mkdir()
+    async with rig(tmp_path / "2", ack_timeout=1, max_attempts=2, deadline=30) as r:
+        r.transport.waits["w"] = "the agent is busy: esc to interrupt"
+        receipt = await r.engine.send("w", "hello", sender="me")
+        with trio.fail_after(100):
+            dead = await r.engine.wait(receipt.delivery_id, timeout=100)
+        assert dead.state == "dead_letter" and dead.attempts == 1
+        assert "while it waited (the agent is busy: esc to interrupt)" in dead.last_error
+
+
 async def test_progress_restarts_the_wait_and_acks_stop_the_retries(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -40,11 +40,14 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 class Dialog(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A screen that waits for a person (trust, sign-in, approval): while ``pattern``
-    matches, the agent is in ``attention`` and ``text`` tells the person what it asks."""
+    matches, the agent is in ``attention`` and ``text`` tells the person what it asks.
+    ``cursor``: only on the cursor's row (a line-oriented program's question, which stays
+    on screen once answered)."""
 
     name: str
     pattern: str
     text: str
+    cursor: bool = False
 
 
 class Typing(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -58,6 +58,10 @@ def _row_of(text: str, match: re.Match[str]) -> str:
     return text[start : end if end >= 0 else len(text)]
 
 
+def _cursor_row(lines: list[str], cursor_row: int) -> str:
+    return lines[cursor_row] if 0 <= cursor_row < len(lines) else ""
+
+
 def input_line(profile: Profile, lines: list[str], cursor_row: int) -> InputLine:
     """The input line on screen (``lines``: the visible rows), or NO_INPUT."""
     compiled = profile.compiled
@@ -65,7 +69,7 @@ def input_line(profile: Profile, lines: list[str], cursor_row: int) -> InputLine
     if pattern is None or profile.prompt is None:
         return NO_INPUT
     if profile.prompt.cursor:
-        text = lines[cursor_row] if 0 <= cursor_row < len(lines) else ""
+        text = _cursor_row(lines, cursor_row)
         match = pattern.search(text)
     else:
         text = "\n".join(lines)
@@ -101,10 +105,11 @@ def classify(
             return Verdict("idle", "nothing drawn; it waits reading its terminal", NO_INPUT, False)
         return Verdict("starting", "nothing drawn yet", NO_INPUT, False)
     for dialog, pattern in compiled.dialogs:
-        match = pattern.search(text)
+        where = _cursor_row(lines, cursor_row) if dialog.cursor else text
+        match = pattern.search(where)
         if match is not None:
             return Verdict(
-                "attention", _excerpt(f"{dialog.text}: {_row_of(text, match)}"), NO_INPUT
+                "attention", _excerpt(f"{dialog.text}: {_row_of(where, match)}"), NO_INPUT
             )
     line = input_line(profile, lines, cursor_row)
     for pattern in compiled.busy:

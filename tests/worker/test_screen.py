@@ -190,3 +190,83 @@ def test_dim_text_is_rendered_and_round_trips() -> None:
     screen.feed("\r\n\x1b[2mx\x1b[m")  # dim survives a scroll, and a reset ends it
     screen.feed("\r\n")
     assert screen.ansi_text().split("\n")[1] == "\x1b[0;2mx\x1b[0m"
+
+
+def test_erasing_leaves_only_the_background_colour() -> None:
+    # As xterm and tmux (background colour erase): erased cells take the current background
+    # and nothing else, however much of the line was written (pyte gave them every
+    # attribute of the cursor, and ESC[2J only to the cells written before).
+    screen = TerminalScreen(3, 8)
+    screen.feed("\x1b[4;7;31mab\x1b[K")  # underline, reverse, red: not for the blanks
+    assert screen.ansi_text() == "\x1b[0;4;7;31mab\x1b[0m\n\n"
+    screen.feed("\r\x1b[44mx\x1b[K\x1b[m")
+    assert screen.ansi_text().split("\n")[0] == "\x1b[0;4;7;31;44mx\x1b[0;44m       \x1b[0m"
+    screen.feed("\x1b[1;32;44m\x1b[2J\x1b[m")  # the whole screen blue, not bold or green
+    assert screen.ansi_text() == "\n".join(["\x1b[0;44m        \x1b[0m"] * 3)
+    screen.feed("\x1b[m\x1b[2J\x1b[H1234567\x1b[1;3H\x1b[41m\x1b[2X\x1b[1J\x1b[m")
+    assert screen.ansi_text().split("\n")[0] == "\x1b[0;41m    \x1b[0m567"
+    assert screen.lines() == ["    567", "", ""]
+
+
+def test_unknown_erase_parameters_are_ignored() -> None:
+    screen = TerminalScreen(2, 10)
+    screen.feed("abc\x1b[5K\x1b[9J\x1b[?7K")  # pyte failed with UnboundLocalError on these
+    assert screen.lines() == ["abc", ""] and screen.parse_errors == 0
+
+
+def test_a_character_pushed_off_the_line_is_gone() -> None:
+    screen = TerminalScreen(2, 4)
+    screen.feed("abcd\x1b[1G\x1b[@")  # insert a blank: the d is pushed off
+    assert screen.lines()[0] == " abc"
+    screen.feed("\x1b[P")  # delete it again: a blank comes in at the end, not the d
+    assert screen.lines()[0] == "abc"
+
+
+def test_rows_and_cells_scrolled_in_take_the_background_colour() -> None:
+    blue = "\x1b[0;44m    \x1b[0m"
+    screen = TerminalScreen(3, 4)
+    screen.feed("a\r\nb\r\nc\x1b[44m\n\x1b[m")  # a linefeed at the bottom
+    assert screen.ansi_text().split("\n") == ["b", "c", blue]
+    screen.feed("\x1b[H\x1b[44m\x1bM\x1b[m")  # a reverse index at the top
+    assert screen.ansi_text().split("\n") == [blue, "b", "c"]
+    screen.feed("\x1b[2;1H\x1b[44m\x1b[L\x1b[m")  # insert a line
+    assert screen.ansi_text().split("\n") == [blue, blue, "b"]
+    screen.feed("\x1b[m\x1b[2J\x1b[Habc\x1b[1;1H\x1b[44m\x1b[S\x1b[m")  # CSI S
+    assert screen.ansi_text().split("\n") == ["", "", blue]
+    screen.feed("\x1b[m\x1b[2J\x1b[Habc\x1b[1;1H\x1b[44m\x1b[P\x1b[m")  # delete a character
+    assert screen.ansi_text().split("\n")[0] == "bc \x1b[0;44m \x1b[0m"  # in at the end
+    screen.feed("\x1b[1;1H\x1b[44m\x1b[@\x1b[m")  # insert one
+    assert screen.ansi_text().split("\n")[0] == "\x1b[0;44m \x1b[0mbc"
+
+
+def test_the_alternate_screen_hides_the_main_one_until_it_ends() -> None:
+    # What a full-screen program (vim, htop, less) leaves: the screen from before it.
+    screen = TerminalScreen(4, 20)
+    screen.feed("$ vim notes\r\n")
+    screen.feed("\x1b[?1049h")  # the cursor saved, a blank screen
+    assert screen.lines() == ["", "", "", ""] and screen.cursor == (1, 0)
+    screen.feed("\x1b[H\x1b[1;31m~ editing\x1b[?1049h\x1b[3;1Hmore")  # entered once only
+    assert screen.lines() == ["~ editing", "", "more", ""]
+    screen.feed("\x1b[?1049l")  # the main screen, the cursor and its attributes back
+    assert screen.lines() == ["$ vim notes", "", "", ""] and screen.cursor == (1, 0)
+    screen.feed("$ ")
+    assert screen.ansi_text().split("\n")[1] == "$"
+    screen.feed("\x1b[?1049l")  # not in the alternate screen: nothing happens
+    assert screen.lines()[:2] == ["$ vim notes", "$"] and screen.cursor == (1, 2)
+    screen.feed("\x1b[?47h\x1b[3;5Hx\x1b[?47l")  # 47 and 1047 keep the cursor where it is
+    assert screen.lines() == ["$ vim notes", "$", "", ""] and screen.cursor == (2, 5)
+
+
+def test_a_resize_in_the_alternate_screen_reaches_the_main_one_when_it_shows() -> None:
+    # As tmux: the main screen is resized when it shows again, about its saved cursor.
+    screen = TerminalScreen(6, 20)
+    screen.feed("1\r\n2\r\n3\r\n4\r\n> ")
+    screen.feed("\x1b[?1049h\x1b[H~ full screen")
+    screen.resize(3, 10)
+    assert screen.lines() == ["~ full scr", "", ""]
+    screen.feed("\x1b[?1049l")
+    assert screen.lines() == ["3", "4", ">"] and screen.cursor == (2, 2)
+    screen.feed("\x1b[?1049h\x1bc")  # a reset ends the alternate screen with the rest
+    assert screen.lines() == ["", "", ""]
+    screen.feed("\x1b[?1049l")
+    assert screen.lines() == ["", "", ""] and screen.cursor == (0, 0)

@@ -20,6 +20,16 @@ Where pyte 0.8.2 differs from xterm, the screen does what xterm and tmux do:
   where it was, below the screen.)
 - ``CSI n S`` and ``CSI n T`` scroll the scrolling region (DECSTBM) up and down n lines
   (default 1) without moving the cursor;
+- the alternate screen (private modes 47, 1047 and 1049, which also saves and restores
+  the cursor): a full-screen program draws on a screen of its own, and the screen from
+  before it shows again when it leaves, resized as it would have been had it shown
+  (pyte has one screen: vim's last screen stayed after it quit);
+- erased cells (``CSI K``, ``CSI J``, ``CSI X``), and the rows and cells that scrolling,
+  inserting and deleting bring in, take the current background colour and no other
+  attribute, over the whole range (pyte gave erased cells every attribute of the cursor,
+  underline and reverse too, and ``CSI 2 J`` only to the cells written before). Erase
+  parameters it does not know are ignored (pyte raised on ``CSI 5 K``: the worker died);
+  a character ``CSI @`` pushes off the right edge is gone (``CSI P`` brought it back);
 - dim (SGR 2, ended by SGR 22 or 0) is kept with each cell and rendered as ``ESC[2m``;
 - ``CSI > ... m`` and the other ``CSI >`` sequences (modifyOtherKeys, kitty keyboard
   flags, title modes) are dropped: pyte would take ``ESC[>4;2m`` for underline and dim.
@@ -30,12 +40,15 @@ last one in :attr:`last_parse_error`) and skipped; it never stops the output tha
 
 from __future__ import annotations
 
+import copy
 import re
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import pyte
 from pyte import graphics
+from pyte.screens import StaticDefaultDict
 
 _QUERY = re.compile(
     r"\x1b\[(?P<dsr>\??[56])n"
@@ -53,6 +66,7 @@ SECONDARY_DA = "\x1b[>1;10;0c"  # VT220, firmware 10
 FOREGROUND = "rgb:ffff/ffff/ffff"
 BACKGROUND = "rgb:0000/0000/0000"
 BRACKETED_PASTE = 2004 << 5  # how pyte stores private mode 2004 in Screen.mode
+_ALTERNATE = frozenset({47, 1047, 1049})  # the alternate screen; 1049 saves the cursor too
 
 _FG_CODES = {name: code for code, name in {**graphics.FG_ANSI, **graphics.FG_AIXTERM}.items()}
 _BG_CODES = {name: code for code, name in {**graphics.BG_ANSI, **graphics.BG_AIXTERM}.items()}
@@ -109,8 +123,9 @@ class _Stream(pyte.Stream):
 
 
 class _Screen(pyte.Screen):
-    """pyte's screen, with a tap on drawn text, dim, ``CSI S``/``CSI T`` and xterm's resize.
-    Queries are answered by TerminalScreen, so pyte's own (partial) answers are disabled."""
+    """pyte's screen, with a tap on drawn text, dim, ``CSI S``/``CSI T``, the alternate
+    screen, xterm's erasing and xterm's resize. Queries are answered by TerminalScreen, so
+    pyte's own (partial) answers are disabled."""
 
     on_draw: Callable[[str], None] | None = None
 
@@ -119,8 +134,57 @@ class _Screen(pyte.Screen):
         return _Char(" ", reverse=pyte.modes.DECSCNM in self.mode)
 
     def reset(self) -> None:
+        #: While the alternate screen shows: the main screen's rows and its size then.
+        self._main: tuple[Any, int, int] | None = None
+        #: The cursor ``CSI ? 1049 h`` saved, for ``CSI ? 1049 l`` to restore.
+        self._saved_cursor: Any = None
         super().reset()
         self.cursor.attrs = self.default_char
+
+    # -- the alternate screen (modes 47, 1047 and 1049, as tmux does them)
+
+    def set_mode(self, *modes: int, **kwargs: Any) -> None:
+        if kwargs.get("private"):
+            for mode in modes:
+                if mode in _ALTERNATE:
+                    self._enter_alternate(save_cursor=mode == 1049)
+            modes = tuple(mode for mode in modes if mode not in _ALTERNATE)
+        super().set_mode(*modes, **kwargs)
+
+    def reset_mode(self, *modes: int, **kwargs: Any) -> None:
+        if kwargs.get("private"):
+            for mode in modes:
+                if mode in _ALTERNATE:
+                    self._leave_alternate(restore_cursor=mode == 1049)
+            modes = tuple(mode for mode in modes if mode not in _ALTERNATE)
+        super().reset_mode(*modes, **kwargs)
+
+    def _enter_alternate(self, save_cursor: bool) -> None:
+        """A blank screen shows; the main one is kept as it is (once: entering again while
+        the alternate screen shows does nothing)."""
+        if self._main is not None:
+            return
+        if save_cursor:
+            self._saved_cursor = copy.copy(self.cursor)
+        self._main = (self.buffer, self.lines, self.columns)
+        self.buffer = defaultdict(lambda: StaticDefaultDict(self.default_char))
+        self.dirty.update(range(self.lines))
+
+    def _leave_alternate(self, restore_cursor: bool) -> None:
+        """The main screen shows again, resized as it would have been had it shown when
+        the terminal was resized."""
+        if self._main is None:
+            return
+        lines, columns = self.lines, self.columns
+        self.buffer, self.lines, self.columns = self._main
+        self._main = None
+        saved, self._saved_cursor = self._saved_cursor, None
+        if restore_cursor and saved is not None:
+            self.cursor.x, self.cursor.y, self.cursor.attrs = saved.x, saved.y, saved.attrs
+        self.cursor.x = min(self.cursor.x, self.columns - 1)
+        self.cursor.y = min(self.cursor.y, self.lines - 1)
+        self.dirty.update(range(self.lines))
+        self.resize(lines, columns)
 
     def select_graphic_rendition(self, *attrs: int) -> None:
         super().select_graphic_rendition(*attrs)  # a 0 also ends dim (the default char's)
@@ -138,6 +202,111 @@ class _Screen(pyte.Screen):
                     next(params, None)
         if dim is not None and self.cursor.attrs.dim != dim:
             self.cursor.attrs = self.cursor.attrs._replace(dim=dim)
+
+    # -- blanks: what erasing leaves, and the rows and cells that scrolling brings in
+
+    def _blank(self) -> Any:
+        """The default character in the cursor's background colour and no other attribute:
+        what xterm and tmux erase with (background colour erase). pyte erases with all the
+        cursor's attributes, so underline, reverse or a foreground colour would leak into
+        erased cells."""
+        blank = self.default_char
+        bg = self.cursor.attrs.bg
+        return blank if bg == blank.bg else blank._replace(bg=bg)
+
+    def _clear(self, y: int, columns: range) -> None:
+        blank = self._blank()
+        if blank != self.default_char:
+            line = self.buffer[y]
+            for x in columns:
+                line[x] = blank
+        elif len(columns) == self.columns:
+            self.buffer.pop(y, None)
+        elif (line := self.buffer.get(y)) is not None:
+            start, stop = columns.start, columns.stop
+            for x in [x for x in line if start <= x < stop]:
+                del line[x]
+
+    def _clear_rows(self, rows: range) -> None:
+        """Blank rows that came in (their cells are already gone): in the background colour."""
+        if self._blank() != self.default_char:
+            for y in rows:
+                self._clear(y, range(self.columns))
+
+    def erase_in_line(self, how: int = 0, *args: Any, private: bool = False) -> None:
+        """``CSI n K``: 0 from the cursor, 1 to the cursor, 2 the whole line; any other
+        ``n`` is ignored (pyte fails on it)."""
+        x = min(self.cursor.x, self.columns - 1)
+        columns = {0: range(x, self.columns), 1: range(x + 1), 2: range(self.columns)}.get(how)
+        if columns is not None:
+            self.dirty.add(self.cursor.y)
+            self._clear(self.cursor.y, columns)
+
+    def erase_in_display(self, how: int = 0, *args: Any, private: bool = False) -> None:
+        """``CSI n J``: 0 from the cursor, 1 to the cursor, 2 and 3 the whole screen, every
+        cell of it (pyte gives only the cells written before the cursor's attributes)."""
+        rows = {0: range(self.cursor.y + 1, self.lines), 1: range(self.cursor.y)}.get(how)
+        if how in (2, 3):
+            rows = range(self.lines)
+        if rows is None:
+            return
+        self.dirty.update(rows)
+        for y in rows:
+            self._clear(y, range(self.columns))
+        if how in (0, 1):
+            self.erase_in_line(how)
+
+    def erase_characters(self, count: int | None = None) -> None:
+        """``CSI n X``."""
+        x = self.cursor.x
+        self.dirty.add(self.cursor.y)
+        self._clear(self.cursor.y, range(x, min(x + (count or 1), self.columns)))
+
+    def insert_characters(self, count: int | None = None) -> None:
+        """``CSI n @``. What is pushed past the right edge is gone (pyte kept one cell
+        there, which a ``CSI P`` then brought back)."""
+        super().insert_characters(count)
+        line = self.buffer[self.cursor.y]
+        for x in [x for x in line if x >= self.columns]:
+            del line[x]
+        x = self.cursor.x
+        self._clear_cells(range(x, min(x + (count or 1), self.columns)))
+
+    def delete_characters(self, count: int | None = None) -> None:
+        super().delete_characters(count)
+        self._clear_cells(range(max(self.cursor.x, self.columns - (count or 1)), self.columns))
+
+    def _clear_cells(self, columns: range) -> None:
+        if self._blank() != self.default_char:
+            self._clear(self.cursor.y, columns)
+
+    def index(self) -> None:
+        bottom = self.margins.bottom if self.margins else self.lines - 1
+        scrolls = self.cursor.y == bottom
+        super().index()
+        if scrolls:
+            self._clear_rows(range(bottom, bottom + 1))
+
+    def reverse_index(self) -> None:
+        top = self.margins.top if self.margins else 0
+        scrolls = self.cursor.y == top
+        super().reverse_index()
+        if scrolls:
+            self._clear_rows(range(top, top + 1))
+
+    def insert_lines(self, count: int | None = None) -> None:
+        top, bottom = self.margins or (0, self.lines - 1)
+        y = self.cursor.y
+        super().insert_lines(count)
+        if top <= y <= bottom:
+            self._clear_rows(range(y, min(y + (count or 1), bottom + 1)))
+
+    def delete_lines(self, count: int | None = None) -> None:
+        top, bottom = self.margins or (0, self.lines - 1)
+        y = self.cursor.y
+        super().delete_lines(count)
+        if top <= y <= bottom:
+            self._clear_rows(range(max(y, bottom + 1 - (count or 1)), bottom + 1))
 
     def scroll_up(self, count: int = 1, *more: int, private: bool = False) -> None:
         """``CSI n S``: the scrolling region's rows move up n; blank rows come in below."""
@@ -162,6 +331,7 @@ class _Screen(pyte.Screen):
             else:
                 buffer.pop(y, None)
         self.dirty.update(range(top, bottom + 1))
+        self._clear_rows(range(bottom + 1 - by, bottom + 1) if by > 0 else range(top, top - by))
 
     def resize(self, lines: int | None = None, columns: int | None = None) -> None:
         """As xterm: fewer rows drop those below the cursor, then those above it only as

@@ -41,6 +41,7 @@ class Verdict(NamedTuple):
     text: str
     input: InputLine
     drawn: bool = True  # the program has drawn something (text or a window title)
+    dialog: str = ""  # in attention: the name of the dialog on screen
 
 
 NO_INPUT = InputLine("", False)
@@ -108,9 +109,8 @@ def classify(
         where = _cursor_row(lines, cursor_row) if dialog.cursor else text
         match = pattern.search(where)
         if match is not None:
-            return Verdict(
-                "attention", _excerpt(f"{dialog.text}: {_row_of(where, match)}"), NO_INPUT
-            )
+            asks = _excerpt(f"{dialog.text}: {_row_of(where, match)}")
+            return Verdict("attention", asks, NO_INPUT, dialog=dialog.name)
     line = input_line(profile, lines, cursor_row)
     for pattern in compiled.busy:
         match = pattern.search(text)

@@ -67,6 +67,7 @@ class PtyCore:
         self.ready = False
         self.activity = "starting"
         self.activity_text = "nothing drawn yet"
+        self.dialog = ""  # in attention: the dialog on screen
         self.waiting: str | None = None
         self.input: InputLine = NO_INPUT
         self.was_idle = False
@@ -90,6 +91,7 @@ class PtyCore:
             "typing": self.injector.on_typing_timeout,
             "enter": self.injector.press_enter,
             "verify": self.injector.on_verify_timeout,
+            "clear": self.injector.on_clear_check,
             "probe": self._want_probe,
             "kill": self._on_kill_grace,
             "drain": self._on_drain_timeout,
@@ -140,6 +142,8 @@ class PtyCore:
             return f"the agent is busy: {text}"
         if activity == "starting" and not self.ready:
             return f"the agent is starting: {text}"
+        if self.injector.clears:
+            return "the input line is being cleared of a message that was not submitted"
         if self.input.text:
             return f"a draft is in the input line: {self.input.text[:60]!r}"
         return None
@@ -248,10 +252,13 @@ class PtyCore:
         self.input = verdict.input
         if not verdict.drawn and self.profile.idle_when_reading:
             self._want_probe(now)  # is it blocked reading its terminal? (asked again later)
-        changed = verdict.activity != self.activity
+        # One dialog after another (Codex: sign-in, then API key) is a change too: the text
+        # tells a person what is asked now.
+        changed = verdict.activity != self.activity or verdict.dialog != self.dialog
         if changed:
             self.outbox.log(f"activity: {self.activity} -> {verdict.activity} ({verdict.text})")
             self.activity, self.activity_text = verdict.activity, verdict.text
+            self.dialog = verdict.dialog
             self.injector.on_activity(verdict.activity, now)
         if verdict.activity == "idle":
             self.was_idle = True

@@ -44,7 +44,6 @@ from trio_relay.worker.pty.screen import TerminalScreen
 from trio_relay.worker.pty.throttle import InjectionThrottle, Outcome
 
 BRACKETED_PASTE = ("\x1b[200~", "\x1b[201~")
-CLEAR_LINE = b"\x15"  # Ctrl-U
 _OUTCOMES = {
     "submitted": Outcome.SUCCESS,
     "echo": Outcome.SUCCESS,
@@ -53,6 +52,11 @@ _OUTCOMES = {
 }
 ENTER = b"\r"
 MAX_ENTERS = 2  # Enter is pressed once more if the first did not submit
+#: The clear keys are typed again while the input line still holds text this long after
+#: them, this many times in all (Claude Code's Ctrl-U empties one screen row, Codex's and
+#: Gemini CLI's one line of a multi-line message).
+CLEAR_CHECK = 0.3
+MAX_CLEARS = 8
 
 
 if TYPE_CHECKING:  # a Protocol class is only for the type checker (RSS matters here)
@@ -103,6 +107,7 @@ class Injector:
         self.typing_bytes = 0
         self.paste_open = False
         self.user_held: list[tuple[bytes, Done]] = []  # written once the message is typed
+        self.clears = 0  # rounds of clear keys typed for the input line (0: not clearing)
 
     @property
     def typing_now(self) -> bool:
@@ -155,7 +160,7 @@ class Injector:
     def pump(self, now: float) -> None:
         """Start the next delivery if it is time: may inject, none in flight, throttle open
         (else the ``throttle`` deadline calls again)."""
-        if not self.host.may_inject() or self.book.current or not self.book.queue:
+        if self.clears or not self.host.may_inject() or self.book.current or not self.book.queue:
             return
         wait = self.throttle.wait_time(now)
         if wait > 0:
@@ -232,17 +237,17 @@ class Injector:
         if current is None or current.state != "typing" or self.host.program_gone():
             return
         # Abort cleanly: finish a chunk the terminal took part of (never half a character),
-        # drop the chunks not started, close a bracketed paste, and Ctrl-U to clear the
-        # line; the Enter is never typed, so the half message is not submitted.
+        # drop the chunks not started, close a bracketed paste, and type the profile's clear
+        # keys; the Enter is never typed, so the half message is not submitted.
         started = self.keys.drop(current.delivery_id) or self.typed_bytes > 0
         if started:
             close = BRACKETED_PASTE[1].encode() if self.paste_open else b""
-            self.keys.add(close + CLEAR_LINE)
+            self.keys.add(close + self.profile.typing.clear.encode())
         self.paste_open = False
         reason = (
             f"could not type the message: the program took none of its input for "
             f"{self.opts.verify_timeout:g} s ({self.typed_bytes} of {self.typing_bytes} "
-            "bytes typed; the rest was dropped and the line cleared with Ctrl-U)"
+            "bytes typed; the rest was dropped and the line cleared)"
         )
         self.settle(Settled("failed", reason), now)
 
@@ -346,7 +351,7 @@ class Injector:
                 f"{self.opts.verify_timeout:g} s ({self.matcher.describe_miss()}); Enter was "
                 "not pressed and the line was cleared"
             )
-            self._clear_line()
+            self._clear_line(now)
             self.settle(Settled("not_submitted", reason), now)
         elif current.state == "submitting":
             window = self.profile.submitted.window
@@ -367,12 +372,36 @@ class Injector:
                     f"still in the input line {window:g} s after Enter was pressed "
                     f"{self.enters} times; the line was cleared"
                 )
-                self._clear_line()
+                self._clear_line(now)
                 self.settle(Settled("not_submitted", reason), now)
 
-    def _clear_line(self) -> None:
-        """Type the profile's keys that empty the input line (a person's keys wait)."""
+    def _clear_line(self, now: float) -> None:
+        """Type the profile's keys that empty the input line (a person's keys wait); again
+        while it still holds text ``CLEAR_CHECK`` later, up to ``MAX_CLEARS`` times. No
+        delivery is typed meanwhile: one typed into the rest would be mixed with it."""
         self.keys.add(self.profile.typing.clear.encode())
+        self.clears = 1
+        self.deadlines.set("clear", now + CLEAR_CHECK)
+
+    def on_clear_check(self, now: float) -> None:
+        """The ``clear`` deadline: the input line is empty (or the program is gone), or the
+        clear keys are typed once more, or that was the last time (logged)."""
+        if not self.clears:
+            return
+        line = self.host.input_line()
+        if line.text and not self.host.program_gone():
+            if self.clears < MAX_CLEARS:
+                self.clears += 1
+                self.keys.add(self.profile.typing.clear.encode())
+                self.deadlines.set("clear", now + CLEAR_CHECK)
+                return
+            self.outbox.log(
+                f"the input line still holds {line.text[:60]!r} after its clear keys were "
+                f"typed {self.clears} times"
+            )
+        self.clears = 0
+        self.host.after_settle(now)  # why deliveries wait may have changed
+        self.pump(now)
 
     def settle(self, settled: Settled, now: float) -> None:
         """End the delivery in flight: report it, adapt the throttle, start the next one."""

@@ -6,7 +6,10 @@ tests/agents/test_real_clis.py for the real ones):
   change too, so a person reads what is asked now;
 - one press of the clear keys can leave text in the input line (Claude Code's Ctrl-U
   deletes one screen row of a long message, Codex's one line of a multi-line message): the
-  worker types them again while text is left, and types no other delivery meanwhile.
+  worker types them again while text is left, and types no other delivery meanwhile;
+- a person's draft must never be mixed with a delivery, even one that arrives a moment
+  after the draft was drawn (the activity is read off the screen at most every 50 ms) or
+  after their keys reached the terminal but before the program drew them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import re
 from fake_terminal import Terminal
 
 from trio_relay.profiles.profile import Dialog, Profile, Prompt, Submitted, Typing
-from trio_relay.wire import ActivityChanged, Deliver, DeliveryVerified
+from trio_relay.wire import ActivityChanged, Deliver, DeliveryVerified, WriteInput
 
 PROFILE = Profile(
     name="tui",
@@ -34,7 +37,8 @@ class RowsTui:
     """An input box that never submits (Enter is a line break) and whose Ctrl-U deletes only
     the last row of what was typed (``row`` characters, or back to a line break), or nothing
     if ``stuck``. ``screen``: a dialog to show instead of the box. ``before_paste``: what the
-    input line held each time a paste began."""
+    input line held each time a paste began. ``slow``: it draws nothing when it reads keys
+    (the test draws it later)."""
 
     def __init__(self, row: int = 10) -> None:
         self.row = row
@@ -42,6 +46,7 @@ class RowsTui:
         self.screen: str | None = None
         self.stuck = False
         self.before_paste: list[str] = []
+        self.slow = False
 
     def draw(self) -> bytes:
         if self.screen is not None:
@@ -63,7 +68,7 @@ class RowsTui:
                     self.input = head if not last else self.input[: -min(len(last), self.row)]
             else:
                 self.input += part
-        return self.draw()
+        return b"" if self.slow else self.draw()
 
 
 def start(tui: RowsTui) -> Terminal:
@@ -120,4 +125,30 @@ def test_clearing_stops_after_a_few_tries_and_says_what_is_left() -> None:
     terminal.send(Deliver(delivery_id="d2", sender="a", body="next"))
     terminal.advance(1)
     assert b"[d2]" not in b"".join(data for _, data in terminal.written)
+    assert "draft" in (terminal.of(ActivityChanged)[-1].waiting or "")
+
+
+def test_a_draft_drawn_a_moment_before_a_delivery_is_not_mixed_with_it() -> None:
+    tui = RowsTui()
+    terminal = start(tui)
+    tui.input = "my own words"  # a draft it drew by itself (say, one it restored)
+    terminal.output(tui.draw())
+    terminal.send(Deliver(delivery_id="d1", sender="a", body="hello"))  # within 50 ms
+    terminal.advance(2)
+    assert tui.input == "my own words" and not tui.before_paste
+    assert "draft" in (terminal.of(ActivityChanged)[-1].waiting or "")
+
+
+def test_a_delivery_waits_while_a_persons_keys_are_not_drawn_yet() -> None:
+    tui = RowsTui()
+    terminal = start(tui)
+    tui.slow = True
+    terminal.send(WriteInput(data="my own"))  # it has them, but shows nothing yet
+    terminal.send(Deliver(delivery_id="d1", sender="a", body="hello"))
+    assert "a person is typing" in (terminal.of(ActivityChanged)[-1].waiting or "")
+    terminal.advance(0.2)
+    assert not tui.before_paste  # not typed meanwhile
+    terminal.output(tui.draw())  # now it draws the draft
+    terminal.advance(2)
+    assert tui.input == "my own" and not tui.before_paste
     assert "draft" in (terminal.of(ActivityChanged)[-1].waiting or "")

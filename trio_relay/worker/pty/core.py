@@ -92,6 +92,7 @@ class PtyCore:
             "enter": self.injector.press_enter,
             "verify": self.injector.on_verify_timeout,
             "clear": self.injector.on_clear_check,
+            "person": self.injector.on_person_quiet,
             "probe": self._want_probe,
             "kill": self._on_kill_grace,
             "drain": self._on_drain_timeout,
@@ -144,8 +145,12 @@ class PtyCore:
             return f"the agent is starting: {text}"
         if self.injector.clears:
             return "the input line is being cleared of a message that was not submitted"
-        if self.input.text:
-            return f"a draft is in the input line: {self.input.text[:60]!r}"
+        if self.injector.person_typing:
+            return "a person is typing (their keys reached the terminal just now)"
+        # The screen now, not as last classified: a draft drawn a moment ago counts.
+        draft = self.input_line().text if self.profile.prompt is not None else ""
+        if draft:
+            return f"a draft is in the input line: {draft[:60]!r}"
         return None
 
     def program_gone(self) -> bool:
@@ -153,6 +158,9 @@ class PtyCore:
 
     def after_settle(self, now: float) -> None:
         self._arm_idle(now)
+        self._report_activity(False)
+
+    def waiting_changed(self) -> None:
         self._report_activity(False)
 
     def input_line(self) -> InputLine:

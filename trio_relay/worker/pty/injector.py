@@ -57,6 +57,9 @@ MAX_ENTERS = 2  # Enter is pressed once more if the first did not submit
 #: Gemini CLI's one line of a multi-line message).
 CLEAR_CHECK = 0.3
 MAX_CLEARS = 8
+#: A delivery waits this long after a person's keys reached the terminal: the program may
+#: not have drawn them yet, and a message typed now would be mixed with their draft.
+PERSON_TYPING = 0.5
 
 
 if TYPE_CHECKING:  # a Protocol class is only for the type checker (RSS matters here)
@@ -73,6 +76,9 @@ if TYPE_CHECKING:  # a Protocol class is only for the type checker (RSS matters 
 
         def after_settle(self, now: float) -> None:
             """A delivery settled (the idle timer starts again)."""
+
+        def waiting_changed(self) -> None:
+            """Why deliveries wait may have changed: report it if it did."""
 
         def input_line(self) -> InputLine:
             """The program's input line on screen now (per its profile)."""
@@ -108,6 +114,7 @@ class Injector:
         self.paste_open = False
         self.user_held: list[tuple[bytes, Done]] = []  # written once the message is typed
         self.clears = 0  # rounds of clear keys typed for the input line (0: not clearing)
+        self.person_typing = False  # a person's keys reached the terminal just now
 
     @property
     def typing_now(self) -> bool:
@@ -400,7 +407,7 @@ class Injector:
                 f"typed {self.clears} times"
             )
         self.clears = 0
-        self.host.after_settle(now)  # why deliveries wait may have changed
+        self.host.waiting_changed()
         self.pump(now)
 
     def settle(self, settled: Settled, now: float) -> None:
@@ -426,11 +433,26 @@ class Injector:
     # ------------------------------------------------------------ the user's keys
 
     def user_input(self, data: bytes, done: Done) -> None:
-        """Keys from ``write_input``: after the message being typed, if one is."""
+        """Keys from ``write_input``: after the message being typed, if one is. No delivery
+        is typed until ``PERSON_TYPING`` after they reached the terminal."""
+
+        def written(error: OSError | None, now: float) -> None:
+            if error is None:
+                self.person_typing = True
+                self.deadlines.set("person", now + PERSON_TYPING)
+            done(error, now)
+
         if self.typing_now:
-            self.user_held.append((data, done))  # not between the chunks of a message
+            self.user_held.append((data, written))  # not between the chunks of a message
         else:
-            self.keys.add(data, done)
+            self.keys.add(data, written)
+
+    def on_person_quiet(self, now: float) -> None:
+        """The ``person`` deadline: no key of a person's for ``PERSON_TYPING``; what is on
+        screen now decides (a draft holds deliveries)."""
+        self.person_typing = False
+        self.host.waiting_changed()
+        self.pump(now)
 
     def release_user_input(self, now: float, error: OSError | None = None) -> None:
         """Queue the keys held back while a message was typed, or fail them with ``error``."""

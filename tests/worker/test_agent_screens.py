@@ -9,7 +9,10 @@ tests/agents/test_real_clis.py for the real ones):
   worker types them again while text is left, and types no other delivery meanwhile;
 - a person's draft must never be mixed with a delivery, even one that arrives a moment
   after the draft was drawn (the activity is read off the screen at most every 50 ms) or
-  after their keys reached the terminal but before the program drew them.
+  after their keys reached the terminal but before the program drew them;
+- a message taller than the input box shows only its end there, and only its first line
+  once taken (Codex scrolls a message of 30 lines, and queues it as "line 0 / … "): that is
+  enough to press Enter and to count it submitted.
 """
 
 from __future__ import annotations
@@ -152,3 +155,40 @@ def test_a_delivery_waits_while_a_persons_keys_are_not_drawn_yet() -> None:
     terminal.advance(2)
     assert tui.input == "my own" and not tui.before_paste
     assert "draft" in (terminal.of(ActivityChanged)[-1].waiting or "")
+
+
+class ScrollTui:
+    """An input box that shows only the last 8 rows of a message (its "> " row scrolled
+    away), and a queue that shows the first line of each message taken, then "…"."""
+
+    def __init__(self) -> None:
+        self.input = ""
+        self.queued: list[str] = []
+
+    def draw(self) -> bytes:
+        rows = [f"queued: {m.split(chr(10))[0]} …" for m in self.queued]
+        lines = self.input.split("\n")
+        box = [f"> {lines[0]}", *(f"  {line}" for line in lines[1:])]
+        rows += box[-8:]
+        return ("\x1b[?2004h\x1b[H\x1b[2J" + "\r\n".join(rows)).encode()
+
+    def __call__(self, data: bytes) -> bytes:
+        for part in re.split(r"(\x1b\[20[01]~|\r)", data.decode()):
+            if part == "\r" and self.input:
+                self.queued.append(self.input)
+                self.input = ""
+            elif part not in ("\x1b[200~", "\x1b[201~", "\r"):
+                self.input += part
+        return self.draw()
+
+
+def test_a_message_taller_than_the_input_box_is_submitted() -> None:
+    tui = ScrollTui()
+    terminal = Terminal(program=tui, profile=PROFILE)
+    terminal.output(tui.draw())
+    terminal.advance(0.3)
+    body = "\n".join(f"line {i} of a long message" for i in range(30))
+    terminal.send(Deliver(delivery_id="d1", sender="a", body=body))
+    terminal.advance(2)
+    assert len(tui.queued) == 1 and tui.queued[0].endswith("line 29 of a long message")
+    assert terminal.of(DeliveryVerified) == [DeliveryVerified("d1", "submitted")]

@@ -60,6 +60,9 @@ MAX_CLEARS = 8
 #: A delivery waits this long after a person's keys reached the terminal: the program may
 #: not have drawn them yet, and a message typed now would be mixed with their draft.
 PERSON_TYPING = 0.5
+#: A message taller than the input box shows only its end there (Codex scrolls a message of
+#: 30 lines): its last this many characters (as compared) on screen count as shown.
+TAIL = 120
 
 
 if TYPE_CHECKING:  # a Protocol class is only for the type checker (RSS matters here)
@@ -114,6 +117,7 @@ class Injector:
         self.paste_open = False
         self.user_held: list[tuple[bytes, Done]] = []  # written once the message is typed
         self.clears = 0  # rounds of clear keys typed for the input line (0: not clearing)
+        self.clearing_tail = ""  # the end of the message being cleared (as compared)
         self.person_typing = False  # a person's keys reached the terminal just now
 
     @property
@@ -283,8 +287,12 @@ class Injector:
         return False
 
     def _text_shown(self, matcher: EchoMatcher) -> bool:
-        """The typed text, or the profile's placeholder for a collapsed paste, is on screen."""
-        if matcher.found or matcher.check_text(self.screen.text()):
+        """The typed text, or the end of a long one (an input box scrolls a tall message),
+        or the profile's placeholder for a collapsed paste, is on screen."""
+        text = self.screen.text()
+        if matcher.found or matcher.check_text(text):
+            return True
+        if len(matcher.needle) > TAIL and matcher.needle[-TAIL:] in normalize(text):
             return True
         return self.collapsed is not None and bool(
             self.collapsed.search(self.host.input_line().text)
@@ -302,8 +310,13 @@ class Injector:
         text = self.screen.text()
         if self.collapsed is not None and self.collapsed.search(text):
             return True
-        assert self.matcher is not None
-        head = self.matcher.needle[:80]
+        assert self.matcher is not None and self.book.current is not None
+        # Its header (which names the delivery) and the body's first characters: a
+        # transcript or a queue may show no more of a message of many lines (Codex's queue
+        # shows three, then "…").
+        current = self.book.current
+        header = len(normalize(format_message(current.sender, current.delivery_id, "")))
+        head = self.matcher.needle[: min(80, header + 16)]
         return head in normalize(text)
 
     def press_enter(self, now: float) -> None:
@@ -388,6 +401,8 @@ class Injector:
         delivery is typed meanwhile: one typed into the rest would be mixed with it."""
         self.keys.add(self.profile.typing.clear.encode())
         self.clears = 1
+        assert self.matcher is not None
+        self.clearing_tail = self.matcher.needle[-TAIL:]
         self.deadlines.set("clear", now + CLEAR_CHECK)
 
     def on_clear_check(self, now: float) -> None:
@@ -396,15 +411,17 @@ class Injector:
         if not self.clears:
             return
         line = self.host.input_line()
-        if line.text and not self.host.program_gone():
+        # A tall message hides the input line's start (and the prompt): its end shows it.
+        left = line.text or self.clearing_tail in normalize(self.screen.text())
+        if left and not self.host.program_gone():
             if self.clears < MAX_CLEARS:
                 self.clears += 1
                 self.keys.add(self.profile.typing.clear.encode())
                 self.deadlines.set("clear", now + CLEAR_CHECK)
                 return
             self.outbox.log(
-                f"the input line still holds {line.text[:60]!r} after its clear keys were "
-                f"typed {self.clears} times"
+                f"the input line still holds {(line.text or '...' + self.clearing_tail)[:60]!r}"
+                f" after its clear keys were typed {self.clears} times"
             )
         self.clears = 0
         self.host.waiting_changed()

@@ -166,9 +166,11 @@ class CliSession:
 
     async def answer(self, keys: str, until: str, still: str, timeout: float = 20) -> str:
         """Answer a dialog: write ``keys``, then wait until ``until`` (a regular expression,
-        re.M) matches the screen. While the dialog (``still``) is on screen 2 s after the
-        keys, write them again: a CLI may draw a dialog a moment before it reads keys, and
-        drops the keys typed meanwhile. The screen."""
+        re.M) matches the screen. Whenever the dialog (``still``) is on screen and ``until``
+        has not come 2 s after the keys, write them again: a CLI may draw a dialog a moment
+        before it reads keys and drop the keys typed meanwhile, or draw it twice (Gemini CLI
+        relaunches itself after its trust dialog and shows its auth choice again). The
+        screen."""
         done, asked = re.compile(until, re.M), re.compile(still, re.M)
         with trio.move_on_after(timeout):
             while True:
@@ -177,9 +179,15 @@ class CliSession:
                     while not done.search(await self.screen()):
                         await trio.sleep(0.05)
                     return self.last_text
-                if not asked.search(self.last_text):
-                    break  # it took the keys, just not to where we wanted yet: wait on
-        return await self.wait_screen(until, timeout, f"{until!r} after {keys!r}")
+                while not asked.search(self.last_text):  # elsewhere: until it comes back
+                    if done.search(self.last_text):
+                        return self.last_text
+                    await trio.sleep(0.05)
+                    await self.screen()
+        raise AssertionError(
+            f"{self.name}: {until!r} not on screen within {timeout:g} s of {keys!r}; the "
+            f"screen:\n{self.last_text}"
+        )
 
     async def send(self, body: str) -> tuple[str, float]:
         """Queue ``body`` for the agent; its delivery id and when it was sent."""

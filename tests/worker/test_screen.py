@@ -270,3 +270,12 @@ def test_a_resize_in_the_alternate_screen_reaches_the_main_one_when_it_shows() -
     assert screen.lines() == ["", "", ""]
     screen.feed("\x1b[?1049l")
     assert screen.lines() == ["", "", ""] and screen.cursor == (0, 0)
+
+
+def test_a_private_sgr_is_ignored_not_a_parse_error() -> None:
+    # Gemini CLI sends xterm's private SGR (CSI ? Pm m); pyte raised on it.
+    screen = TerminalScreen(2, 20)
+    screen.feed("\x1b[1mbold\x1b[?4m still bold")
+    assert screen.parse_errors == 0
+    assert screen.lines()[0] == "bold still bold"
+    assert screen.ansi_text().startswith("\x1b[0;1mbold still bold\x1b[0m")

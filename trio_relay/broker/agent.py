@@ -96,10 +96,11 @@ class Agent:
             self.set_activity("exited", self.last_reason)
 
     def set_activity(self, activity: str, text: str, waiting: str | None = None) -> None:
-        """Record what the agent is doing, and why deliveries wait; a change of activity
-        is emitted as ``agent_activity``. Never raises."""
+        """Record what the agent is doing, and why deliveries wait; a change of activity,
+        or of the dialog it waits in (attention, then another question), is emitted as
+        ``agent_activity``. Never raises."""
         self.waiting = waiting
-        if activity == self.activity:
+        if activity == self.activity and (activity != "attention" or text == self.activity_text):
             return
         event = AgentActivity(agent=self.name, from_=self.activity, to=activity, text=text)
         self.activity, self.activity_text, self.activity_since = activity, text, time.time()

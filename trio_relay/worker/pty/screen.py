@@ -32,7 +32,8 @@ Where pyte 0.8.2 differs from xterm, the screen does what xterm and tmux do:
   a character ``CSI @`` pushes off the right edge is gone (``CSI P`` brought it back);
 - dim (SGR 2, ended by SGR 22 or 0) is kept with each cell and rendered as ``ESC[2m``;
 - ``CSI > ... m`` and the other ``CSI >`` sequences (modifyOtherKeys, kitty keyboard
-  flags, title modes) are dropped: pyte would take ``ESC[>4;2m`` for underline and dim.
+  flags, title modes) are dropped: pyte would take ``ESC[>4;2m`` for underline and dim;
+  ``CSI ? ... m`` (xterm's private SGR) is ignored, where pyte raised.
 
 It does no I/O. A sequence that pyte cannot handle is counted in :attr:`parse_errors` (the
 last one in :attr:`last_parse_error`) and skipped; it never stops the output that follows.
@@ -186,7 +187,9 @@ class _Screen(pyte.Screen):
         self.dirty.update(range(self.lines))
         self.resize(lines, columns)
 
-    def select_graphic_rendition(self, *attrs: int) -> None:
+    def select_graphic_rendition(self, *attrs: int, private: bool = False) -> None:
+        if private:
+            return  # CSI ? ... m (xterm's private SGR, Gemini CLI sends it): not an attribute
         super().select_graphic_rendition(*attrs)  # a 0 also ends dim (the default char's)
         if 2 not in attrs and 22 not in attrs:
             return

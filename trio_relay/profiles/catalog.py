@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,29 @@ from trio_relay.profiles.profile import Profile
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 BUILTIN_NAMES = ("claude", "codex", "gemini", "aider", "shell", "python", "generic")
 FALLBACK = "generic"
+#: Commands that run another one (``env FOO=1 codex``, ``unshare -rn -- claude``, ``npx
+#: @google/gemini-cli``): the profile is chosen by the one they run.
+WRAPPERS = frozenset(
+    {"env", "unshare", "nice", "nohup", "stdbuf", "setsid", "timeout", "sudo", "npx", "bunx"}
+)
+# What follows a wrapper before the command it runs: options, VAR=value, a duration or level.
+_WRAPPER_ARG = re.compile(r"-.*|[A-Za-z_][A-Za-z0-9_]*=.*|\d+(?:\.\d+)?[smhd]?")
+
+
+def program_of(command: Sequence[str]) -> tuple[str, list[str]]:
+    """The file name of the program ``command`` runs, past any wrapper (for ``npx``: the
+    package's name, without scope or version), and its arguments."""
+    rest = list(command)
+    while rest:
+        name = os.path.basename(rest.pop(0))
+        if name not in WRAPPERS:
+            return name, rest
+        while rest and _WRAPPER_ARG.fullmatch(rest[0]):
+            rest.pop(0)
+        if name in ("npx", "bunx") and rest:
+            package = rest.pop(0).rsplit("/", 1)[-1]
+            return package.split("@", 1)[0], rest
+    return "", []
 
 
 def user_profile_dirs(state_dir: Path | None) -> list[Path]:
@@ -91,10 +115,11 @@ class Catalog:
 
     def choose(self, command: Sequence[str]) -> Profile:
         """The profile for ``command``: the first whose ``commands`` match its program's file
-        name (users' profiles first), else ``generic``. Raises ProfileError for a profile
+        name (past a wrapper such as ``env`` or ``npx``; users' profiles first), else
+        ``generic``. Raises ProfileError for a profile
         file that cannot be read (never passed over in silence)."""
-        program = os.path.basename(command[0]) if command else ""
-        interactive = all(arg.startswith("-") for arg in command[1:])
+        program, args = program_of(command)
+        interactive = all(arg.startswith("-") for arg in args)
         for path in self.files().values():
             profile = load_profile_file(path)
             if profile.interactive_only and not interactive:

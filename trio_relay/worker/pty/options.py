@@ -6,6 +6,7 @@ command line read once. It does no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -50,9 +51,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
         """The profile in use: ``--profile``, else the built-in ``generic``."""
         if self.profile is not None:
             return self.profile
-        from trio_relay.profiles.catalog import BUILTIN_DIR, load_profile_file
-
-        return load_profile_file(BUILTIN_DIR / "generic.toml")
+        return _generic()
 
     @property
     def pause_before_enter(self) -> float:
@@ -60,6 +59,14 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
         if self.enter_delay is not None:
             return self.enter_delay
         return self.agent_profile.typing.enter_delay
+
+
+@functools.cache
+def _generic() -> Profile:
+    """The built-in generic profile, read once."""
+    from trio_relay.profiles.catalog import BUILTIN_DIR, load_profile_file
+
+    return load_profile_file(BUILTIN_DIR / "generic.toml")
 
 
 class UsageError(Exception):

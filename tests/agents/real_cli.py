@@ -29,7 +29,7 @@ import trio
 
 from trio_relay import Broker, open_broker
 from trio_relay.control.operations import pty_command
-from trio_relay.linux.procfs import session_members
+from trio_relay.linux.procfs import environ, pids, session_members
 from trio_relay.profiles.catalog import Catalog
 from trio_relay.wire import AgentActivity, AgentSummary, DeliveryRecord, Event
 
@@ -231,14 +231,4 @@ async def run_cli(name: str, binary: Path, **broker_options: Any) -> AsyncIterat
 def processes_with_home(home: Path) -> list[int]:
     """The processes whose environment has ``HOME=home``."""
     wanted = f"HOME={home}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue  # it ended while we looked, or it is not ours to read
-        if wanted in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return found
+    return [pid for pid in pids() if wanted in (environ(pid) or [])]

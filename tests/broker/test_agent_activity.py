@@ -3,7 +3,14 @@ event, a second dialog in a row is one too, and a run's end makes it ``exited``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import trio
+import trio.testing
+
 from trio_relay.broker.agent import Agent, AgentSpec
+from trio_relay.broker.attention import run_attention_hook
+from trio_relay.broker.events import EventLog
 from trio_relay.broker.restart import RestartPolicy, RestartTracker
 from trio_relay.wire import AgentActivity, Event
 
@@ -45,3 +52,19 @@ def test_the_end_of_a_run_is_exited_and_the_next_run_starts_again() -> None:
         ("busy", "exited", "exited with code 1"),
         ("exited", "starting", "spawned: nothing drawn yet"),
     ]
+
+
+async def test_the_attention_hook_runs_for_the_very_next_change(tmp_path: Path) -> None:
+    events = EventLog()
+    out = tmp_path / "hook.out"
+    command = f'echo "$TRIO_RELAY_AGENT: $TRIO_RELAY_ATTENTION" >> {out}'
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_attention_hook, events, command)
+        await trio.testing.wait_all_tasks_blocked()
+        events.emit(AgentActivity(agent="a", from_="starting", to="attention", text="trust?"))
+        events.emit(AgentActivity(agent="a", from_="attention", to="idle", text="❯"))
+        with trio.fail_after(10):
+            while not out.exists() or not out.read_text():
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    assert out.read_text() == "a: trust?\n"  # once, for the change to attention only

@@ -28,7 +28,7 @@ HOOK_TIMEOUT = 30.0
 async def run_attention_hook(events: EventLog, command: str) -> NoReturn:
     """Run ``command`` for every change to ``attention`` from now on, until cancelled.
     Cancellation kills the hook running then (its whole session)."""
-    async for event in events.subscribe(events.last_seq + 1):
+    async for event in events.subscribe():  # from now on
         if isinstance(event, Gap):
             log.warning(
                 "attention hook fell behind: events %d-%d not seen", event.first, event.last

@@ -905,9 +905,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         prefix = recorder.no_network_prefix()
         if not prefix:
             log("unshare -rn does not work here: relying on the dead base URLs")
-        for var in list(os.environ):
-            if re.match(r"(ANTHROPIC|CLAUDE|OPENAI|CODEX|GEMINI|GOOGLE|XDG)_", var):
-                del os.environ[var]
+        for var in recorder.own_variables(os.environ):
+            del os.environ[var]
         results: dict[str, list[dict[str, Any]]] = {}
         for cli, binary in clis:
             for rep in range(args.repeat):

@@ -320,6 +320,19 @@ def seed(name: str, home: Path, project: Path) -> dict[str, str]:
     return env
 
 
+#: The variables of the tester's own environment that change what a CLI does: its keys,
+#: base URLs and config directories, and ``CI``/``GITHUB_ACTIONS`` (Gemini CLI runs
+#: headless under ``CI=true``, and exits 41 at its sign-in dialog).
+OWN_VARIABLES = re.compile(
+    r"(ANTHROPIC|CLAUDE|OPENAI|CODEX|GEMINI|GOOGLE|XDG|NODE)_|(CI|GITHUB_ACTIONS)$"
+)
+
+
+def own_variables(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    """The names in ``environ`` that :data:`OWN_VARIABLES` matches."""
+    return [name for name in environ if OWN_VARIABLES.match(name)]
+
+
 def argv_of(name: str, binary: Path) -> list[str]:
     args = {"codex": ["--disable", "daemon_auto_start"]}.get(name, [])
     return [str(binary), *args]
@@ -398,9 +411,8 @@ async def main_async(names: list[str], out: Path, paths: dict[str, Path]) -> dic
     prefix = no_network_prefix()
     if not prefix:
         print("unshare -n does not work here: relying on the dead base URLs", file=sys.stderr)
-    for var in list(os.environ):
-        if re.match(r"(ANTHROPIC|CLAUDE|OPENAI|CODEX|GEMINI|GOOGLE|XDG)_", var):
-            del os.environ[var]
+    for var in own_variables(os.environ):
+        del os.environ[var]
     results = {}
     for name in names:
         results[name] = await record_one(name, paths[name], out, prefix)

@@ -43,8 +43,6 @@ ROWS, COLS = 40, 120
 INSTALL = "python3 tools/dev.py run python tools/agent_clis.py"
 #: Arrows as SS3 (application cursor keys), as the CLIs read them.
 ENTER, DOWN, UP = "\r", "\x1bOB", "\x1bOA"
-#: The variables of the tester's own environment that would change what a CLI does.
-OWN_VARIABLES = re.compile(r"(ANTHROPIC|CLAUDE|OPENAI|CODEX|GEMINI|GOOGLE|XDG|NODE)_")
 
 
 def skip_unless_installed(name: str) -> Path:
@@ -68,11 +66,10 @@ def skip_unless_installed(name: str) -> Path:
 
 
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Drop the tester's own agent-CLI settings (keys, base URLs, config dirs) from the
-    environment the broker passes on."""
-    for variable in list(os.environ):
-        if OWN_VARIABLES.match(variable):
-            monkeypatch.delenv(variable)
+    """Drop the tester's own agent-CLI settings (keys, base URLs, config dirs, ``CI``) from
+    the environment the broker passes on."""
+    for variable in record_agent_screens.own_variables(os.environ):
+        monkeypatch.delenv(variable)
 
 
 @dataclass

@@ -85,7 +85,7 @@ def ensure_venv() -> None:
 
 
 def lock(upgrade: bool) -> None:
-    """Resolve pyproject.toml's ranges (with the test extra) for every supported Python and
+    """Resolve pyproject.toml's ranges (with the test and mcp extras) for every supported Python and
     platform, and write the pins with their hashes to requirements.lock. Pins already in the
     lock are kept unless ``upgrade`` (then the newest versions the ranges allow are taken)."""
     if not (BIN / "uv").exists():
@@ -98,6 +98,8 @@ def lock(upgrade: bool) -> None:
             "pyproject.toml",
             "--extra",
             "test",
+            "--extra",
+            "mcp",
             "--universal",
             "--python-version",
             "3.11",

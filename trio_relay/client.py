@@ -43,6 +43,7 @@ from trio_relay.wire import (
     DeliveryRecord,
     FlushResult,
     ModeResult,
+    PeerSummary,
     PendingDeliveries,
     PruneResult,
     ScreenSnapshot,
@@ -232,6 +233,11 @@ class RelayClient:
             for subscription in self._subscriptions.values():
                 subscription.close(self._closed or BrokerUnreachable("connection closed"))
 
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is gone (every call now raises BrokerUnreachable)."""
+        return self._closed is not None
+
     async def call(self, op: str, **fields: Any) -> Any:
         """Send one request and return its result, decoded as plain JSON values. Raises
         RemoteError for an error answer, BrokerUnreachable if the connection is gone.
@@ -321,15 +327,35 @@ class RelayClient:
             fields["from"] = sender
         return await self._ask(SendReceipt, "send", to=to, body=body, **fields)
 
+    async def peers(self) -> list[PeerSummary]:
+        """The agents this caller may message (an agent: every other one)."""
+        return await self._ask(list[PeerSummary], "peers")
+
     async def deliveries(
-        self, agent: str | None = None, *, states: list[str] | None = None, limit: int = 100
+        self,
+        agent: str | None = None,
+        *,
+        states: list[str] | None = None,
+        limit: int = 100,
+        after: str | None = None,
     ) -> list[DeliveryRecord]:
+        """The newest ``limit`` (or with ``after``, the first ``limit`` after that delivery
+        id), oldest first."""
         return await self._ask(
-            list[DeliveryRecord], "deliveries", agent=agent, states=states, limit=limit
+            list[DeliveryRecord],
+            "deliveries",
+            agent=agent,
+            states=states,
+            limit=limit,
+            after=after,
         )
 
     async def delivery(self, delivery_id: str) -> DeliveryRecord:
         return await self._ask(DeliveryRecord, "delivery", delivery_id=delivery_id)
+
+    async def wait(self, delivery_id: str, timeout: float = 30.0) -> DeliveryRecord:
+        """The delivery once it ended; RemoteError("timeout") if not within ``timeout``."""
+        return await self._ask(DeliveryRecord, "wait", delivery_id=delivery_id, timeout=timeout)
 
     async def dead_letters(
         self, agent: str | None = None, limit: int = 100

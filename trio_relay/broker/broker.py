@@ -98,6 +98,7 @@ class Broker:
         env: Mapping[str, str] | None = None,
         restart: RestartPolicy | None = None,
         profile: str | None = None,
+        preamble: str | None = None,
         **timing: float,
     ) -> AgentInfo:
         """Start a worker program as agent ``name``; return once it said hello.
@@ -105,7 +106,9 @@ class Broker:
         ``env`` is added to the broker's own environment, with ``TRIO_RELAY_AGENT`` set to
         the agent's name. ``timing`` may set ``hello_timeout``, ``grace`` and ``kill_grace``
         (seconds). ``profile`` names the agent's profile, for listing (the worker's command
-        line carries the profile itself). Raises AgentExists, SpawnFailed, or ValueError for a bad name or command.
+        line carries the profile itself). ``preamble`` is typed after the first message
+        each run of the agent is given (the stored message is not changed). Raises
+        AgentExists, SpawnFailed, or ValueError for a bad name or command.
         """
         extra = self.agent_environment(name) if self.agent_environment else {}
         spec = AgentSpec(
@@ -128,6 +131,7 @@ class Broker:
                 lambda conn: sql.put_agent(conn, name, stored, now), f"record agent {name!r}"
             )
             self.delivery_engine.register(name, mode)
+            self.delivery_engine.set_preamble(name, preamble)
             try:
                 return self._info(await self.supervisor.spawn(spec))
             except BaseException:
@@ -208,11 +212,18 @@ class Broker:
         return await self.delivery_engine.get(delivery_id)
 
     async def deliveries(
-        self, agent: str | None = None, *, states: Sequence[str] | None = None, limit: int = 1000
+        self,
+        agent: str | None = None,
+        *,
+        states: Sequence[str] | None = None,
+        limit: int = 1000,
+        after: str | None = None,
     ) -> list[DeliveryInfo]:
-        """The newest ``limit`` deliveries (of one agent, in some states), oldest first."""
+        """The newest ``limit`` deliveries (of one agent, in some states), oldest first; with
+        ``after`` (a delivery id), the first ``limit`` after it. Raises DeliveryNotFound for
+        an ``after`` that is not a delivery id of this broker's, StoreError."""
         return await self.delivery_engine.deliveries(
-            agent, tuple(states) if states else None, limit
+            agent, tuple(states) if states else None, limit, after
         )
 
     async def dead_letters(self, agent: str | None = None, limit: int = 1000) -> list[DeliveryInfo]:

@@ -1,7 +1,9 @@
 """Who is calling, and what they may do.
 
 The owner's token may do everything. A token scoped to one agent (:func:`agent_token`) may
-only send as that agent and read its own state (:data:`AGENT_OPS`). A connection that comes
+only send as that agent, list its peers, and read its own state and the deliveries it sent
+or received (:data:`AGENT_OPS`; a delivery's sender and recipient are checked by the
+operation, which reads it). A connection that comes
 from an agent's own process acts as that agent whatever valid token it presents
 (:func:`identify`, :func:`authenticate`).
 """
@@ -21,23 +23,32 @@ from trio_relay.linux.peers import UNPLACED, AgentProcesses, owner_agent, peer_p
 from trio_relay.wire import (
     AgentsOp,
     ControlRequest,
+    DeliveriesOp,
+    DeliveryOp,
     LogsOp,
     ModeOp,
+    PeersOp,
     PendingOp,
     SendOp,
     SnapshotOp,
     StatusOp,
     SubscribeOp,
     UnsubscribeOp,
+    WaitOp,
 )
 
 log = logging.getLogger(__name__)
 
-#: Operations an agent-scoped token may use: sending as itself, and reading its own state.
+#: Operations an agent-scoped token may use: sending as itself, listing its peers, and
+#: reading its own state and deliveries.
 AGENT_OPS = (
     StatusOp,
     AgentsOp,
+    PeersOp,
     SendOp,
+    DeliveriesOp,
+    DeliveryOp,
+    WaitOp,
     SnapshotOp,
     ModeOp,
     PendingOp,
@@ -67,6 +78,21 @@ def authorize(principal: Principal, request: ControlRequest) -> None:
     name = getattr(request, "name", None)
     if isinstance(name, str) and name != principal.agent:
         raise Forbidden(f"agent {principal.agent!r} may not act on {name!r}")
+    if isinstance(request, DeliveriesOp) and request.agent != principal.agent:
+        raise Forbidden(
+            f"agent {principal.agent!r} may list only its own deliveries: give"
+            f" agent={principal.agent!r}"
+        )
+
+
+def check_party(principal: Principal, sender: str, recipient: str, delivery_id: str) -> None:
+    """Raise Forbidden unless ``principal`` is the owner or the delivery's sender or
+    recipient."""
+    if principal.agent is not None and principal.agent not in (sender, recipient):
+        raise Forbidden(
+            f"agent {principal.agent!r} may read only the deliveries it sent or received;"
+            f" {delivery_id} is from {sender!r} to {recipient!r}"
+        )
 
 
 def agent_token(secret: str, agent: str) -> str:

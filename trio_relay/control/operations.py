@@ -19,7 +19,7 @@ import trio
 from trio_relay import __version__
 from trio_relay.broker.broker import Broker
 from trio_relay.broker.restart import RestartPolicy
-from trio_relay.control.auth import Principal
+from trio_relay.control.auth import Principal, check_party
 from trio_relay.errors import Forbidden
 from trio_relay.profiles.catalog import Catalog, user_profile_dirs
 from trio_relay.profiles.profile import Profile, encode_profile
@@ -34,6 +34,8 @@ from trio_relay.wire import (
     InputOp,
     LogsOp,
     ModeOp,
+    PeersOp,
+    PeerSummary,
     PendingOp,
     PruneOp,
     RedeliverOp,
@@ -44,6 +46,7 @@ from trio_relay.wire import (
     SnapshotOp,
     SpawnOp,
     StatusOp,
+    WaitOp,
 )
 from trio_relay.wire.vocabulary import check_terminal_size
 
@@ -95,16 +98,27 @@ class Operations:
                 return _info(await self._spawn(request))
             case AgentsOp():
                 return [_info(a) for a in broker.agents() if principal.agent in (None, a.name)]
+            case PeersOp():
+                return [_peer(a) for a in broker.agents() if a.name != principal.agent]
             case ReleaseOp(name=name):
                 return _info(await broker.release(name))
             case SendOp():
                 return await self._send(request, principal)
-            case DeliveriesOp(agent=agent, states=states, limit=limit):
+            case DeliveriesOp(agent=agent, states=states, limit=limit, after=after):
                 wanted = frozenset(states) if states else None
-                found = await broker.deliveries(agent, states=wanted, limit=_positive(limit))
+                found = await broker.deliveries(
+                    agent, states=wanted, limit=_positive(limit), after=after
+                )
                 return [self._explained(d) for d in found]
             case DeliveryOp(delivery_id=delivery_id):
-                return self._explained(await broker.delivery(delivery_id))
+                record = await broker.delivery(delivery_id)
+                check_party(principal, record.sender, record.agent, delivery_id)
+                return self._explained(record)
+            case WaitOp(delivery_id=delivery_id, timeout=timeout):
+                _check_timeout(timeout)
+                record = await broker.delivery(delivery_id)
+                check_party(principal, record.sender, record.agent, delivery_id)
+                return await broker.wait_delivery(delivery_id, timeout)
             case DeadLettersOp(agent=agent, limit=limit):
                 return [_info(d) for d in await broker.dead_letters(agent, limit=_positive(limit))]
             case RedeliverOp(delivery_id=delivery_id):
@@ -177,10 +191,7 @@ class Operations:
         return _explained_record(self.broker, record)
 
     async def _send(self, op: SendOp, principal: Principal) -> dict[str, Any]:
-        if not 0 <= op.timeout < float("inf"):  # checked before anything is committed
-            raise ValueError(
-                f"`timeout` must be a non-negative number of seconds, not {op.timeout!r}"
-            )
+        _check_timeout(op.timeout)  # before anything is committed
         sender = principal.agent or op.sender
         receipt = await self.broker.send(op.to, op.body, sender=sender, thread=op.thread)
         result = _info(receipt)
@@ -204,6 +215,21 @@ class Operations:
         if self.retention is None:
             raise ValueError("this broker keeps everything (no retention): give `older_than`")
         return self.retention
+
+
+def _check_timeout(timeout: float) -> None:
+    if not 0 <= timeout < float("inf"):
+        raise ValueError(f"`timeout` must be a non-negative number of seconds, not {timeout!r}")
+
+
+def _peer(agent: Any) -> PeerSummary:
+    return PeerSummary(
+        name=agent.name,
+        state=agent.state,
+        activity=agent.activity,
+        activity_since=agent.activity_since,
+        profile=agent.profile,
+    )
 
 
 def _positive(limit: int) -> int:

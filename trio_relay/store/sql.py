@@ -313,20 +313,31 @@ def get_delivery(conn: sqlite3.Connection, seq: int) -> tuple[Any, ...] | None:
 
 
 def list_deliveries(
-    conn: sqlite3.Connection, agent: str | None, states: Sequence[str] | None, limit: int
+    conn: sqlite3.Connection,
+    agent: str | None,
+    states: Sequence[str] | None,
+    limit: int,
+    after: int | None = None,
 ) -> list[tuple[Any, ...]]:
-    """The newest ``limit`` deliveries (optionally of one agent, in some states), oldest first.
+    """The newest ``limit`` deliveries (optionally of one agent, in some states), oldest first;
+    with ``after`` (a seq), the first ``limit`` of those after it.
 
     Open states and dead letters are found through their partial indexes, one agent's
     deliveries through ``deliveries_agent``."""
-    sql, args = _list_query(agent, states)
+    sql, args = _list_query(agent, states, after)
     rows = conn.execute(sql, (*args, limit)).fetchall()
-    rows.reverse()
+    if after is None:
+        rows.reverse()
     return rows
 
 
-def _list_query(agent: str | None, states: Sequence[str] | None) -> tuple[str, list[Any]]:
+def _list_query(
+    agent: str | None, states: Sequence[str] | None, after: int | None
+) -> tuple[str, list[Any]]:
     where, args, index = [], [], ""
+    if after is not None:
+        where.append("seq > ?")
+        args.append(after)
     if agent is not None:
         where.append("agent = ?")
         args.append(agent)
@@ -349,7 +360,8 @@ def _list_query(agent: str | None, states: Sequence[str] | None) -> tuple[str, l
     elif agent is not None:
         index = "INDEXED BY deliveries_agent"
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    return f"SELECT {_COLUMNS} FROM deliveries {index} {clause} ORDER BY seq DESC LIMIT ?", args
+    order = "DESC" if after is None else "ASC"
+    return f"SELECT {_COLUMNS} FROM deliveries {index} {clause} ORDER BY seq {order} LIMIT ?", args
 
 
 def late_report(

@@ -43,11 +43,11 @@ _NAMES_BY_MODULE = {
     """,
     "control": """
         ControlId ControlRequest AgentOp ControlOp
-        StatusOp SpawnOp AgentsOp ReleaseOp SendOp DeliveriesOp DeliveryOp DeadLettersOp
-        RedeliverOp InputOp ResizeOp SnapshotOp ModeOp PendingOp FlushOp LogsOp SubscribeOp
+        StatusOp SpawnOp AgentsOp PeersOp ReleaseOp SendOp DeliveriesOp DeliveryOp WaitOp
+        DeadLettersOp RedeliverOp InputOp ResizeOp SnapshotOp ModeOp PendingOp FlushOp LogsOp SubscribeOp
         UnsubscribeOp PruneOp ShutdownOp
         ControlError ControlAnswer ControlEvents
-        AgentSummary DeliveryRecord SendReceipt ScreenSnapshot BrokerStatus PendingDeliveries
+        AgentSummary PeerSummary DeliveryRecord SendReceipt ScreenSnapshot BrokerStatus PendingDeliveries
         ModeResult FlushResult PruneResult
     """,
     "lines": "DEFAULT_MAX_LINE OversizedLine LineSplitter",

@@ -58,6 +58,11 @@ class AgentsOp(ControlRequest, tag="agents", kw_only=True):
     """Every agent the broker knows, running or ended."""
 
 
+class PeersOp(ControlRequest, tag="peers", kw_only=True):
+    """The agents one may message, each with its activity: every agent for the owner, every
+    other one for an agent's token."""
+
+
 class ReleaseOp(AgentOp, tag="release", kw_only=True):
     pass
 
@@ -76,15 +81,25 @@ class SendOp(ControlRequest, tag="send", kw_only=True):
 
 class DeliveriesOp(ControlRequest, tag="deliveries", kw_only=True):
     """Deliveries from the store, newest states included, optionally one agent's or some
-    states only."""
+    states only: the newest ``limit``, or with ``after`` (a delivery id) the first ``limit``
+    after that one, oldest first either way."""
 
     agent: str | None = None
     states: list[str] | None = None
     limit: int = 100
+    after: str | None = None
 
 
 class DeliveryOp(ControlRequest, tag="delivery", kw_only=True):
     delivery_id: str
+
+
+class WaitOp(ControlRequest, tag="wait", kw_only=True):
+    """The delivery once it ended (verified, unverified, failed, dropped, dead letter); the
+    error ``timeout`` if it has not within ``timeout`` seconds."""
+
+    delivery_id: str
+    timeout: float = 30.0
 
 
 class DeadLettersOp(ControlRequest, tag="dead_letters", kw_only=True):
@@ -160,10 +175,12 @@ ControlOp = Union[
     StatusOp,
     SpawnOp,
     AgentsOp,
+    PeersOp,
     ReleaseOp,
     SendOp,
     DeliveriesOp,
     DeliveryOp,
+    WaitOp,
     DeadLettersOp,
     RedeliverOp,
     InputOp,
@@ -227,6 +244,16 @@ class AgentSummary(msgspec.Struct, kw_only=True):
     activity_text: str = ""
     #: Why deliveries wait in its worker (None: they are typed as they come).
     waiting: str | None = None
+    profile: str | None = None
+
+
+class PeerSummary(msgspec.Struct, kw_only=True):
+    """An agent as ``peers`` reports it: what another agent needs to message it."""
+
+    name: str
+    state: str
+    activity: str
+    activity_since: float | None = None
     profile: str | None = None
 
 

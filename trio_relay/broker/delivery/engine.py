@@ -78,6 +78,11 @@ class DeliveryEngine:
         self._core.modes[agent] = mode
         self._core.mailbox(agent).mode = mode
 
+    def set_preamble(self, agent: str, preamble: str | None) -> None:
+        """Add ``preamble`` to the text of the first delivery each run of the agent is given
+        (None: none). The stored message stays as it was sent."""
+        self._core.mailbox(agent).preamble = preamble
+
     def agent_gone(self, agent: str, reason: str) -> None:
         """An agent that will not run (it could not be respawned): each of its open
         deliveries fails with ``reason``, and it is no longer one to respawn."""
@@ -135,10 +140,15 @@ class DeliveryEngine:
         return await queries.get(self._core, delivery_id)
 
     async def deliveries(
-        self, agent: str | None = None, states: tuple[str, ...] | None = None, limit: int = 1000
+        self,
+        agent: str | None = None,
+        states: tuple[str, ...] | None = None,
+        limit: int = 1000,
+        after: str | None = None,
     ) -> list[DeliveryInfo]:
-        """The newest ``limit`` deliveries, oldest first. Raises StoreError."""
-        return await queries.deliveries(self._core, agent, states, limit)
+        """The newest ``limit`` deliveries, oldest first (``after`` a delivery id: the first
+        ``limit`` after it). Raises DeliveryNotFound, StoreError."""
+        return await queries.deliveries(self._core, agent, states, limit, after)
 
     def mode(self, agent: str) -> str:
         """Raises WorkerNotFound."""

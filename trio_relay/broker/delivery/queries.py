@@ -40,11 +40,18 @@ async def wait(core: Core, delivery_id: str, timeout: float) -> DeliveryInfo:
 
 
 async def deliveries(
-    core: Core, agent: str | None, states: tuple[str, ...] | None, limit: int
+    core: Core,
+    agent: str | None,
+    states: tuple[str, ...] | None,
+    limit: int,
+    after: str | None = None,
 ) -> list[DeliveryInfo]:
-    """The newest ``limit`` deliveries, oldest first. Raises StoreError."""
+    """The newest ``limit`` deliveries, oldest first; with ``after`` (a delivery id), the
+    first ``limit`` after that one. Raises DeliveryNotFound for an ``after`` that is not
+    one of this store's ids, StoreError."""
+    seq = None if after is None else core.seq_of(after)
     rows = await core.store.read(
-        lambda conn: sql.list_deliveries(conn, agent, states, limit), "list deliveries"
+        lambda conn: sql.list_deliveries(conn, agent, states, limit, seq), "list deliveries"
     )
     return [sql.row_info(core.tag, row) for row in rows]
 

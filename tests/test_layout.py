@@ -30,8 +30,9 @@ ALLOWED: dict[str, set[str]] = {
     "client": {"errors", "wire", "address", "event_stream"},
     "daemonize": set(),
     "daemon": {"errors", "wire", "linux", "state", "broker", "control", "client", "profiles"},
+    "agent_tools": {"errors", "wire", "client", "__init__"},
     "cli": {
-        *("errors", "wire", "linux", "state", "address", "client", "profiles"),
+        *("errors", "wire", "linux", "state", "address", "client", "profiles", "agent_tools"),
         *("daemon", "daemonize", "__init__"),
     },
     "__init__": {"errors", "wire", "broker", "client"},

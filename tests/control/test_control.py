@@ -272,6 +272,45 @@ async def test_an_agent_token_sends_as_itself_whatever_it_claims(served: Served)
             assert info.value.code == "forbidden"
 
 
+async def test_peers_wait_and_an_inbox_within_an_agents_scope(served: Served) -> None:
+    for name in ("alice", "bob", "carol"):
+        await served.broker.spawn(name, REFERENCE_WORKER, profile="generic")
+    async with (
+        open_client(served.url, served.server.agent_token("alice")) as alice,
+        open_client(served.url, served.server.agent_token("bob")) as bob,
+        open_client(served.url, TOKEN) as owner,
+    ):
+        assert [p.name for p in await alice.peers()] == ["bob", "carol"]
+        assert [p.name for p in await owner.peers()] == ["alice", "bob", "carol"]
+        first = await alice.send("bob", "one")
+        second = await alice.send("bob", "two")
+        for_carol = await owner.send("carol", "not for alice")
+        done = await alice.wait(second.delivery_id, timeout=20)
+        assert (done.state, done.sender) == ("verified", "alice")
+        assert (await bob.wait(first.delivery_id, timeout=20)).state == "verified"
+        inbox = await bob.deliveries("bob", states=["verified"])
+        assert [d.body for d in inbox] == ["one", "two"]
+        after = await bob.deliveries("bob", after=first.delivery_id)
+        assert [d.delivery_id for d in after] == [second.delivery_id]
+        assert await bob.deliveries("bob", after=second.delivery_id) == []
+        for call in (
+            alice.delivery(for_carol.delivery_id),
+            alice.wait(for_carol.delivery_id, timeout=1),
+            alice.deliveries("carol"),
+            alice.deliveries(),
+        ):
+            with pytest.raises(RemoteError) as info:
+                await call
+            assert info.value.code == "forbidden"
+            assert "alice" in info.value.message
+        with pytest.raises(RemoteError) as info:
+            await owner.deliveries(after="not-an-id")
+        assert info.value.code == "not_found"
+        with pytest.raises(RemoteError) as info:
+            await owner.wait(for_carol.delivery_id, timeout=-1)
+        assert info.value.code == "bad_request"
+
+
 async def test_hold_pending_flush_and_dead_letters_over_the_channel() -> None:
     policy = DeliveryPolicy(ack_timeout=0.2, max_attempts=1)
     async with serving(delivery=policy) as (_, _, url), open_client(url, TOKEN) as client:

@@ -287,13 +287,15 @@ class RelayClient:
         env: dict[str, str] | None = None,
         restart: str = "never",
         profile: str | None = None,
+        mcp: bool = False,
     ) -> AgentSummary:
         """Start ``command`` as agent ``name`` (``profile``: its profile's name; None: the
-        one its command chooses)."""
+        one its command chooses; ``mcp``: with the relay tools as its MCP server)."""
         return await self._ask(
             AgentSummary,
             "spawn",
             profile=profile,
+            mcp=mcp,
             name=name,
             command=command,
             cwd=cwd,

@@ -79,6 +79,7 @@ async def run_daemon(
                     allowed_origins=allowed_origins,
                     retention=retention,
                     profiles=Catalog(user_profile_dirs(state.path)),
+                    overlays=state.path / "mcp",
                 )
                 socket = _socket_path(state)
                 async with trio.open_nursery() as nursery:

@@ -12,6 +12,7 @@ deadline, and writes keys as a person would.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -28,10 +29,12 @@ import pytest
 import trio
 
 from trio_relay import Broker, open_broker
+from trio_relay.control.auth import Principal
 from trio_relay.control.operations import pty_command
+from trio_relay.control.server import ControlServer
 from trio_relay.linux.procfs import environ, pids, session_members
 from trio_relay.profiles.catalog import Catalog
-from trio_relay.wire import AgentActivity, AgentSummary, DeliveryRecord, Event
+from trio_relay.wire import AgentActivity, AgentSummary, DeliveryRecord, Event, SpawnOp
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -197,9 +200,13 @@ class CliSession:
 
 
 @asynccontextmanager
-async def run_cli(name: str, binary: Path, **broker_options: Any) -> AsyncIterator[CliSession]:
+async def run_cli(
+    name: str, binary: Path, *, mcp: bool = False, **broker_options: Any
+) -> AsyncIterator[CliSession]:
     """Spawn CLI ``name`` (``binary``) as agent ``name`` with its profile, in a fresh HOME and
-    project directory; release it at the end and check that nothing of its session is left."""
+    project directory; release it at the end and check that nothing of its session is left.
+    With ``mcp`` it is spawned as ``trio-relay spawn --mcp`` does, through a control server
+    (on a Unix socket in the temporary directory) that gives agents its address."""
     prefix = record_agent_screens.no_network_prefix()
     profile = Catalog().get(name)
     with tempfile.TemporaryDirectory(prefix=f"relay-{name}-") as tmp:
@@ -208,21 +215,46 @@ async def run_cli(name: str, binary: Path, **broker_options: Any) -> AsyncIterat
         project.mkdir()
         env = record_agent_screens.seed(name, home, project)
         command = [*prefix, *record_agent_screens.argv_of(name, binary)]
-        argv = pty_command(command, ROWS, COLS, profile)
-        async with open_broker(event_capacity=1 << 16, **broker_options) as broker:
+        async with (
+            open_broker(event_capacity=1 << 16, **broker_options) as broker,
+            trio.open_nursery() as nursery,
+        ):
             since = broker.events.last_seq
             t0, spawned_at = time.monotonic(), time.time()
-            info = await broker.spawn(name, argv, env=env, cwd=str(project), profile=name)
+            if mcp:
+                server = await serve_control(broker, Path(tmp), nursery)
+                op = SpawnOp(
+                    id=1, name=name, command=command, env=env, cwd=str(project), rows=ROWS,
+                    cols=COLS, profile=name, mcp=True,
+                )  # fmt: skip
+                info = await server.operations.perform(op, Principal())
+            else:
+                argv = pty_command(command, ROWS, COLS, profile)
+                info = await broker.spawn(name, argv, env=env, cwd=str(project), profile=name)
             assert info.profile == name
             hello = broker.supervisor.get(name).hello
             assert hello is not None and hello.program_pid
             yield CliSession(broker, name, project, t0, spawned_at, since)
+            nursery.cancel_scope.cancel()
         # The broker released it: nothing of the program's session is left, nor anything it
         # started elsewhere (Codex's app-server daemon leaves the session).
         with trio.fail_after(10):
             while left := session_members(hello.program_pid) + processes_with_home(home):
                 await trio.sleep(0.05)
         assert not left
+
+
+async def serve_control(broker: Broker, tmp: Path, nursery: trio.Nursery) -> ControlServer:
+    """A control server for ``broker`` on a Unix socket in ``tmp`` (its overlays there too),
+    whose address and scoped tokens the agents get, as the daemon does."""
+    server = ControlServer(broker, "owner-token", overlays=tmp / "mcp")
+    socket = tmp / "control.sock"
+    await nursery.start(functools.partial(server.serve, "127.0.0.1", 0, socket_path=socket))
+    broker.agent_environment = lambda agent: {
+        "TRIO_RELAY_URL": f"ws+unix://{socket}",
+        "TRIO_RELAY_TOKEN": server.agent_token(agent),
+    }
+    return server
 
 
 def processes_with_home(home: Path) -> list[int]:

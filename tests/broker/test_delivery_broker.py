@@ -4,7 +4,9 @@ crashes, restarts, dead letters, a locked store, and a broker killed with SIGKIL
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -51,9 +53,34 @@ async def test_an_agent_sends_to_another_by_name() -> None:
         assert await received(broker, "bob") == {
             "deliveries": [receipt.delivery_id],
             "senders": ["alice"],
+            "bodies": ["hi bob"],
         }
         with pytest.raises(WorkerNotFound):
             await broker.send("carol", "nobody there", sender="alice")
+
+
+async def test_a_preamble_follows_the_first_message_of_each_run(tmp_path: Path) -> None:
+    async with open_broker(tmp_path / "state") as broker:
+        await broker.spawn("w", REFERENCE_WORKER, restart=FAST_RESTART, preamble="(tools!)")
+        await broker.spawn("plain", REFERENCE_WORKER)
+        for body in ("one", "two"):
+            done = await broker.wait_delivery(
+                (await broker.send("w", body, sender="me")).delivery_id, 10
+            )
+            assert done.body == body  # the stored message is as it was sent
+        plain = await broker.send("plain", "one", sender="me")
+        await broker.wait_delivery(plain.delivery_id, 10)
+        assert (await received(broker))["bodies"] == ["one\n\n(tools!)", "two"]
+        assert (await received(broker, "plain"))["bodies"] == ["one"]
+        # A new run (the worker was killed, and restarted) gets it again.
+        pid = broker.agent("w").pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: broker.agent("w").pid not in (None, pid), timeout=20)
+        await wait_until(lambda: broker.agent("w").state == "running", timeout=20)
+        again = await broker.send("w", "three", sender="me")
+        await broker.wait_delivery(again.delivery_id, 20)
+        assert (await received(broker))["bodies"] == ["three\n\n(tools!)"]
 
 
 async def test_the_recipient_crashes_mid_delivery_and_gets_it_after_its_restart(

@@ -33,7 +33,11 @@ def test_every_command_takes_the_shared_options_after_its_name() -> None:
     shared = {option.name for option in SHARED_OPTIONS}
     for name, command in main.commands.items():
         names = {param.name for param in command.params}
-        local = {"up": {"state_dir"}, "profiles": {"state_dir", "as_json"}}  # no broker asked
+        local = {
+            "up": {"state_dir"},
+            "profiles": {"state_dir", "as_json"},  # no broker asked
+            "mcp": {"url", "token"},  # an agent's own, never a state directory's
+        }
         assert names >= local.get(name, shared), name
     assert {param.name for param in main.params} >= shared
 

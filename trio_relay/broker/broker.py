@@ -123,7 +123,7 @@ class Broker:
         if self.supervisor.taken(name) or name in self._spawning:
             await trio.lowlevel.checkpoint()
             raise AgentExists(name)
-        stored = stored_spec(spec, env, timing)
+        stored = stored_spec(spec, env, timing, preamble)
         now = time.time()
         self._spawning.add(name)  # from here on a second spawn of the name is refused
         try:

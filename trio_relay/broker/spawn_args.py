@@ -22,7 +22,10 @@ def child_environment(
 
 
 def stored_spec(
-    spec: AgentSpec, env: Mapping[str, str] | None, timing: Mapping[str, float]
+    spec: AgentSpec,
+    env: Mapping[str, str] | None,
+    timing: Mapping[str, float],
+    preamble: str | None = None,
 ) -> dict[str, Any]:
     """What the store keeps of a spawn: the caller's arguments, not the whole environment."""
     return {
@@ -32,6 +35,7 @@ def stored_spec(
         "restart": dataclasses.asdict(spec.restart),
         "timing": dict(timing),
         "profile": spec.profile,
+        "preamble": preamble,
     }
 
 
@@ -56,5 +60,6 @@ def spawn_arguments(stored: Mapping[str, Any]) -> dict[str, Any]:
         "env": stored["env"],
         "restart": RestartPolicy(**stored["restart"]),
         "profile": stored.get("profile"),
+        "preamble": stored.get("preamble"),
         **stored["timing"],
     }

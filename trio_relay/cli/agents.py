@@ -48,6 +48,13 @@ def _ok(result: object) -> None:
     help="How the agent looks and wants to be typed to: claude, codex, gemini, aider, shell,"
     " python, generic, or one of your own (default: chosen by COMMAND's name).",
 )
+@click.option(
+    "--mcp",
+    is_flag=True,
+    help="Give the agent the relay tools (relay_peers, relay_send, ...) as an MCP server:"
+    " for claude, codex and gemini, configured for this agent only, never in your own"
+    " configuration.",
+)
 @pass_settings
 def spawn(
     settings: Settings,
@@ -60,6 +67,7 @@ def spawn(
     cols: int,
     restart: str,
     profile: str | None,
+    mcp: bool,
 ) -> None:
     """Start COMMAND as agent NAME: `trio-relay spawn alice -- claude`.
 
@@ -67,6 +75,12 @@ def spawn(
     says how to tell when it is idle, busy or waiting for a person, and how to type a
     message so that it is submitted; `trio-relay profiles` lists them. Your own profiles are
     TOML files in <state dir>/profiles/ or ~/.config/trio-relay/profiles/.
+
+    With --mcp the agent CLI starts `trio-relay mcp` as its MCP server, acting as the
+    agent: Claude Code through a plugin directory of the broker's (--plugin-dir), Codex
+    through -c overrides, Gemini CLI through an overlay of ~/.gemini (GEMINI_CLI_HOME). It
+    is removed when the agent is released. The first message each run gets says, in a
+    sentence, that the relay tools reach its peers.
     """
     variables = {}
     for item in env:
@@ -85,6 +99,7 @@ def spawn(
             cols=cols,
             restart=restart,
             profile=profile,
+            mcp=mcp,
         ),
         lambda a: click.echo(f"{a.name} running, pid {a.pid}, profile {a.profile}"),
     )

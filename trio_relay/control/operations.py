@@ -7,21 +7,25 @@ a connection (connection.py).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import trio
 
 from trio_relay import __version__
+from trio_relay.agent_tools import config as mcp_config
 from trio_relay.broker.broker import Broker
 from trio_relay.broker.restart import RestartPolicy
 from trio_relay.control.auth import Principal, check_party
-from trio_relay.errors import Forbidden
-from trio_relay.profiles.catalog import Catalog, user_profile_dirs
+from trio_relay.errors import AgentExists, Forbidden
+from trio_relay.profiles.catalog import Catalog, program_index, user_profile_dirs
 from trio_relay.profiles.profile import Profile, encode_profile
 from trio_relay.wire import (
     AgentsOp,
@@ -73,14 +77,22 @@ def pty_command(
 class Operations:
     """The operations of one broker. ``url`` is what ``status`` reports (the server sets
     it once listening); ``shutdown_requested`` is set by ``shutdown``; ``retention`` is
-    what ``prune`` without an age deletes: older than this (seconds; None: nothing)."""
+    what ``prune`` without an age deletes: older than this (seconds; None: nothing);
+    ``overlays`` is where ``spawn --mcp`` writes an agent's MCP configuration (one
+    directory per agent, removed when it is released; None: a temporary directory)."""
 
     def __init__(
-        self, broker: Broker, *, retention: float | None = None, profiles: Catalog | None = None
+        self,
+        broker: Broker,
+        *,
+        retention: float | None = None,
+        profiles: Catalog | None = None,
+        overlays: Path | None = None,
     ) -> None:
         self.broker = broker
         self.retention = retention
         self.profiles = profiles or Catalog(user_profile_dirs(None))
+        self._overlays = overlays
         self.url = ""
         self.started_at = time.time()
         self.shutdown_requested = trio.Event()
@@ -101,7 +113,9 @@ class Operations:
             case PeersOp():
                 return [_peer(a) for a in broker.agents() if a.name != principal.agent]
             case ReleaseOp(name=name):
-                return _info(await broker.release(name))
+                released = _info(await broker.release(name))
+                await trio.to_thread.run_sync(mcp_config.remove, self._overlay(name))
+                return released
             case SendOp():
                 return await self._send(request, principal)
             case DeliveriesOp(agent=agent, states=states, limit=limit, after=after):
@@ -169,23 +183,72 @@ class Operations:
         if not op.command:
             raise ValueError("`command` must not be empty")
         check_terminal_size(op.rows, op.cols)
+        command, env, preamble = op.command, op.env, None
         if op.native:
-            if op.profile is not None:
-                raise ValueError("a native worker takes no profile (it reads no screen)")
+            if op.profile is not None or op.mcp:
+                raise ValueError("a native worker takes no profile and no --mcp")
             argv, profile = op.command, None
         else:
             catalog = self.profiles
             profile = catalog.get(op.profile) if op.profile else catalog.choose(op.command)
-            argv = pty_command(op.command, op.rows, op.cols, profile)
+            if op.mcp:
+                command, env = await self._with_mcp(op, profile)
+                preamble = mcp_config.PREAMBLE
+            argv = pty_command(command, op.rows, op.cols, profile)
         restart = RestartPolicy(op.restart)
-        return await self.broker.spawn(
-            op.name,
-            argv,
-            cwd=op.cwd,
-            env=op.env,
-            restart=restart,
-            profile=profile.name if profile else None,
-        )
+        try:
+            return await self.broker.spawn(
+                op.name,
+                argv,
+                cwd=op.cwd,
+                env=env,
+                restart=restart,
+                profile=profile.name if profile else None,
+                preamble=preamble,
+            )
+        except BaseException:
+            if op.mcp and not self.broker.supervisor.taken(op.name):
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(mcp_config.remove, self._overlay(op.name))
+            raise
+
+    async def _with_mcp(self, op: SpawnOp, profile: Profile) -> tuple[list[str], dict[str, str]]:
+        """The command and environment that give the agent the relay tools. Raises
+        ValueError saying why it cannot."""
+        if profile.mcp is None:
+            raise ValueError(
+                f"profile {profile.name!r} does not say how to give its program an MCP server"
+                " (the claude, codex and gemini profiles do); spawn it without --mcp"
+            )
+        if importlib.util.find_spec("mcp") is None:
+            raise ValueError(
+                "--mcp needs the MCP SDK where the broker runs: pip install 'trio-relay[mcp]'"
+            )
+        if self.broker.agent_environment is None:
+            raise ValueError("--mcp needs a broker that gives agents its address (trio-relay up)")
+        index = program_index(op.command)
+        if index is None:
+            raise ValueError("--mcp: the command runs no program")
+        if self.broker.supervisor.taken(op.name):
+            raise AgentExists(op.name)  # before its running agent's overlay is replaced
+        directory = self._overlay(op.name)
+        try:
+            setup = await trio.to_thread.run_sync(
+                mcp_config.prepare, profile.mcp, directory, mcp_config.home_of(op.env)
+            )
+        except OSError as exc:
+            raise ValueError(
+                f"--mcp: cannot write the MCP configuration in {directory}: {exc}"
+            ) from None
+        command = mcp_config.insert_args(op.command, index, setup.args)
+        return command, {**op.env, **setup.env}
+
+    def _overlay(self, agent: str) -> Path:
+        """The agent's directory for its MCP configuration (a temporary root is made the
+        first time, if the broker gave none)."""
+        if self._overlays is None:
+            self._overlays = Path(tempfile.mkdtemp(prefix="trio-relay-mcp-"))
+        return mcp_config.directory_of(self._overlays, agent)
 
     def _explained(self, record: DeliveryRecord) -> DeliveryRecord:
         return _explained_record(self.broker, record)

@@ -11,6 +11,7 @@ import logging
 import os
 import stat
 from collections.abc import Iterable
+from pathlib import Path
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, wrap_server_stream
@@ -36,7 +37,8 @@ class ControlServer:
     ``token`` is the owner's; :meth:`agent_token` derives each agent's from it.
     ``retention`` is what ``prune`` without an age deletes: older than this (seconds;
     None: nothing). ``profiles``: where spawn finds agent profiles (default: the built-ins
-    and the user's config directory). ``shutdown_requested`` is set when a client asks the broker to stop.
+    and the user's config directory). ``overlays``: where ``spawn --mcp`` writes agents'
+    MCP configuration (default: a temporary directory). ``shutdown_requested`` is set when a client asks the broker to stop.
     """
 
     def __init__(
@@ -48,9 +50,12 @@ class ControlServer:
         max_message_size: int = DEFAULT_MAX_MESSAGE,
         retention: float | None = None,
         profiles: Catalog | None = None,
+        overlays: Path | None = None,
     ) -> None:
         self.broker = broker
-        self.operations = Operations(broker, retention=retention, profiles=profiles)
+        self.operations = Operations(
+            broker, retention=retention, profiles=profiles, overlays=overlays
+        )
         self.shutdown_requested = self.operations.shutdown_requested
         self._token = token
         self._allowed_origins = frozenset(allowed_origins)

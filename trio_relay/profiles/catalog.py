@@ -42,17 +42,34 @@ _WRAPPER_ARG = re.compile(r"-.*|[A-Za-z_][A-Za-z0-9_]*=.*|\d+(?:\.\d+)?[smhd]?")
 def program_of(command: Sequence[str]) -> tuple[str, list[str]]:
     """The file name of the program ``command`` runs, past any wrapper (for ``npx``: the
     package's name, without scope or version), and its arguments."""
-    rest = list(command)
-    while rest:
-        name = os.path.basename(rest.pop(0))
+    found = _locate(command)
+    if found is None:
+        return "", []
+    index, package = found
+    name = command[index].rsplit("/", 1)[-1]
+    return (name.split("@", 1)[0] if package else name), list(command[index + 1 :])
+
+
+def program_index(command: Sequence[str]) -> int | None:
+    """Where in ``command`` the program it runs is named, past any wrapper and its options
+    (for ``npx``: the package); None if it runs nothing."""
+    found = _locate(command)
+    return None if found is None else found[0]
+
+
+def _locate(command: Sequence[str]) -> tuple[int, bool] | None:
+    """The index of the program's name, and whether it is an npx/bunx package."""
+    i = 0
+    while i < len(command):
+        name = os.path.basename(command[i])
         if name not in WRAPPERS:
-            return name, rest
-        while rest and _WRAPPER_ARG.fullmatch(rest[0]):
-            rest.pop(0)
-        if name in ("npx", "bunx") and rest:
-            package = rest.pop(0).rsplit("/", 1)[-1]
-            return package.split("@", 1)[0], rest
-    return "", []
+            return i, False
+        i += 1
+        while i < len(command) and _WRAPPER_ARG.fullmatch(command[i]):
+            i += 1
+        if name in ("npx", "bunx") and i < len(command):
+            return i, True
+    return None
 
 
 def user_profile_dirs(state_dir: Path | None) -> list[Path]:

@@ -77,12 +77,19 @@ class Submitted(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     window: float = 3.0
 
 
+#: How an agent CLI takes an extra MCP server for one run (see trio_relay.agent_tools.config):
+#: as Claude Code does (``--plugin-dir``), as Codex does (``-c`` overrides), as Gemini CLI
+#: does (a ``GEMINI_CLI_HOME`` overlay).
+McpWay = Literal["claude", "codex", "gemini"]
+
+
 class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, dict=True):
     """One kind of agent. ``commands``: the command names (shell-style patterns over the file
     name of the program run) that choose it; ``interactive_only``: only when no argument but
     options follows (``bash``, not ``bash script.sh``). Without a ``prompt`` the profile knows no input line: idle means quiet
     for ``--settle`` seconds. ``idle_when_reading``: a program that has drawn nothing but
-    is blocked reading its terminal (a ``cat``) is idle: it waits for input."""
+    is blocked reading its terminal (a ``cat``) is idle: it waits for input. ``mcp``: how
+    its program takes the ``trio-relay mcp`` server (``spawn --mcp``); None: it cannot."""
 
     name: str
     summary: str = ""
@@ -95,6 +102,7 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     dialogs: list[Dialog] = []
     typing: Typing = Typing()
     submitted: Submitted = Submitted()
+    mcp: McpWay | None = None
 
     @cached_property
     def compiled(self) -> CompiledProfile:

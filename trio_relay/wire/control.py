@@ -42,7 +42,8 @@ class StatusOp(ControlRequest, tag="status", kw_only=True):
 
 class SpawnOp(AgentOp, tag="spawn", kw_only=True):
     """Start ``command`` as agent ``name``: under the PTY worker unless ``native``, with the
-    profile named ``profile`` (None: the one its command's name chooses)."""
+    profile named ``profile`` (None: the one its command's name chooses); ``mcp``: give it
+    the relay tools (``trio-relay mcp``) the way its profile says."""
 
     command: list[str]
     cwd: str | None = None
@@ -52,6 +53,7 @@ class SpawnOp(AgentOp, tag="spawn", kw_only=True):
     cols: int = 80
     restart: RestartMode = "never"
     profile: str | None = None
+    mcp: bool = False
 
 
 class AgentsOp(ControlRequest, tag="agents", kw_only=True):

@@ -21,7 +21,8 @@ Requests it answers (each carries a ``request_id``):
 ``stderr``                 writes ``text`` to stderr, then answers
 ``crash``                  exits at once with ``code``, unanswered
 ``kill``                   kills itself with ``signal``, unanswered
-``received``               ``{"deliveries": [ids received, in order], "senders": [their from]}``
+``received``               ``{"deliveries": [ids received, in order], "senders": [their from],
+                           "bodies": [their text]}``
 ``run``                    starts ``argv`` as a helper that inherits the worker's stdout and
                            stderr (in a session of its own with ``detach``); ``{"pid": pid}``
 anything else              an error answer with code ``unknown_kind``
@@ -80,6 +81,7 @@ class Incoming(msgspec.Struct):
     signal: int = 0
     delivery_id: str = ""
     sender: str = msgspec.field(default="", name="from")
+    body: str = ""
     argv: list[str] = []
     detach: bool = False
 
@@ -96,6 +98,7 @@ class ReferenceWorker:
         self.timer_seq = 0
         self.deliveries: list[str] = []
         self.senders: list[str] = []
+        self.bodies: list[str] = []
         self.ignore_deliveries = 0
         self.crash_marker: str | None = None
         self.journal: Any = None
@@ -134,6 +137,7 @@ class ReferenceWorker:
             os._exit(3)
         self.deliveries.append(frame.delivery_id)
         self.senders.append(frame.sender)
+        self.bodies.append(frame.body)
         if self.journal is not None:
             self.journal.write(f"{os.getpid()} {frame.delivery_id}\n")
             self.journal.flush()
@@ -174,7 +178,12 @@ class ReferenceWorker:
             self.helpers.append(helper)
             self.answer(rid, {"pid": helper.pid})
         elif kind == "received":
-            self.answer(rid, {"deliveries": list(self.deliveries), "senders": list(self.senders)})
+            received = {
+                "deliveries": self.deliveries,
+                "senders": self.senders,
+                "bodies": self.bodies,
+            }
+            self.answer(rid, {key: list(values) for key, values in received.items()})
         elif kind != "hang":
             self.answer(rid, error=ErrorInfo("unknown_kind", f"unknown request kind {kind!r}"))
 

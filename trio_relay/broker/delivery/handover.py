@@ -79,11 +79,15 @@ def pump(core: Core, box: Mailbox) -> None:
 def write_frame(core: Core, box: Mailbox, delivery: Delivery) -> None:
     """Queue the delivery's frame to the worker. A worker that is gone, or one that reads
     nothing, is no error here: its exit requeues the delivery; if it lives on, the retry
-    timer sends it again."""
+    timer sends it again. The first frame of a run carries the mailbox's preamble, if it
+    has one, after the body (the worker dedups a frame sent again by id)."""
+    body = delivery.body
+    if box.preamble_due and box.preamble:
+        body, box.preamble_due = f"{body}\n\n{box.preamble}", False
     frame = Deliver(
         delivery_id=core.did(delivery.seq),
         sender=delivery.sender,
-        body=delivery.body,
+        body=body,
         thread=delivery.thread,
     )
     try:

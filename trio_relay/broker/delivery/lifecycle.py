@@ -28,6 +28,7 @@ def on_event(core: Core, event: Event) -> None:
         box = core.mailbox(event.agent)
         box.running = True
         box.run += 1
+        box.preamble_due = box.preamble is not None
         pump(core, box)
     elif isinstance(event, AgentExited):
         box = core.mailbox(event.agent)

@@ -60,6 +60,8 @@ class Mailbox:
         self.run = 0
         self.stall_at: float | None = None  # trio time: retry the head of inflight
         self.pump_at: float | None = None  # trio time: try dispatching again (store failed)
+        self.preamble: str | None = None  # added to the first message of each run
+        self.preamble_due = False  # this run has not been given it yet
 
     @property
     def idle(self) -> bool:

@@ -30,7 +30,7 @@ import trio
 
 from trio_relay import Broker, open_broker
 from trio_relay.control.auth import Principal
-from trio_relay.control.operations import pty_command
+from trio_relay.control.operations import Operations, pty_command
 from trio_relay.control.server import ControlServer
 from trio_relay.linux.procfs import environ, pids, session_members
 from trio_relay.profiles.catalog import Catalog
@@ -87,6 +87,8 @@ class CliSession:
     since: int  #: the event seq before the spawn
     times: dict[str, float] = field(default_factory=dict)
     last_text: str = ""
+    #: The control operations it was spawned through (``run_cli(mcp=True)``), else None.
+    operations: Operations | None = None
 
     # ------------------------------------------------------------ what it shows
 
@@ -221,8 +223,10 @@ async def run_cli(
         ):
             since = broker.events.last_seq
             t0, spawned_at = time.monotonic(), time.time()
+            operations = None
             if mcp:
                 server = await serve_control(broker, Path(tmp), nursery)
+                operations = server.operations
                 op = SpawnOp(
                     id=1, name=name, command=command, env=env, cwd=str(project), rows=ROWS,
                     cols=COLS, profile=name, mcp=True,
@@ -234,7 +238,7 @@ async def run_cli(
             assert info.profile == name
             hello = broker.supervisor.get(name).hello
             assert hello is not None and hello.program_pid
-            yield CliSession(broker, name, project, t0, spawned_at, since)
+            yield CliSession(broker, name, project, t0, spawned_at, since, operations=operations)
             nursery.cancel_scope.cancel()
         # The broker released it: nothing of the program's session is left, nor anything it
         # started elsewhere (Codex's app-server daemon leaves the session).

@@ -190,3 +190,16 @@ def test_without_a_url_and_token_it_says_how_it_is_run() -> None:
     assert ran.returncode == 2
     assert "TRIO_RELAY_URL and TRIO_RELAY_TOKEN" in ran.stderr
     assert "spawn --mcp" in ran.stderr
+
+
+def test_only_the_mcp_process_imports_the_sdk() -> None:
+    """The broker, the workers and every other command never pay the SDK's import."""
+    probe = (
+        "import sys, trio_relay.cli.main, trio_relay.daemon, trio_relay.worker.pty.core,"
+        " trio_relay.worker.reference, trio_relay.control.operations;"
+        " print(sorted(m for m in sys.modules if m.split('.')[0] in ('mcp', 'mcp_types',"
+        " 'pydantic', 'anyio', 'starlette')))"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "[]"

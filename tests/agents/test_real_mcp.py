@@ -23,8 +23,8 @@ from real_cli import (
 )
 from test_real_clis import CLAUDE, CODEX, GEMINI, Cli, answer_dialogs, submitted
 
-from trio_relay.agent_tools.config import PREAMBLE, VARIABLES
 from trio_relay.control.auth import Principal
+from trio_relay.profiles.mcp_config import PREAMBLE, VARIABLES
 from trio_relay.wire import ReleaseOp
 
 

@@ -20,11 +20,11 @@ import msgspec
 import trio
 
 from trio_relay import __version__
-from trio_relay.agent_tools import config as mcp_config
 from trio_relay.broker.broker import Broker
 from trio_relay.broker.restart import RestartPolicy
 from trio_relay.control.auth import Principal, check_party
 from trio_relay.errors import AgentExists, Forbidden
+from trio_relay.profiles import mcp_config
 from trio_relay.profiles.catalog import Catalog, program_index, user_profile_dirs
 from trio_relay.profiles.profile import Profile, encode_profile
 from trio_relay.wire import (

@@ -77,7 +77,7 @@ class Submitted(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     window: float = 3.0
 
 
-#: How an agent CLI takes an extra MCP server for one run (see trio_relay.agent_tools.config):
+#: How an agent CLI takes an extra MCP server for one run (see trio_relay.profiles.mcp_config):
 #: as Claude Code does (``--plugin-dir``), as Codex does (``-c`` overrides), as Gemini CLI
 #: does (a ``GEMINI_CLI_HOME`` overlay).
 McpWay = Literal["claude", "codex", "gemini"]

@@ -203,3 +203,28 @@ def test_only_the_mcp_process_imports_the_sdk() -> None:
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "[]"
+
+
+def test_spawn_mcp_needs_a_profile_that_knows_how(daemon: Relay, tmp_path: Path) -> None:
+    for args, says in [
+        (["--", "bash"], "profile 'shell' does not say how to give its program an MCP server"),
+        (["--native", "--", "true"], "a native worker takes no profile and no --mcp"),
+    ]:
+        refused = daemon.invoke("spawn", "x", "--mcp", "--cwd", str(tmp_path), *args)
+        assert refused.exit_code == 2, refused.output
+        assert says in refused.output
+    assert not (Path(daemon.state) / "mcp").exists()  # nothing was written
+
+
+def test_a_gemini_settings_file_it_cannot_read_is_a_usage_error(
+    daemon: Relay, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    (home / ".gemini").mkdir(parents=True)
+    (home / ".gemini" / "settings.json").write_text("{ // a comment\n}")
+    refused = daemon.invoke(
+        "spawn", "g", "--mcp", "--env", f"HOME={home}", "--cwd", str(tmp_path), "--", "gemini"
+    )
+    assert refused.exit_code == 2, refused.output
+    assert "cannot read" in refused.output and "settings.json" in refused.output
+    assert list((Path(daemon.state) / "mcp").iterdir()) == []  # its partial overlay is gone

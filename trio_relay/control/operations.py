@@ -236,7 +236,11 @@ class Operations:
             setup = await trio.to_thread.run_sync(
                 mcp_config.prepare, profile.mcp, directory, mcp_config.home_of(op.env)
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(mcp_config.remove, directory)
+            if isinstance(exc, ValueError):
+                raise
             raise ValueError(
                 f"--mcp: cannot write the MCP configuration in {directory}: {exc}"
             ) from None

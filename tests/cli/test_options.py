@@ -36,7 +36,7 @@ def test_every_command_takes_the_shared_options_after_its_name() -> None:
         local = {
             "up": {"state_dir"},
             "profiles": {"state_dir", "as_json"},  # no broker asked
-            "mcp": {"url", "token"},  # an agent's own, never a state directory's
+            "mcp": {"url", "token"},  # its own: an agent's, never a state directory's
         }
         assert names >= local.get(name, shared), name
     assert {param.name for param in main.params} >= shared

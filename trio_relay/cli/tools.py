@@ -7,12 +7,13 @@ import logging
 import click
 import trio
 
-from trio_relay.cli.context import EXIT_USAGE, Settings, command, die, pass_settings
+from trio_relay.cli.context import EXIT_USAGE, command, die
 
 
-@command("mcp", shared=("url", "token"))
-@pass_settings
-def mcp(settings: Settings) -> None:
+@command("mcp", shared=())
+@click.option("--url", envvar="TRIO_RELAY_URL", help="The broker's URL (the agent's own).")
+@click.option("--token", envvar="TRIO_RELAY_TOKEN", help="The agent's scoped token.")
+def mcp(url: str | None, token: str | None) -> None:
     """Serve the relay tools to an agent CLI over MCP on stdin/stdout.
 
     An agent CLI starts this as its MCP server (`trio-relay spawn --mcp` configures Claude
@@ -23,7 +24,7 @@ def mcp(settings: Settings) -> None:
     is down and connects at the first tool call. Needs the MCP SDK (`pip install
     'trio-relay[mcp]'`). Exits 2 without a URL and token.
     """
-    if not (settings.url and settings.token):
+    if not (url and token):
         die(
             "trio-relay mcp serves an agent's tools and needs the agent's TRIO_RELAY_URL and"
             " TRIO_RELAY_TOKEN (or --url and --token); an agent spawned by `trio-relay spawn"
@@ -35,5 +36,5 @@ def mcp(settings: Settings) -> None:
     except ImportError as exc:
         die(f"trio-relay mcp needs the MCP SDK ({exc}): pip install 'trio-relay[mcp]'")
     logging.basicConfig(level=logging.WARNING, format="trio-relay mcp: %(message)s")
-    click.echo(f"trio-relay mcp: serving the relay tools for {settings.url}", err=True)
-    trio.run(server.serve, settings.url, settings.token)
+    click.echo(f"trio-relay mcp: serving the relay tools for {url}", err=True)
+    trio.run(server.serve, url, token)

@@ -138,6 +138,7 @@ async def test_scope_rules_bad_arguments_and_the_owners_token(
             assert error
             assert "may read only the deliveries it sent or received" in text, text
             assert "scope rule" in text
+            assert "'bob'" not in text and "'user'" not in text  # nothing of others' traffic
         # It sends only as itself: the message says alice, whatever it is.
         error, sent = await call(alice, "relay_send", to="carol", message="echo hi")
         assert not error

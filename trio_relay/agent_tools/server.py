@@ -97,6 +97,12 @@ class BrokerLink:
 
 
 def unreachable_text(link: BrokerLink, exc: Exception, sent: bool) -> str:
+    if not sent and any(status in str(exc) for status in ("401", "403")):
+        return (
+            f"the trio-relay broker at {link.url} refused this agent's token ({exc}). Nothing"
+            " was sent. The agent may have been released, or the broker restarted with a new"
+            " token: tell the user."
+        )
     maybe = (
         " The connection broke while the broker had the request: if it was relay_send, the"
         " message may have been committed, so do not send it again blindly."
@@ -132,6 +138,8 @@ def build_server(link: BrokerLink) -> Server[Any]:
             return failure(str(exc))
         except BrokerUnreachable as exc:
             return failure(unreachable_text(link, exc, sent=connected))
+        except RelayError as exc:  # a bad URL, an error answer while connecting
+            return failure(f"{params.name} failed: {exc}; nothing was sent")
         text = json.dumps(result, ensure_ascii=False)
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=text)], structured_content=result

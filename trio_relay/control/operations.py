@@ -8,6 +8,7 @@ a connection (connection.py).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 import tempfile
@@ -54,6 +55,8 @@ from trio_relay.wire import (
 )
 from trio_relay.wire.vocabulary import check_terminal_size
 
+log = logging.getLogger(__name__)
+
 
 def pty_command(
     command: list[str], rows: int, cols: int, profile: Profile | None = None
@@ -93,6 +96,7 @@ class Operations:
         self.retention = retention
         self.profiles = profiles or Catalog(user_profile_dirs(None))
         self._overlays = overlays
+        self._preparing: set[str] = set()  # names whose --mcp spawn is under way
         self.url = ""
         self.started_at = time.time()
         self.shutdown_requested = trio.Event()
@@ -113,9 +117,10 @@ class Operations:
             case PeersOp():
                 return [_peer(a) for a in broker.agents() if a.name != principal.agent]
             case ReleaseOp(name=name):
-                released = _info(await broker.release(name))
-                await trio.to_thread.run_sync(mcp_config.remove, self._overlay(name))
-                return released
+                try:
+                    return _info(await broker.release(name))
+                finally:  # also for an agent that ended on its own (WorkerNotFound)
+                    await self._remove_overlay(name)
             case SendOp():
                 return await self._send(request, principal)
             case DeliveriesOp(agent=agent, states=states, limit=limit, after=after):
@@ -207,10 +212,12 @@ class Operations:
                 preamble=preamble,
             )
         except BaseException:
-            if op.mcp and not self.broker.supervisor.taken(op.name):
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(mcp_config.remove, self._overlay(op.name))
+            if op.mcp:  # the overlay this call made (no other --mcp spawn of the name ran)
+                await self._remove_overlay(op.name)
             raise
+        finally:
+            if op.mcp:  # _with_mcp claimed the name
+                self._preparing.discard(op.name)
 
     async def _with_mcp(self, op: SpawnOp, profile: Profile) -> tuple[list[str], dict[str, str]]:
         """The command and environment that give the agent the relay tools. Raises
@@ -229,23 +236,36 @@ class Operations:
         index = program_index(op.command)
         if index is None:
             raise ValueError("--mcp: the command runs no program")
-        if self.broker.supervisor.taken(op.name):
+        if self.broker.supervisor.taken(op.name) or op.name in self._preparing:
             raise AgentExists(op.name)  # before its running agent's overlay is replaced
+        self._preparing.add(op.name)  # until the spawn ends (_spawn's finally)
         directory = self._overlay(op.name)
         try:
             setup = await trio.to_thread.run_sync(
                 mcp_config.prepare, profile.mcp, directory, mcp_config.home_of(op.env)
             )
-        except (OSError, ValueError) as exc:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(mcp_config.remove, directory)
-            if isinstance(exc, ValueError):
+        except BaseException as exc:
+            await self._remove_overlay(op.name)
+            self._preparing.discard(op.name)
+            if not isinstance(exc, OSError):
                 raise
             raise ValueError(
                 f"--mcp: cannot write the MCP configuration in {directory}: {exc}"
             ) from None
         command = mcp_config.insert_args(op.command, index, setup.args)
         return command, {**op.env, **setup.env}
+
+    async def _remove_overlay(self, agent: str) -> None:
+        """Remove the agent's MCP configuration, if --mcp made one; shielded, so a
+        cancellation does not leave it behind. An OSError is logged (the agent's fate is
+        what the caller reports)."""
+        if self._overlays is None:
+            return
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.to_thread.run_sync(mcp_config.remove, self._overlay(agent))
+            except OSError as exc:
+                log.error("cannot remove %s's MCP configuration: %s", agent, exc)
 
     def _overlay(self, agent: str) -> Path:
         """The agent's directory for its MCP configuration (a temporary root is made the

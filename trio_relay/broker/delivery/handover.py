@@ -82,8 +82,9 @@ def write_frame(core: Core, box: Mailbox, delivery: Delivery) -> None:
     timer sends it again. The first frame of a run carries the mailbox's preamble, if it
     has one, after the body (the worker dedups a frame sent again by id)."""
     body = delivery.body
-    if box.preamble_due and box.preamble:
-        body, box.preamble_due = f"{body}\n\n{box.preamble}", False
+    preamble = box.preamble_due and box.preamble
+    if preamble:
+        body = f"{body}\n\n{box.preamble}"
     frame = Deliver(
         delivery_id=core.did(delivery.seq),
         sender=delivery.sender,
@@ -92,5 +93,7 @@ def write_frame(core: Core, box: Mailbox, delivery: Delivery) -> None:
     )
     try:
         core.transport.deliver(box.name, encode(frame))
+        if preamble:  # given: the next frames go without it
+            box.preamble_due = False
     except (WorkerNotFound, ChannelClosed, InputQueueFull) as exc:
         log.info("%s: delivery %s not written: %s", box.name, frame.delivery_id, exc)

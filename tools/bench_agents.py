@@ -72,7 +72,6 @@ import pstats
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -91,7 +90,7 @@ sys.path.insert(0, str(TOOLS))
 import agent_clis
 import record_agent_screens as recorder
 import spinner_tui
-from measure import pct
+from measure import git_head, pct, ratio, spread
 
 from trio_relay import Broker, open_broker
 from trio_relay.control.operations import pty_command
@@ -746,19 +745,6 @@ def ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f}"
 
 
-def ratio(a: float | None, b: float | None) -> str:
-    return "-" if not a or not b else f"{a / b:.2f}x"
-
-
-def spread(values: list[float], fmt: str = "{:.2f}") -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
-
-
 def levels_text(levels: dict[str, int]) -> str:
     return ", ".join(f"{n} {level}" for level, n in sorted(levels.items(), key=lambda kv: -kv[1]))
 
@@ -956,23 +942,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             profilers[worst] = profiler
         out["cprofile"] = {name: top_functions(p) for name, p in profilers.items()}
     return out
-
-
-def git_head() -> str:
-    """The commit measured, and whether trio_relay/ differs from it."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "trio_relay"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "?"
-    return f"{head} (trio_relay/ modified)" if dirty else head
 
 
 def main() -> None:

@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
-from measure import pct
+from measure import git_head, pct, ratio, spread
 
 from trio_relay.client import RelayClient, open_client
 from trio_relay.control.auth import agent_token
@@ -411,17 +411,6 @@ async def run(
 # ---------------------------------------------------------------------- the table
 
 
-def spread(values: list[float], fmt: str = "{:.1f}") -> str:
-    return (
-        f"{fmt.format(statistics.median(values))} "
-        f"({fmt.format(min(values))}-{fmt.format(max(values))})"
-    )
-
-
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "-"
-
-
 def summarize(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(figure, trio-relay, baseline, ratio of the medians or percentiles) rows."""
     rows: list[tuple[str, str, str, str]] = []
@@ -440,22 +429,14 @@ def summarize(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             rows.append(
                 (
                     f"{title}, {unit}, median (min-max) of {n}",
-                    spread(a),
-                    spread(b),
+                    spread(a, "{:.1f}"),
+                    spread(b, "{:.1f}"),
                     ratio(statistics.median(a), statistics.median(b)),
                 )
             )
         a = [c * 1000 for r in relay for c in r["calls_s"][1:]]
         b = [c * 1000 for r in base for c in r["calls_s"][1:]]
-        for q in (0.5, 0.99):
-            rows.append(
-                (
-                    f"tool call round trip p{q * 100:.0f}, ms ({len(a)} calls after the first)",
-                    f"{pct(a, q):.2f}",
-                    f"{pct(b, q):.2f}",
-                    ratio(pct(a, q), pct(b, q)),
-                )
-            )
+        rows += percentile_rows("tool call round trip", f"{len(a)} calls after the first", a, b)
     for key, title in (
         ("committed", "relay_send -> committed"),
         ("submitted", "relay_send -> relay_wait (submitted)"),
@@ -465,16 +446,19 @@ def summarize(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         times = out[key] if key == "committed" else out[key]["times"]
         a = [t * 1000 for t in times["trio-relay"]]
         b = [t * 1000 for t in times["baseline"]]
-        for q in (0.5, 0.99):
-            rows.append(
-                (
-                    f"{title} p{q * 100:.0f}, ms ({len(a)} each)",
-                    f"{pct(a, q):.2f}",
-                    f"{pct(b, q):.2f}",
-                    ratio(pct(a, q), pct(b, q)),
-                )
-            )
+        rows += percentile_rows(title, f"{len(a)} each", a, b)
     return rows
+
+
+def percentile_rows(
+    title: str, count: str, a: list[float], b: list[float]
+) -> list[tuple[str, str, str, str]]:
+    """The p50 and p99 rows of ``a`` (ms) beside ``b``."""
+    return [
+        (f"{title} p{q * 100:.0f}, ms ({count})", f"{pct(a, q):.2f}", f"{pct(b, q):.2f}",
+         ratio(pct(a, q), pct(b, q)))
+        for q in (0.5, 0.99)
+    ]  # fmt: skip
 
 
 def print_table(out: dict[str, Any]) -> None:
@@ -497,22 +481,6 @@ def print_table(out: dict[str, Any]) -> None:
                 f"  {len(fallbacks)} times dave was not seen busy and idle again within 3 s"
                 f" of a delivery's end (the next message was sent once it was idle)"
             )
-
-
-def git_head() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "trio_relay"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "?"
-    return f"{head} (trio_relay/ modified)" if dirty else head
 
 
 # ---------------------------------------------------------------------- main

@@ -76,7 +76,10 @@ class BrokerLink:
         started = False
         try:
             async with open_client(self.url, self.token, connect_timeout=5) as client:
-                status = await client.status()
+                with trio.move_on_after(10) as waited:
+                    status = await client.status()
+                if waited.cancelled_caught:
+                    raise BrokerUnreachable(f"{self.url} did not answer `status` in 10 s")
                 if status.you is None:
                     raise OwnerToken(
                         "trio-relay mcp acts only as an agent, and the broker took this"

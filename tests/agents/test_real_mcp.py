@@ -77,10 +77,16 @@ def check_listing(cli: Cli, shown: str) -> None:
         assert re.search(r"✓ trio-relay: .*trio_relay mcp \(stdio\) - Connected", shown), shown
 
 
+@pytest.fixture
+def binary(cli: Cli) -> Path:
+    """The CLI's binary; skips, naming what is missing and how to install it, before the
+    test's Trio run (so the reason is reported)."""
+    return skip_unless_installed(cli.name)
+
+
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("cli", [CLAUDE, CODEX, GEMINI], ids=lambda cli: cli.name)
-async def test_spawn_with_mcp(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    binary = skip_unless_installed(cli.name)
+async def test_spawn_with_mcp(cli: Cli, binary: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clean_environment(monkeypatch)
     async with run_cli(cli.name, binary, mcp=True) as session:
         spec = session.broker.supervisor.get(cli.name).spec

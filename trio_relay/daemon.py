@@ -8,7 +8,8 @@ import logging
 import logging.handlers
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import trio
 
@@ -53,13 +54,18 @@ async def run_daemon(
     retention: float | None = DEFAULT_RETENTION,
     history: int = DEFAULT_HISTORY,
     on_attention: str | None = None,
+    http: tuple[str, int] | None = None,
+    api_keys: Sequence[str] = (),
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the broker until SIGINT, SIGTERM or a ``shutdown`` request; ``started`` gives the
     url once it accepts connections. ``on_attention``: a shell command run each time an
-    agent turns to ``attention`` (see :mod:`trio_relay.broker.attention`).
+    agent turns to ``attention`` (see :mod:`trio_relay.broker.attention`). ``http``: the
+    host and port of the HTTP port (agent-relay's API, ``/control`` and the dashboard;
+    see :mod:`trio_relay.http`), whose url goes in the connection file; ``api_keys``: keys
+    the HTTP port takes as the owner's besides the token.
 
-    Raises BrokerAlreadyRunning if another broker holds the state directory, OSError if the
+    Raises BrokerAlreadyRunning if another broker holds the state directory, OSError if a
     port cannot be bound. Every agent is released before this returns.
     """
     state.acquire_lock()
@@ -86,12 +92,17 @@ async def run_daemon(
                     url = await nursery.start(
                         functools.partial(server.serve, host, port, socket_path=socket)
                     )
+                    site = None
+                    if http is not None:
+                        site = await _serve_http(
+                            nursery, server, token, http, allowed_origins, api_keys
+                        )
                     _tell_agents_where(
                         broker, server, f"{UNIX_SCHEME}://{socket}" if socket else url
                     )
                     for info in await broker.respawn():
                         log.info("respawned %s (pid %s)", info.name, info.pid)
-                    state.write_connection(url, socket)
+                    state.write_connection(url, socket, http=site.url if site else None)
                     log.info(
                         "broker %s listening on %s (state in %s)", os.getpid(), url, state.path
                     )
@@ -102,11 +113,33 @@ async def run_daemon(
                     await server.shutdown_requested.wait()
                     log.info("shutting down: releasing %d agent(s)", len(broker.agents()))
                     await broker.shutdown()  # the server still answers meanwhile
+                    if site is not None:
+                        site.closing.set()
                     await server.close_all("the broker is shutting down")
                     nursery.cancel_scope.cancel()
     finally:
         state.release_lock()
     log.info("broker stopped")
+
+
+async def _serve_http(
+    nursery: trio.Nursery,
+    server: ControlServer,
+    token: str,
+    address: tuple[str, int],
+    allowed_origins: Iterable[str],
+    api_keys: Sequence[str],
+) -> Any:
+    """Start the HTTP port in ``nursery`` (its libraries are imported only now) and let
+    ``login`` mint dashboard URLs; returns the site."""
+    from trio_relay.http.site import Site
+
+    host, port = address
+    site = Site(server, token, host=host, allowed_origins=allowed_origins, api_keys=api_keys)
+    await nursery.start(functools.partial(site.serve, host, port))
+    server.operations.login_url = site.login_url
+    log.info("HTTP on %s (agent-relay's API, /control, the dashboard)", site.url)
+    return site
 
 
 def _socket_path(state: StateDir) -> str | None:

@@ -28,12 +28,13 @@ LOCK_ATTEMPTS = 5
 
 @dataclass(frozen=True)
 class Connection:
-    """What a client needs to reach a running broker: its TCP url, its pid, and its Unix
-    socket (None if it has none)."""
+    """What a client needs to reach a running broker: its TCP url, its pid, its Unix
+    socket (None if it has none) and its HTTP port's url (None unless ``up --http``)."""
 
     url: str
     pid: int
     socket: str | None = None
+    http: str | None = None
 
 
 class _Entry:
@@ -159,9 +160,12 @@ class StateDir:
         tmp.replace(self.token_path)  # whole or not at all
         return token
 
-    def write_connection(self, url: str, socket: str | None = None) -> None:
+    def write_connection(
+        self, url: str, socket: str | None = None, *, http: str | None = None
+    ) -> None:
         tmp = self.connection_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "socket": socket}))
+        entry = {"url": url, "pid": os.getpid(), "socket": socket, "http": http}
+        tmp.write_text(json.dumps(entry))
         tmp.replace(self.connection_path)
 
     def read_connection(self) -> Connection | None:
@@ -170,11 +174,12 @@ class StateDir:
         :meth:`lock_holder` tells whether a broker runs."""
         try:
             data = json.loads(self.connection_path.read_text())
-            socket = data.get("socket")
+            socket, http = data.get("socket"), data.get("http")
             return Connection(
                 url=str(data["url"]),
                 pid=int(data["pid"]),
                 socket=str(socket) if socket else None,
+                http=str(http) if http else None,
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None

@@ -32,6 +32,7 @@ from trio_relay.store import sql
 from trio_relay.store.engine import Store, open_store
 from trio_relay.store.sql import DeliveryInfo
 from trio_relay.wire import (
+    AgentResized,
     AgentSummary,
     PruneResult,
     Resize,
@@ -289,10 +290,12 @@ class Broker:
         await self._write(name, "input", encode(WriteInput(data=data)))
 
     async def resize(self, name: str, rows: int, cols: int) -> None:
-        """Resize the agent's terminal; return once the frame is written. Raises
-        WorkerNotFound, ChannelClosed, RequestTimeout, or ValueError for a size out of range."""
+        """Resize the agent's terminal; return once the frame is written (then an
+        ``agent_resized`` event says so). Raises WorkerNotFound, ChannelClosed,
+        RequestTimeout, or ValueError for a size out of range."""
         check_terminal_size(rows, cols)
         await self._write(name, "resize", encode(Resize(rows=rows, cols=cols)))
+        self.events.emit(AgentResized(agent=name, rows=rows, cols=cols))
 
     async def _write(self, name: str, what: str, frame: bytes) -> None:
         writer = self.supervisor.running(name).writer

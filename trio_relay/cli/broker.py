@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from typing import Any
@@ -20,6 +21,7 @@ from trio_relay.cli.context import (
     option_with_default,
     pass_settings,
 )
+from trio_relay.cli.dashboard import HostPort
 from trio_relay.errors import BrokerAlreadyRunning, StateDirError, StoreError
 from trio_relay.linux.procfs import process_alive
 from trio_relay.state import StateDir
@@ -93,6 +95,20 @@ class Duration(click.ParamType):
     help="Run CMD (with /bin/sh) whenever an agent waits for a person; it gets"
     " TRIO_RELAY_AGENT and TRIO_RELAY_ATTENTION (what the agent asks) in its environment.",
 )
+@click.option(
+    "--http",
+    type=HostPort(),
+    metavar="[HOST:]PORT",
+    help="Also serve HTTP on this port (host 127.0.0.1 unless given): agent-relay's API"
+    " and /ws, the control protocol at /control, and the dashboard (`trio-relay dashboard`)."
+    " Off by default.",
+)
+@click.option(
+    "--api-key-env",
+    metavar="VAR",
+    help="The HTTP port also takes the key in environment variable VAR as the owner's"
+    " (agent-relay's RELAY_BROKER_API_KEY, say), besides the token.",
+)
 @click.option("--detach", is_flag=True, help="Run in the background; return once it is ready.")
 @click.option(
     "--detached", is_flag=True, hidden=True, help="Started by --detach: log to broker.log only."
@@ -127,12 +143,21 @@ def up(
             f"--history={options['history']}",
             f"--log-max-mb={log_max_mb}",
             *(f"--allow-origin={o}" for o in options["allowed_origins"]),
+            *([f"--http={_host_port(options['http'])}"] if options["http"] else []),
+            *([f"--api-key-env={options['api_key_env']}"] if options["api_key_env"] else []),
             *([f"--on-attention={options['on_attention']}"] if options["on_attention"] else []),
             *(["-v"] if verbose else []),
         ]
         _start_detached(state, forwarded)
         return
     from trio_relay.daemon import configure_logging, run_daemon
+
+    variable = options.pop("api_key_env")
+    if variable is not None:
+        key = os.environ.get(variable, "")
+        if not key:
+            raise click.BadParameter(f"${variable} is not set", param_hint="--api-key-env")
+        options["api_keys"] = [key]
 
     configure_logging(state, verbose, to_stderr=not detached, max_bytes=int(log_max_mb * 1e6))
     try:
@@ -147,7 +172,13 @@ def up(
             raise
         while isinstance(bind, BaseExceptionGroup):
             bind = bind.exceptions[0]
-        die(f"cannot listen on {options['host']}:{options['port']}: {bind}")
+        http = f" or {_host_port(options['http'])}" if options["http"] else ""
+        die(f"cannot listen on {options['host']}:{options['port']}{http}: {bind}")
+
+
+def _host_port(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _store_problem(exc: StoreError, state: StateDir) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from trio_relay import __version__
-from trio_relay.cli import activity, agents, broker, deliveries, tools
+from trio_relay.cli import activity, agents, broker, dashboard, deliveries, tools
 from trio_relay.cli.context import SHARED_OPTIONS, Settings
 
 
@@ -37,6 +37,7 @@ for command in (
     *(agents.input_, agents.resize, agents.attach, activity.wait, activity.profiles),
     *(deliveries.send, deliveries.deliveries, deliveries.dead_letters, deliveries.redeliver),
     *(deliveries.mode, deliveries.pending, deliveries.flush, tools.mcp),
+    dashboard.dashboard,
 ):
     main.add_command(command)
 

@@ -104,7 +104,7 @@ def _signature(secret: str, agent: str) -> str:
     return hmac.new(secret.encode(), agent.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def _token_principal(secret: str, token: str) -> Principal | None:
+def token_principal(secret: str, token: str) -> Principal | None:
     if hmac.compare_digest(token.encode(), secret.encode()):
         return Principal()
     prefix, _, rest = token.partition(".")
@@ -139,7 +139,7 @@ def authenticate(
     scheme, _, token = fields.get(b"authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         return 401, "unauthorized: send Authorization: Bearer <token>"
-    principal = _token_principal(secret, token)
+    principal = token_principal(secret, token)
     if principal is None:
         return 401, "unauthorized: wrong token"
     if process_of == UNPLACED:

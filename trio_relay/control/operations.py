@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from trio_relay.wire import (
     DeliveryRecord,
     FlushOp,
     InputOp,
+    LoginOp,
     LogsOp,
     ModeOp,
     PeersOp,
@@ -98,6 +100,8 @@ class Operations:
         self._overlays = overlays
         self._preparing: set[str] = set()  # names whose --mcp spawn is under way
         self.url = ""
+        #: Mints a dashboard login URL; set by a broker that serves HTTP.
+        self.login_url: Callable[[], str] | None = None
         self.started_at = time.time()
         self.shutdown_requested = trio.Event()
 
@@ -165,6 +169,13 @@ class Operations:
                 return await broker.prune(self._prune_age(older_than))
             case ShutdownOp():
                 return self.shutdown_requested.set()
+            case LoginOp():
+                if self.login_url is None:
+                    raise ValueError(
+                        "this broker serves no HTTP, so no dashboard: start it with"
+                        " `trio-relay up --http 127.0.0.1:8377`"
+                    )
+                return {"url": self.login_url()}
             case _:
                 raise TypeError(f"{type(request).__name__} is not an operation of the broker's")
 

@@ -12,6 +12,7 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, wrap_server_stream
@@ -140,13 +141,19 @@ class ControlServer:
             process_of=process_of,
         )
         if isinstance(principal, Principal):
-            principal = self._admit(principal)
+            principal = self.admit(principal)
         if not isinstance(principal, Principal):
             status, reason = principal
             log.warning("refused a connection from %s: %s", _peer(request), reason)
             await request.reject(status, body=reason.encode())
             return
         ws = await request.accept()
+        await self.run_connection(ws, principal)
+
+    async def run_connection(self, ws: Any, principal: Principal) -> None:
+        """Serve one accepted connection (``ws``: a trio-websocket connection, or anything
+        with its ``get_message``, ``send_message`` and ``aclose``) until it ends, then
+        close it (shielded, at most CLOSE_TIMEOUT)."""
         connection = Connection(self.operations, ws, principal)
         self._connections.add(connection)
         try:
@@ -156,8 +163,9 @@ class ControlServer:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await ws.aclose()
 
-    def _admit(self, principal: Principal) -> Principal | Refusal:
-        """The connection limits: in all, and per agent."""
+    def admit(self, principal: Principal) -> Principal | Refusal:
+        """The connection limits, in all and per agent: ``principal`` if one more
+        connection of its fits, else the refusal."""
         if len(self._connections) >= MAX_CONNECTIONS:
             return 503, f"unavailable: {MAX_CONNECTIONS} connections are open"
         if principal.agent is not None:

@@ -35,7 +35,7 @@ _NAMES_BY_MODULE = {
     """,
     "events": """
         Event AgentEvent DeliveryEvent BrokerEvent decode_event
-        AgentSpawned AgentReady AgentIdle AgentActivity AgentOutput AgentExited SpawnFailedEvent
+        AgentSpawned AgentReady AgentIdle AgentActivity AgentOutput AgentResized AgentExited SpawnFailedEvent
         AgentRestarting AgentGaveUp WorkerProtocolError
         DeliveryQueuedEvent DeliveryInjectedEvent DeliveryVerifiedEvent DeliveryUnverifiedEvent
         DeliveryFailedEvent DeliveryDroppedEvent DeliveryRequeuedEvent DeliveryRetryingEvent
@@ -45,7 +45,7 @@ _NAMES_BY_MODULE = {
         ControlId ControlRequest AgentOp ControlOp
         StatusOp SpawnOp AgentsOp PeersOp ReleaseOp SendOp DeliveriesOp DeliveryOp WaitOp
         DeadLettersOp RedeliverOp InputOp ResizeOp SnapshotOp ModeOp PendingOp FlushOp LogsOp SubscribeOp
-        UnsubscribeOp PruneOp ShutdownOp
+        UnsubscribeOp PruneOp ShutdownOp LoginOp
         ControlError ControlAnswer ControlEvents
         AgentSummary PeerSummary DeliveryRecord SendReceipt ScreenSnapshot BrokerStatus PendingDeliveries
         ModeResult FlushResult PruneResult

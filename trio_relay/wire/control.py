@@ -173,6 +173,11 @@ class ShutdownOp(ControlRequest, tag="shutdown", kw_only=True):
     """Release every agent and stop the broker; answered before it stops."""
 
 
+class LoginOp(ControlRequest, tag="login", kw_only=True):
+    """A one-time login URL for the dashboard (``{"url": ...}``); the owner's only, and
+    only from a broker serving HTTP (``up --http``)."""
+
+
 ControlOp = Union[
     StatusOp,
     SpawnOp,
@@ -196,6 +201,7 @@ ControlOp = Union[
     UnsubscribeOp,
     PruneOp,
     ShutdownOp,
+    LoginOp,
 ]
 
 

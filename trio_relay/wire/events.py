@@ -61,6 +61,13 @@ class AgentOutput(AgentEvent, tag="agent_output", kw_only=True):
     data: str
 
 
+class AgentResized(AgentEvent, tag="agent_resized", kw_only=True):
+    """The agent's terminal was resized to ``rows`` x ``cols`` (the frame is written)."""
+
+    rows: int
+    cols: int
+
+
 class AgentExited(AgentEvent, tag="agent_exited", kw_only=True):
     """Terminal: the agent's process is gone and reaped. ``intended`` is true only when the
     broker asked for the exit (release, shutdown)."""
@@ -186,6 +193,7 @@ BrokerEvent = Union[
     AgentIdle,
     AgentActivity,
     AgentOutput,
+    AgentResized,
     AgentExited,
     SpawnFailedEvent,
     AgentRestarting,

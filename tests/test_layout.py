@@ -29,8 +29,12 @@ ALLOWED: dict[str, set[str]] = {
     "event_stream": {"errors", "wire"},
     "client": {"errors", "wire", "address", "event_stream"},
     "daemonize": set(),
-    "daemon": {"errors", "wire", "linux", "state", "broker", "control", "client", "profiles"},
+    "daemon": {
+        *("errors", "wire", "linux", "state", "broker", "control", "client", "profiles"),
+        "http",
+    },
     "agent_tools": {"errors", "wire", "client", "__init__"},
+    "http": {"errors", "wire", "broker", "control", "__init__"},
     "cli": {
         *("errors", "wire", "linux", "state", "address", "client", "profiles", "agent_tools"),
         *("daemon", "daemonize", "__init__"),

@@ -19,7 +19,7 @@ import struct
 import subprocess
 import tempfile
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,9 @@ class Page:
         return Screenshot.decode(png)
 
 
+Box = tuple[int, int, int, int]
+
+
 class Screenshot:
     """A decoded PNG (8-bit RGB or RGBA, not interlaced: what Chromium writes)."""
 
@@ -175,14 +178,18 @@ class Screenshot:
         r, g, b = self._rows[y][i : i + 3]
         return r, g, b
 
-    def count(self, colour: tuple[int, int, int], box: tuple[int, int, int, int]) -> int:
-        """How many pixels of ``colour`` lie in ``box`` (left, top, right, bottom)."""
+    def count(
+        self, colour: tuple[int, int, int] | Callable[[tuple[int, int, int]], bool], box: Box
+    ) -> int:
+        """How many pixels of ``colour`` (or for which it is true) lie in ``box`` (left,
+        top, right, bottom)."""
+        test = colour if callable(colour) else colour.__eq__
         left, top, right, bottom = box
         return sum(
             1
             for y in range(max(0, top), min(self.height, bottom))
             for x in range(max(0, left), min(self.width, right))
-            if self.pixel(x, y) == colour
+            if test(self.pixel(x, y))
         )
 
 

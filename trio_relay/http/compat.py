@@ -306,24 +306,14 @@ class _Api:
             )
         if to.startswith("#"):
             raise Refused(400, "unsupported_operation", "trio-relay has no channels")
-        if to == "*":
-            targets = [
-                a.name
-                for a in self.broker.agents()
-                if a.state not in ENDED and a.name not in (sender, caller.principal.agent)
-            ]
-        else:
-            targets = [to]
-        receipts: list[dict[str, Any]] = [{}] * len(targets)
-
-        async def one(index: int, target: str) -> None:
-            receipts[index] = await self.call(
-                caller, SendOp, to=target, body=text, sender=sender, thread=thread
+        if to != "*":
+            receipt = await self.call(
+                caller, SendOp, to=to, body=text, sender=sender, thread=thread
             )
-
-        async with trio.open_nursery() as nursery:  # each one committed before the answer
-            for index, target in enumerate(targets):
-                nursery.start_soon(one, index, target)
+            receipts = [receipt]
+        else:
+            receipts = await self.broadcast(caller, text, sender, thread)
+        targets = [r["agent"] for r in receipts]
         ids = [r["delivery_id"] for r in receipts]
         return {
             "success": True,
@@ -332,6 +322,35 @@ class _Api:
             "delivery_ids": ids,
             "local": True,
         }
+
+    async def broadcast(
+        self, caller: Caller, text: str, sender: str, thread: str | None
+    ) -> list[dict[str, Any]]:
+        """One delivery per running agent but the sender, all committed before this
+        returns (concurrently: the store commits them together). An agent that ended
+        meanwhile is left out; any other error is raised once all sends are done."""
+        targets = [
+            a.name
+            for a in self.broker.agents()
+            if a.state not in ENDED and a.name not in (sender, caller.principal.agent)
+        ]
+        outcomes: list[dict[str, Any] | Exception] = [{}] * len(targets)
+
+        async def one(index: int, target: str) -> None:
+            try:
+                outcomes[index] = await self.call(
+                    caller, SendOp, to=target, body=text, sender=sender, thread=thread
+                )
+            except Exception as exc:  # reported below, after the others are committed
+                outcomes[index] = exc
+
+        async with trio.open_nursery() as nursery:
+            for index, target in enumerate(targets):
+                nursery.start_soon(one, index, target)
+        failed = [o for o in outcomes if isinstance(o, Exception) and code_of(o) != "not_found"]
+        if failed:
+            raise failed[0]
+        return [o for o in outcomes if not isinstance(o, Exception)]
 
     # -- terminals
 
@@ -483,6 +502,7 @@ class _Api:
     async def shutdown(self, request: Request, caller: Caller) -> Any:
         if caller.principal.agent is not None:
             raise Refused(403, "forbidden", "an agent token may not stop the broker")
+
         async def stop() -> None:  # once the answer is sent
             self.operations.shutdown_requested.set()
 

@@ -38,7 +38,9 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
     "Content-Security-Policy": (
-        "default-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+        # xterm.js styles its DOM renderer with a <style> element of its own
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self';"
+        " img-src 'self' data:; frame-ancestors 'none'"
     ),
 }
 

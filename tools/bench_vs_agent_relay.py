@@ -76,6 +76,8 @@ from trio_relay.wire import (
 )
 
 BENCH_DIR = ROOT / ".bench"
+#: The third column: agent-relay's driver against trio-relay's agent-relay API.
+COMPAT = "trio-relay (agent-relay API)"
 AR_VENV = BENCH_DIR / "agent-relay-venv"
 BASH = ["bash", "--norc"]
 PROMPT = re.compile(r"[$#] $")  # what bash --norc's prompt ends with
@@ -398,6 +400,18 @@ class AgentRelay(BrokerUnderTest):
         self.verified_changed = trio.Event()
         self.echo_waiters: dict[str, tuple[str, trio.Event]] = {}
 
+    def command(self) -> list[str]:
+        return [
+            str(self.binary),
+            "init",
+            "--local-only",
+            "--api-port",
+            str(self.port),
+            "--persist",
+            "--state-dir",
+            str(self.workdir / "state"),
+        ]
+
     async def run(self, body: Callable[[AgentRelay], Awaitable[Any]]) -> Any:
         env = {
             **os.environ,
@@ -407,19 +421,7 @@ class AgentRelay(BrokerUnderTest):
             "AGENT_RELAY_DATA_DIR": str(self.workdir / "data"),
         }
         self.started = Started(
-            [
-                str(self.binary),
-                "init",
-                "--local-only",
-                "--api-port",
-                str(self.port),
-                "--persist",
-                "--state-dir",
-                str(self.workdir / "state"),
-            ],
-            cwd=self.workdir,
-            env=env,
-            log=self.workdir / "broker.out",
+            self.command(), cwd=self.workdir, env=env, log=self.workdir / "broker.out"
         )
         self.http = HttpConnection(self.port, self.key)
         try:
@@ -500,6 +502,25 @@ class AgentRelay(BrokerUnderTest):
             while did not in self.verified:
                 await self.verified_changed.wait()
         return self.verified[did][1]
+
+
+class TrioRelayCompat(AgentRelay):
+    """agent-relay's driver above, unchanged, against trio-relay's agent-relay API: the
+    broker started as agent-relay's SDK starts it, through the shim."""
+
+    name = COMPAT
+    program_wrapper = "trio_relay.worker.pty"
+
+    def command(self) -> list[str]:
+        shim = Path(sys.executable).parent / "trio-relay-agent-relay"
+        return [
+            str(shim),
+            "init",
+            "--api-port",
+            str(self.port),
+            "--state-dir",
+            str(self.workdir / "state"),
+        ]
 
 
 # ------------------------------------------------------------------ the workload
@@ -602,7 +623,12 @@ async def measure(
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{system}-"))
     try:
-        broker: Any = TrioRelay(workdir) if system == "trio-relay" else AgentRelay(workdir, binary)  # type: ignore[arg-type]
+        if system == "trio-relay":
+            broker: Any = TrioRelay(workdir)
+        elif system == COMPAT:
+            broker = TrioRelayCompat(workdir, Path(sys.executable))
+        else:
+            broker = AgentRelay(workdir, binary)  # type: ignore[arg-type]
         samples = args.samples if n == min(args.agents) else 0
         deliveries = args.deliveries if n == min(args.agents) else 0
         return await broker.run(lambda b: ready_run(b, n, args.idle, samples, deliveries))
@@ -679,21 +705,30 @@ def table(
             ]
     out = []
     tr, ar = results.get("trio-relay", []), results.get("agent-relay", [])
+    compat = results.get(COMPAT, [])
     print()
     print(
-        f"{'figure':<44} {'trio-relay':>12} {'agent-relay':>12} {'ratio':>8}   spread (trio | agent)"
+        f"{'figure':<44} {'trio-relay':>12} {'agent-relay':>12} {'ratio':>8} "
+        f"{'tr, AR API':>12} {'ratio':>8}   spread (trio | agent | trio AR API)"
     )
-    print("-" * 110)
+    print("-" * 130)
     for label, key, reduce, unit in rows:
         a, a_spread = collect(tr, key, reduce)
         b, b_spread = collect(ar, key, reduce)
+        c, c_spread = collect(compat, key, reduce)
         ratio = f"{a / b:.2f}x" if a is not None and b not in (None, 0) else "-"
+        c_ratio = f"{c / b:.2f}x" if c is not None and b not in (None, 0) else "-"
         print(
-            f"{label:<44} {fmt(a, unit):>12} {fmt(b, unit):>12} {ratio:>8}   {a_spread} | {b_spread}"
+            f"{label:<44} {fmt(a, unit):>12} {fmt(b, unit):>12} {ratio:>8} {fmt(c, unit):>12}"
+            f" {c_ratio:>8}   {a_spread} | {b_spread} | {c_spread}"
         )
-        out.append((label, fmt(a, unit), fmt(b, unit), ratio))
+        out.append((label, fmt(a, unit), fmt(b, unit), ratio, fmt(c, unit), c_ratio))
     print()
-    print("ratio = trio-relay / agent-relay (below 1: trio-relay is faster or smaller).")
+    print(
+        "ratio = trio-relay / agent-relay (below 1: trio-relay is faster or smaller); the third"
+        " column is agent-relay's driver against trio-relay's agent-relay API (its ratio also"
+        " to agent-relay)."
+    )
     for name, runs in results.items():
         outcomes = sorted({o for r in runs for o in r.get("delivery_outcomes", [])})
         found = {n: [r.get(f"agents_found_{n}") for r in runs] for n in args.agents}
@@ -703,7 +738,7 @@ def table(
 
 async def main_async(args: argparse.Namespace) -> None:
     binary: Path | None = None
-    systems = ["trio-relay"]
+    systems = ["trio-relay", COMPAT]
     if not args.skip_agent_relay:
         found = agent_relay_binary(install=True)
         if isinstance(found, str):
@@ -746,10 +781,10 @@ async def main_async(args: argparse.Namespace) -> None:
     rows = table(results, args)
     if args.markdown:
         print()
-        print("| figure | trio-relay | agent-relay | ratio |")
-        print("|---|---:|---:|---:|")
-        for label, a, b, ratio in rows:
-            print(f"| {label.strip()} | {a} | {b} | {ratio} |")
+        print("| figure | trio-relay | agent-relay | ratio | trio-relay, agent-relay API | ratio |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for label, a, b, ratio, c, c_ratio in rows:
+            print(f"| {label.strip()} | {a} | {b} | {ratio} | {c} | {c_ratio} |")
 
 
 def main() -> None:

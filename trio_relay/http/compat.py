@@ -318,6 +318,7 @@ class _Api:
         return {
             "success": True,
             "event_id": ids[0] if ids else None,
+            **({"delivery_id": ids[0]} if to != "*" else {}),
             "targets": targets,
             "delivery_ids": ids,
             "local": True,

@@ -26,9 +26,12 @@ class HttpBroker:
 
 
 @pytest.fixture
-def http_broker(tmp_path: Path) -> Iterator[HttpBroker]:
+def http_broker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HttpBroker]:
+    """Options for `up` come from ``@pytest.mark.up_options(...)``."""
     state = tmp_path / "state"
-    started = relay("up", "--detach", "--state-dir", str(state), "--http", "127.0.0.1:0")
+    marker = request.node.get_closest_marker("up_options")
+    options = list(marker.args) if marker else []
+    started = relay("up", "--detach", "--state-dir", str(state), "--http", "127.0.0.1:0", *options)
     assert started.returncode == 0, started.stderr
     connection = StateDir(state).read_connection()
     assert connection is not None and connection.http is not None

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH = 256
+#: Open /ws streams at most; one more is refused (503).
+MAX_STREAMS = 1024
 #: Delivery bodies kept for relay_inbound frames (one store read per delivery, not per
 #: subscriber).
 BODIES_KEPT = 1024
@@ -281,11 +283,16 @@ async def serve_events(websocket: WebSocket, site: Site) -> None:
             JSONResponse(error_body(exc.code, str(exc)), status_code=exc.status)
         )
         return
+    if site.streams >= MAX_STREAMS:
+        refusal = error_body("unavailable", f"{MAX_STREAMS} /ws streams are open")
+        await websocket.send_denial_response(JSONResponse(refusal, status_code=503))
+        return
     broker = site.server.operations.broker
     wanted = event_filter(caller.principal.agent, None)
     stream = broker.events.subscribe(since)
     await websocket.accept()
     argv = {a.name: a.argv for a in broker.agents()}
+    site.streams += 1
     try:
         async for first in stream:
             frames: list[dict[str, Any]] = []
@@ -301,6 +308,8 @@ async def serve_events(websocket: WebSocket, site: Site) -> None:
                 await websocket.send_text(json.dumps(frame))
     except (WebSocketDisconnect, RuntimeError, OSError) as exc:
         log.debug("a /ws client left: %s", exc)  # starlette: RuntimeError once it is closed
+    finally:
+        site.streams -= 1
 
 
 async def _inbound(event: DeliveryQueuedEvent, bodies: Bodies) -> dict[str, Any]:

@@ -55,6 +55,7 @@ class Site:
         self.url = ""
         self.closing = trio.Event()
         self.bodies = compat_events.Bodies(self)
+        self.streams = 0  # open /ws streams
         routes: list[BaseRoute] = [
             *compat.routes(self),
             WebSocketRoute("/ws", self._events),

@@ -48,6 +48,7 @@ EVENTS = [
     wire.AgentIdle(agent="a"),
     wire.AgentActivity(agent="a", from_="starting", to="idle", text="❯"),
     wire.AgentOutput(agent="a", offset=3, data="out"),
+    wire.AgentResized(agent="a", rows=30, cols=100),
     wire.AgentExited(agent="a", code=None, signal=9, intended=False, reason="killed by SIGKILL"),
     wire.SpawnFailedEvent(agent="a", error="No such file", errno=2),
     wire.AgentRestarting(agent="a", attempt=1, delay=0.5),

@@ -19,7 +19,7 @@ from trio_relay import open_broker
 from trio_relay.control.auth import Principal
 from trio_relay.control.server import ControlServer
 from trio_relay.http.site import Site
-from trio_relay.wire import SpawnOp
+from trio_relay.wire import ResizeOp, SpawnOp
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -112,6 +112,12 @@ async def test_dashboard_shows_agents_terminals_and_deliveries(
         await page.wait_for(
             f"{screen}.split('\\n').some(line => line.trim() == 'hi')", "bash's answer 'hi'"
         )
+
+        # the terminal follows the agent's size
+        await operations.perform(ResizeOp(id="r", name="shell", rows=30, cols=100), Principal())
+        size = "document.querySelector('#agent-size').textContent"
+        await page.wait_for(f"{size} == '30x100'", "the terminal resized with the agent")
+        await page.wait_for(f"{screen}.includes('ready$')", "the prompt, repainted")
 
         # a message to the reader, seen verified
         await page.evaluate("document.querySelector('#agents tr[data-agent=\"reader\"]').click()")

@@ -34,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
         "http",
     },
     "agent_tools": {"errors", "wire", "client", "__init__"},
-    "http": {"errors", "wire", "broker", "control", "__init__"},
+    "http": {"errors", "wire", "linux", "broker", "control", "__init__"},
     "cli": {
         *("errors", "wire", "linux", "state", "address", "client", "profiles", "agent_tools"),
         *("daemon", "daemonize", "__init__"),

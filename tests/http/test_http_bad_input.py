@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import sys
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from helpers import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,6 +87,8 @@ BAD_REQUESTS = [
     ("GET", "/api/spawned/nobody/pending", None, 404, "agent_not_found"),
     ("POST", "/api/spawned/nobody/flush", None, 404, "agent_not_found"),
     ("POST", "/api/dead-letters/redeliver", b"{}", 400, "invalid_request"),
+    ("POST", "/api/dead-letters/redeliver", b'{"id": ""}', 400, "invalid_request"),
+    ("POST", "/api/send", b"[" * 200_000, 400, "invalid_request"),
     ("POST", "/api/dead-letters/redeliver", b'{"id": "nope"}', 404, "agent_not_found"),
     ("GET", "/api/metrics?agent=nobody", None, 404, "agent_not_found"),
     ("GET", "/api/no-such-route", None, 404, "not_found"),
@@ -182,3 +186,46 @@ def test_dashboard_login_is_one_time_and_cookies_need_the_csrf_token(http_broker
     assert status == 303
     status, page = call(http_broker, "GET", "/", key=None, headers=with_cookie)
     assert "csrf-token" not in page, "logged out"
+
+
+AGENT_SCRIPT = """
+import os, urllib.request
+request = urllib.request.Request(
+    os.environ["URL"] + "/api/spawned/victim", method="DELETE",
+    headers={"X-API-Key": os.environ["OWNER_TOKEN"]},
+)
+try:
+    urllib.request.urlopen(request, timeout=10)
+    print("STATUS 200", flush=True)
+except urllib.error.HTTPError as exc:
+    print(f"STATUS {exc.code}", flush=True)
+input()
+"""
+
+
+def test_an_agents_process_acts_as_that_agent_whatever_key_it_shows(http_broker: Any) -> None:
+    status, _ = call(
+        http_broker, "POST", "/api/spawn", json.dumps({"name": "victim", "cli": "cat"})
+    )
+    assert status == 200
+    relay = http_broker.relay.invoke(
+        "spawn",
+        "thief",
+        "--env",
+        f"URL={http_broker.url}",
+        "--env",
+        f"OWNER_TOKEN={http_broker.token}",
+        "--",
+        sys.executable,
+        "-c",
+        AGENT_SCRIPT,
+    )
+    assert relay.exit_code == 0, relay.output
+
+    def screen() -> str:
+        return call(http_broker, "GET", "/api/spawned/thief/snapshot")[1].get("screen", "")
+
+    wait_for(lambda: "STATUS" in screen(), timeout=20)
+    assert "STATUS 403" in screen(), screen()
+    _, listed = call(http_broker, "GET", "/api/spawned")
+    assert {a["name"] for a in listed["agents"]} == {"victim", "thief"}

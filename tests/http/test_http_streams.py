@@ -78,3 +78,19 @@ async def test_ws_says_replay_gap_when_the_history_is_gone(http_broker: Any) -> 
     assert second["seq"] == first["oldestAvailable"], "then the oldest event held"
     status, body = handshake(http_broker, "/ws?sinceSeq=oops", **{"X-API-Key": http_broker.token})
     assert status == 400 and body["error"]["code"] == "invalid_request"
+
+
+async def test_ws_from_a_seq_the_broker_never_reached_replays_what_it_holds(
+    http_broker: Any,
+) -> None:
+    # a client that counted with an earlier run of the broker is not left waiting
+    async with open_client(url=f"{http_broker.ws}/control", token=http_broker.token) as client:
+        await client.spawn("c1", ["cat"])
+    headers = [("X-API-Key", http_broker.token)]
+    url = f"{http_broker.ws}/ws?sinceSeq=999999"
+    async with open_websocket_url(url, extra_headers=headers) as ws:
+        with trio.fail_after(10):
+            first = json.loads(await ws.get_message())
+            second = json.loads(await ws.get_message())
+    assert first["kind"] == "replay_gap" and first["requestedSinceSeq"] == 999999
+    assert (second["kind"], second["seq"]) == ("agent_spawned", 1)

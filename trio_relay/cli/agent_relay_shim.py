@@ -64,7 +64,7 @@ def init(
     except StateDirError as exc:
         raise click.BadParameter(str(exc), param_hint="--state-dir") from None
     configure_logging(state, verbose)
-    key = os.environ.get(KEY_VARIABLE, "")
+    key = os.environ.pop(KEY_VARIABLE, "")  # an owner key: not passed on to the agents
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

@@ -154,7 +154,7 @@ def up(
 
     variable = options.pop("api_key_env")
     if variable is not None:
-        key = os.environ.get(variable, "")
+        key = os.environ.pop(variable, "")  # not passed on to the agents
         if not key:
             raise click.BadParameter(f"${variable} is not set", param_hint="--api-key-env")
         options["api_keys"] = [key]

@@ -68,6 +68,8 @@ MODES = {"auto_inject": "auto_inject", "manual_flush": "hold"}
 ENDED = ("exited", "released", "gave_up", "failed")
 HUMAN = "human:orchestrator"
 MAX_BODY = 4 * 1024 * 1024
+#: "All" for a listing (the store's own retention bounds it).
+ALL = 1 << 31
 
 Handler = Callable[[Request, Caller], Awaitable[Any]]
 
@@ -102,8 +104,7 @@ def routes(site: Site) -> list[BaseRoute]:
 
 def _endpoint(site: Site, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        caller = site.guard.caller(headers, request.method)
+        caller = await site.caller(request)
         try:
             result = await handler(request, caller)
         except Refused:
@@ -122,15 +123,20 @@ def _endpoint(site: Site, handler: Handler) -> Callable[[Request], Awaitable[Res
 async def _json(request: Request, *, optional: bool = False) -> dict[str, Any]:
     """The request's JSON object; {} for an empty body where ``optional``. Raises Refused
     (400 ``invalid_request``) for anything else."""
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise Refused(413, "payload_too_large", f"the body is over {MAX_BODY} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # stops reading past the limit
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise Refused(413, "payload_too_large", f"the body is over {MAX_BODY} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     if not body.strip() and optional:
         return {}
     try:
         value = json.loads(body)
-    except ValueError as exc:
-        raise Refused(400, "invalid_request", f"the body is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        problem = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise Refused(400, "invalid_request", f"the body is not JSON: {problem}") from None
     if not isinstance(value, dict):
         raise Refused(400, "invalid_request", "the body must be a JSON object")
     return value
@@ -234,7 +240,12 @@ class _Api:
             self.models[name] = model
         task = _field(data, str, "task")
         if task and task.strip():
-            await self.call(caller, SendOp, to=name, body=task, sender="broker")
+            try:
+                await self.call(caller, SendOp, to=name, body=task, sender="broker")
+            except BaseException:  # a spawn whose task was refused is not left running
+                with trio.CancelScope(shield=True):
+                    await self.call(caller, ReleaseOp, name=name)
+                raise
         return {
             "success": True,
             "name": name,
@@ -426,15 +437,19 @@ class _Api:
         return {"flushed": found["count"]}
 
     async def dead_letters(self, request: Request, caller: Caller) -> Any:
-        found = await self.call(caller, DeadLettersOp, limit=1000)
+        found = await self.call(caller, DeadLettersOp, limit=ALL)
         return {"count": len(found), "dead_letters": [_dead_letter(d) for d in found]}
 
     async def redeliver(self, request: Request, caller: Caller) -> Any:
         data = await _json(request)
         one, every = _field(data, str, "id", "delivery_id"), data.get("all") is True
-        if (one is None) == (not every):
+        if (one is None) == (not every) or one == "":
             raise Refused(400, "invalid_request", "provide exactly one of 'id' or 'all: true'")
-        ids = [one] if one else [d["delivery_id"] for d in await self.call(caller, DeadLettersOp)]
+        if one is not None:
+            ids = [one]
+        else:
+            found = await self.call(caller, DeadLettersOp, limit=ALL)
+            ids = [d["delivery_id"] for d in found]
         done, skipped = [], []
         for delivery_id in ids:
             try:
@@ -458,7 +473,7 @@ class _Api:
     async def status(self, request: Request, caller: Caller) -> Any:
         agents = await self.running(caller)
         dead = (
-            await self.call(caller, DeadLettersOp, limit=1000)
+            await self.call(caller, DeadLettersOp, limit=ALL)
             if caller.principal.agent is None
             else []
         )

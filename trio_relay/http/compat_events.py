@@ -271,9 +271,8 @@ def _who(name: str, argv: dict[str, list[str]]) -> dict[str, Any]:
 async def serve_events(websocket: WebSocket, site: Site) -> None:
     """One ``/ws`` connection: refused before the handshake for a bad key or origin, then
     replay and live events until the client leaves."""
-    headers = {k.lower(): v for k, v in websocket.headers.items()}
     try:
-        caller = site.guard.caller(headers, "GET", websocket=True)
+        caller = await site.caller(websocket, websocket=True)
         since = _since(
             websocket.query_params.get("sinceSeq", websocket.query_params.get("since_seq"))
         )
@@ -287,29 +286,44 @@ async def serve_events(websocket: WebSocket, site: Site) -> None:
         refusal = error_body("unavailable", f"{MAX_STREAMS} /ws streams are open")
         await websocket.send_denial_response(JSONResponse(refusal, status_code=503))
         return
-    broker = site.server.operations.broker
-    wanted = event_filter(caller.principal.agent, None)
-    stream = broker.events.subscribe(since)
-    await websocket.accept()
-    argv = {a.name: a.argv for a in broker.agents()}
-    site.streams += 1
+    site.streams += 1  # before the handshake's await: the cap holds under concurrency
     try:
-        async for first in stream:
-            frames: list[dict[str, Any]] = []
-            for event in [first, *stream.ready(BATCH - 1)]:
-                if not wanted(event):
-                    continue
-                if isinstance(event, AgentSpawned):
-                    argv[event.agent] = event.argv
-                if isinstance(event, DeliveryQueuedEvent) and not event.redelivery:
-                    frames.append(await _inbound(event, site.bodies))
-                frames.extend(translate(event, argv))
-            for frame in frames:
-                await websocket.send_text(json.dumps(frame))
+        await _stream(websocket, site, caller.principal.agent, since)
     except (WebSocketDisconnect, RuntimeError, OSError) as exc:
         log.debug("a /ws client left: %s", exc)  # starlette: RuntimeError once it is closed
     finally:
         site.streams -= 1
+
+
+async def _stream(websocket: WebSocket, site: Site, agent: str | None, since: int) -> None:
+    broker = site.server.operations.broker
+    wanted = event_filter(agent, None)
+    events = broker.events
+    ahead = since > events.last_seq  # numbered by another run of the broker: all it holds
+    stream = events.subscribe(events.first_seq - 1 if ahead else since)
+    await websocket.accept()
+    gap = {
+        "kind": "replay_gap",
+        "requestedSinceSeq": since,
+        "oldestAvailable": events.first_seq,
+        "seq": events.last_seq,
+        "droppedCount": 0,
+    }
+    argv = {a.name: a.argv for a in broker.agents()}
+    if ahead:
+        await websocket.send_text(json.dumps(gap))
+    async for first in stream:
+        frames: list[dict[str, Any]] = []
+        for event in [first, *stream.ready(BATCH - 1)]:
+            if not wanted(event):
+                continue
+            if isinstance(event, AgentSpawned):
+                argv[event.agent] = event.argv
+            if isinstance(event, DeliveryQueuedEvent) and not event.redelivery:
+                frames.append(await _inbound(event, site.bodies))
+            frames.extend(translate(event, argv))
+        for frame in frames:
+            await websocket.send_text(json.dumps(frame))
 
 
 async def _inbound(event: DeliveryQueuedEvent, bodies: Bodies) -> dict[str, Any]:

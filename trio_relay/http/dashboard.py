@@ -80,7 +80,7 @@ def routes(site: Site) -> list[BaseRoute]:
         return response
 
     async def logout(request: Request) -> Response:
-        caller = site.guard.caller(_headers(request), request.method)
+        caller = await site.caller(request)
         if caller.session is not None:
             site.sessions.end(caller.session.id)
         response = RedirectResponse("/", status_code=303, headers=HEADERS)

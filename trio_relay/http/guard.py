@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from trio_relay.control.auth import Principal, token_principal
 from trio_relay.http.sessions import COOKIE, Session, Sessions
+from trio_relay.linux.peers import UNPLACED
+
+log = logging.getLogger(__name__)
 
 #: Methods that change nothing; every other one needs the CSRF token with a cookie.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -91,10 +95,34 @@ class Guard:
             raise Refused(403, "forbidden_origin", f"origin {origin!r} is not allowed")
         return own
 
-    def caller(self, headers: Mapping[str, str], method: str, *, websocket: bool = False) -> Caller:
-        """The caller of a request with ``headers`` (lower-case names). Raises Refused:
-        401 ``unauthorized`` without a valid credential, 403 ``csrf`` for a cookie-borne
-        state-changing request without its token or from another origin."""
+    def caller(
+        self,
+        headers: Mapping[str, str],
+        method: str,
+        *,
+        websocket: bool = False,
+        process_of: str | None = None,
+    ) -> Caller:
+        """The caller of a request with ``headers`` (lower-case names); ``process_of`` is
+        the agent whose process sent it (callers.py): it then acts as that agent whatever
+        credential it shows. Raises Refused: 401 ``unauthorized`` without a valid
+        credential, 403 ``csrf`` for a cookie-borne state-changing request without its
+        token or from another origin, 403 ``forbidden`` from an agent's process that
+        cannot be placed with one agent."""
+        caller = self._credential(headers, method, websocket)
+        if process_of == UNPLACED:
+            raise Refused(
+                403,
+                "forbidden",
+                "this request comes from an agent's process that the broker cannot place"
+                " with one running agent; agents use their own TRIO_RELAY_TOKEN",
+            )
+        if process_of is not None and caller.principal.agent != process_of:
+            log.warning("a process of agent %r called with another's credential", process_of)
+            return Caller(Principal(process_of))
+        return caller
+
+    def _credential(self, headers: Mapping[str, str], method: str, websocket: bool) -> Caller:
         own_origin = self.check_browser(headers)
         key = headers.get("x-api-key")
         if key is None:

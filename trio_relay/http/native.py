@@ -10,14 +10,17 @@ the client leaves. Cancellation ends it, like the listener's.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from trio_websocket import CloseReason, ConnectionClosed
 
 from trio_relay.control.auth import Principal
-from trio_relay.control.server import ControlServer
-from trio_relay.http.guard import Guard, Refused
+from trio_relay.http.guard import Refused
+
+if TYPE_CHECKING:
+    from trio_relay.http.site import Site
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +66,11 @@ class AsgiWebSocket:
             log.debug("closing a /control connection: %s", exc)
 
 
-async def serve_control(websocket: WebSocket, guard: Guard, server: ControlServer) -> None:
+async def serve_control(websocket: WebSocket, site: Site) -> None:
     """One ``/control`` connection, from handshake to close."""
+    server = site.server
     try:
-        caller = guard.caller(dict(_headers(websocket)), "GET", websocket=True)
+        caller = await site.caller(websocket, websocket=True)
     except Refused as exc:
         log.warning("refused a /control connection: %s", exc)
         await websocket.send_denial_response(_denial(exc.status, str(exc)))
@@ -78,10 +82,6 @@ async def serve_control(websocket: WebSocket, guard: Guard, server: ControlServe
         return
     await websocket.accept()
     await server.run_connection(AsgiWebSocket(websocket), admitted)
-
-
-def _headers(websocket: WebSocket) -> list[tuple[str, str]]:
-    return [(k.lower(), v) for k, v in websocket.headers.items()]
 
 
 def _denial(status: int, reason: str) -> PlainTextResponse:

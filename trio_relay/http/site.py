@@ -16,14 +16,15 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from trio_relay.control.server import DEFAULT_MAX_MESSAGE, ControlServer
 from trio_relay.http import compat, compat_events, dashboard
-from trio_relay.http.guard import Guard, Refused, error_body
+from trio_relay.http.callers import Callers
+from trio_relay.http.guard import Caller, Guard, Refused, error_body
 from trio_relay.http.native import serve_control
 from trio_relay.http.sessions import Sessions
 
@@ -55,6 +56,7 @@ class Site:
         self.url = ""
         self.closing = trio.Event()
         self.bodies = compat_events.Bodies(self)
+        self.callers = Callers(server.broker.agent_processes)
         self.streams = 0  # open /ws streams
         routes: list[BaseRoute] = [
             *compat.routes(self),
@@ -70,6 +72,15 @@ class Site:
                 Exception: _internal,
             },
         )
+
+    async def caller(self, connection: HTTPConnection, *, websocket: bool = False) -> Caller:
+        """Who sent ``connection`` (a request or a WebSocket handshake): see guard.py and
+        callers.py. Raises Refused."""
+        headers = {k.lower(): v for k, v in connection.headers.items()}
+        method = connection.scope.get("method", "GET")
+        client, server = connection.scope.get("client"), connection.scope.get("server")
+        process_of = await self.callers.agent_of(client, server)
+        return self.guard.caller(headers, method, websocket=websocket, process_of=process_of)
 
     def login_url(self) -> str:
         """A one-time dashboard login URL (see sessions.py)."""
@@ -101,7 +112,7 @@ class Site:
         await compat_events.serve_events(websocket, self)
 
     async def _control(self, websocket: WebSocket) -> None:
-        await serve_control(websocket, self.guard, self.server)
+        await serve_control(websocket, self)
 
 
 async def _refused(request: Request, exc: Exception) -> Response:

@@ -58,8 +58,8 @@ def peer_processes(sock: socket.socket) -> list[int] | None:
         return None  # gone already
     if not ipaddress.ip_address(peer[0]).is_loopback:
         return None
-    inode = _tcp_inode(sock.family, peer[:2], local[:2])
-    return _socket_holders(inode) if inode else None
+    inode = tcp_inode(sock.family, peer[:2], local[:2])
+    return socket_holders(inode) if inode else None
 
 
 def owner_agent(pids_: Iterable[int], agents: AgentProcesses) -> str | None:
@@ -99,7 +99,7 @@ def _tags(pid: int) -> dict[str, str]:
     return out
 
 
-def _tcp_inode(family: int, peer: tuple[str, int], local: tuple[str, int]) -> int | None:
+def tcp_inode(family: int, peer: tuple[str, int], local: tuple[str, int]) -> int | None:
     """The inode of the socket whose local end is ``peer`` and remote end ``local``."""
     table = "/proc/net/tcp6" if family == socket.AF_INET6 else "/proc/net/tcp"
     want = (_proc_address(family, *peer), _proc_address(family, *local))
@@ -123,6 +123,6 @@ def _proc_address(family: int, host: str, port: int) -> str:
     return "".join(f"{word:08X}" for word in words) + f":{port:04X}"
 
 
-def _socket_holders(inode: int) -> list[int] | None:
+def socket_holders(inode: int) -> list[int] | None:
     target = f"socket:[{inode}]"
     return [pid for pid in pids() if holds(pid, target)] or None

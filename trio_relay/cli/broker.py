@@ -207,7 +207,8 @@ def _start_detached(state: StateDir, forwarded: list[str]) -> None:
     while time.monotonic() < deadline:
         connection = state.read_connection()
         if connection is not None and connection.pid == pid:
-            click.echo(f"broker running: pid {pid}, {connection.url}, state in {state.path}")
+            http = f", HTTP on {connection.http}" if connection.http else ""
+            click.echo(f"broker running: pid {pid}, {connection.url}{http}, state in {state.path}")
             return
         if not pid or not process_alive(pid):
             break

@@ -26,13 +26,14 @@ RELAY_CLI = f"{sys.executable} -m trio_relay"
 
 async def until(events: list[dict[str, Any]], test: Any, what: str, timeout: float = 20) -> Any:
     """The first event in ``events`` (filled by the SDK's listener) passing ``test``."""
-    async with asyncio.timeout(timeout):
-        while True:
-            found = next((e for e in events if test(e)), None)
-            if found is not None:
-                return found
-            await asyncio.sleep(0.02)
-    raise AssertionError(what)  # pragma: no cover
+    try:
+        async with asyncio.timeout(timeout):
+            while (found := next((e for e in events if test(e)), None)) is None:
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        kinds = [e.get("kind") for e in events[-20:]]
+        raise AssertionError(f"no {what} within {timeout} s; the last events: {kinds}") from None
+    return found
 
 
 def test_client_main_flow(http_broker: Any) -> None:

@@ -12,6 +12,7 @@ left) cancels the operation; what the broker committed by then stays committed.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import time
@@ -167,7 +168,7 @@ class _Api:
         self.operations = site.server.operations
         self.broker = site.server.operations.broker
         self.models: dict[str, str] = {}  # agent -> the model its spawn named
-        self._ids = iter(range(1, 1 << 62))
+        self._ids = itertools.count(1)
 
     async def call(self, caller: Caller, op: type[ControlRequest], **fields: Any) -> Any:
         request = op(id=f"http-{next(self._ids)}", **fields)

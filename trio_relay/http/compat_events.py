@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from trio_relay.control.connection import event_filter
-from trio_relay.errors import signal_name
+from trio_relay.errors import DeliveryNotFound, StoreError, signal_name
 from trio_relay.http.guard import Refused, error_body
 from trio_relay.wire import (
     AgentActivity,
@@ -73,8 +73,8 @@ class Bodies:
         if found is None:
             try:
                 record = await self._broker.delivery(delivery_id)
-            except Exception as exc:  # pruned or unreadable: the frame goes without a body
-                log.debug("no body for relay_inbound of %s: %s", delivery_id, exc)
+            except (DeliveryNotFound, StoreError) as exc:  # pruned, or the store failed
+                log.warning("relay_inbound of %s goes without its body: %s", delivery_id, exc)
                 return None
             found = {"body": record.body, "thread": record.thread}
             self._kept[delivery_id] = found

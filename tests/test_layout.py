@@ -31,10 +31,11 @@ ALLOWED: dict[str, set[str]] = {
     "daemonize": set(),
     "daemon": {
         *("errors", "wire", "linux", "state", "broker", "control", "client", "profiles"),
-        "http",
+        *("http", "cluster"),
     },
     "agent_tools": {"errors", "wire", "client", "__init__"},
     "http": {"errors", "wire", "linux", "broker", "control", "__init__"},
+    "cluster": {"errors", "wire", "broker"},
     "cli": {
         *("errors", "wire", "linux", "state", "address", "client", "profiles", "agent_tools"),
         *("daemon", "daemonize", "__init__"),

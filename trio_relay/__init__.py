@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         BrokerAlreadyRunning,
         BrokerUnreachable,
         ChannelClosed,
+        ClusterUnavailable,
         DeliveryNotFound,
         DeliveryStateError,
         DeliveryTimeout,
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _ERRORS = (
-    "AgentExists BadAddress BrokerAlreadyRunning BrokerUnreachable ChannelClosed DeliveryNotFound"
+    "AgentExists BadAddress BrokerAlreadyRunning BrokerUnreachable ChannelClosed ClusterUnavailable DeliveryNotFound"
     " DeliveryStateError DeliveryTimeout Forbidden InputQueueFull IntakeClosed ProfileError"
     " ProtocolError"
     " RelayError RemoteError RequestTimeout SpawnFailed StateDirError StoreError TooMany"

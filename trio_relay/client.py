@@ -39,6 +39,7 @@ from trio_relay.wire import (
     AgentSummary,
     BrokerEvent,
     BrokerStatus,
+    ClusterAgentSummary,
     ControlError,
     DeliveryRecord,
     FlushResult,
@@ -309,6 +310,10 @@ class RelayClient:
     async def agents(self) -> list[AgentSummary]:
         return await self._ask(list[AgentSummary], "agents")
 
+    async def cluster_agents(self) -> list[ClusterAgentSummary]:
+        """Every agent of every broker in the broker's cluster."""
+        return await self._ask(list[ClusterAgentSummary], "agents", cluster=True)
+
     async def release(self, name: str) -> AgentSummary:
         return await self._ask(AgentSummary, "release", name=name)
 
@@ -398,17 +403,23 @@ class RelayClient:
 
     @asynccontextmanager
     async def subscribe(
-        self, since: int | None = None, *, agent: str | None = None, kinds: list[str] | None = None
+        self,
+        since: int | None = None,
+        *,
+        agent: str | None = None,
+        kinds: list[str] | None = None,
+        cluster: bool = False,
     ) -> AsyncIterator[EventStream]:
         """Events numbered above ``since`` (None: from now) as an async iterator of
         :mod:`~trio_relay.wire` event Structs, until the block ends. Events the
         application does not read in time become a Gap, never a silent hole. Leaving the
-        block unsubscribes (shielded, for at most 2 s)."""
+        block unsubscribes (shielded, for at most 2 s). ``cluster``: every broker's events
+        of the broker's cluster, as ClusterEvent."""
         request_id = next(self._ids)
         subscription = EventStream()
         self._subscriptions[request_id] = subscription
         try:
-            fields = {"since": since, "agent": agent, "kinds": kinds}
+            fields = {"since": since, "agent": agent, "kinds": kinds, "cluster": cluster}
             answer = _as(_Subscribed, await self._call(request_id, "subscribe", fields))
             subscription.last_seq = answer.last_seq
             subscription.replay_end = (

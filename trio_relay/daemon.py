@@ -56,6 +56,9 @@ async def run_daemon(
     on_attention: str | None = None,
     http: tuple[str, int] | None = None,
     api_keys: Sequence[str] = (),
+    cluster: str | None = None,
+    broker_name: str | None = None,
+    cluster_lease: float = 10.0,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the broker until SIGINT, SIGTERM or a ``shutdown`` request; ``started`` gives the
@@ -63,10 +66,12 @@ async def run_daemon(
     agent turns to ``attention`` (see :mod:`trio_relay.broker.attention`). ``http``: the
     host and port of the HTTP port (agent-relay's API, ``/control`` and the dashboard;
     see :mod:`trio_relay.http`), whose url goes in the connection file; ``api_keys``: keys
-    the HTTP port takes as the owner's besides the token.
+    the HTTP port takes as the owner's besides the token. ``cluster``: the libpq URL of
+    the cluster's PostgreSQL to join as ``broker_name`` (default: the host name; see
+    :mod:`trio_relay.cluster`).
 
     Raises BrokerAlreadyRunning if another broker holds the state directory, OSError if a
-    port cannot be bound. Every agent is released before this returns.
+    port cannot be bound, ClusterUnavailable if the cluster cannot be joined. Every agent is released before this returns.
     """
     state.acquire_lock()
     try:
@@ -100,8 +105,15 @@ async def run_daemon(
                     _tell_agents_where(
                         broker, server, f"{UNIX_SCHEME}://{socket}" if socket else url
                     )
+                    member = None
+                    if cluster is not None:
+                        member = await _join_cluster(
+                            nursery, server, cluster, broker_name, url, cluster_lease
+                        )
                     for info in await broker.respawn():
                         log.info("respawned %s (pid %s)", info.name, info.pid)
+                    if member is not None:
+                        await member.after_respawn()
                     state.write_connection(url, socket, http=site.url if site else None)
                     log.info(
                         "broker %s listening on %s (state in %s)", os.getpid(), url, state.path
@@ -140,6 +152,28 @@ async def _serve_http(
     server.operations.login_url = site.login_url
     log.info("HTTP on %s (agent-relay's API, /control, the dashboard)", site.url)
     return site
+
+
+async def _join_cluster(
+    nursery: trio.Nursery,
+    server: ControlServer,
+    dsn: str,
+    name: str | None,
+    url: str,
+    lease: float,
+) -> Any:
+    """Join the cluster (its client is imported only now) before the agents are respawned,
+    so their names are claimed there; returns the membership."""
+    from trio_relay.cluster.member import ClusterMember, default_broker_name
+
+    member = ClusterMember(
+        server.operations.broker, dsn, name or default_broker_name(), lease=lease
+    )
+    member.control_url = url
+    await nursery.start(member.run)
+    server.operations.cluster = member
+    log.info("joined the cluster as broker %r", member.name)
+    return member
 
 
 def _socket_path(state: StateDir) -> str | None:

@@ -19,6 +19,8 @@ CLI turns into its exit code, and what a client raises again as :class:`RemoteEr
     ├── ChannelClosed              worker_exited  the worker's stdin broke first
     ├── InputQueueFull             overloaded     the worker does not read its input
     ├── StoreError                 store_error    SQLite could not commit
+    ├── ClusterUnavailable         cluster_unavailable  PostgreSQL did not answer, or the
+    │                                             agent's broker is unreachable
     ├── Forbidden                  forbidden      beyond the caller's scope
     ├── TooMany                    too_many       a connection limit is reached
     ├── StateDirError              state_dir      the path cannot be a state directory
@@ -43,6 +45,7 @@ __all__ = [
     "BrokerAlreadyRunning",
     "BrokerUnreachable",
     "ChannelClosed",
+    "ClusterUnavailable",
     "DeliveryNotFound",
     "DeliveryStateError",
     "DeliveryTimeout",
@@ -110,8 +113,8 @@ class AgentExists(RelayError):
 
     error_code = "conflict"
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"an agent named {name!r} already exists")
+    def __init__(self, name: str, where: str | None = None) -> None:
+        super().__init__(f"an agent named {name!r} already exists{where and f' ({where})' or ''}")
         self.name = name
 
 
@@ -210,6 +213,13 @@ class StoreError(RelayError):
     def __init__(self, operation: str, error: BaseException | str) -> None:
         super().__init__(f"store: cannot {operation}: {error}")
         self.operation, self.error = operation, str(error)
+
+
+class ClusterUnavailable(RelayError):
+    """The cluster's PostgreSQL did not answer (nothing was accepted), or the broker that
+    runs the agent has lost its lease."""
+
+    error_code = "cluster_unavailable"
 
 
 class Forbidden(RelayError):

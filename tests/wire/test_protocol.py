@@ -66,6 +66,7 @@ EVENTS = [
     wire.DeliveryRetryingEvent(agent="a", delivery_id="d", attempt=2, error="no ack"),
     wire.DeadLetterEvent(agent="a", delivery_id="d", attempts=5, error="no ack"),
     wire.StoreErrorEvent(operation="queue a delivery", error="database is locked"),
+    wire.ClusterEvent(broker="gpu-host", agent="a", event={"kind": "agent_ready", "seq": 3}),
     wire.Gap(first=3, last=9),
 ]
 

@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -54,6 +54,16 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 AgentInfo = AgentSummary
 
 
+class Registry(Protocol):
+    """Where agent names are claimed beyond this broker (a cluster's registry)."""
+
+    async def claim_name(self, name: str) -> None:
+        """Raises AgentExists if another broker runs ``name``."""
+
+    async def release_name(self, name: str) -> None:
+        """Never raises."""
+
+
 class Broker:
     """The operations on agents. Every request/response operation goes through
     :meth:`request_worker`; fire-and-forget ones write one frame and return."""
@@ -89,6 +99,9 @@ class Broker:
         #: Extra environment for each agent's child, by agent name (the control channel
         #: sets it: TRIO_RELAY_URL and the agent's scoped TRIO_RELAY_TOKEN).
         self.agent_environment: Callable[[str], Mapping[str, str]] | None = None
+        #: A cluster's registry of agent names (see trio_relay.cluster), or None: names
+        #: are then unique on this broker only.
+        self.registry: Registry | None = None
 
     async def spawn(
         self,
@@ -128,6 +141,8 @@ class Broker:
         now = time.time()
         self._spawning.add(name)  # from here on a second spawn of the name is refused
         try:
+            if self.registry is not None:
+                await self.registry.claim_name(name)
             mode = await self.store.write(
                 lambda conn: sql.put_agent(conn, name, stored, now), f"record agent {name!r}"
             )
@@ -139,6 +154,8 @@ class Broker:
                 # Not started (or the caller gave up before its hello): not one to respawn.
                 with trio.CancelScope(shield=True):
                     await self._forget_agent(name)
+                    if self.registry is not None:
+                        await self.registry.release_name(name)
                 raise
         finally:
             self._spawning.discard(name)
@@ -177,6 +194,9 @@ class Broker:
             released = await self.supervisor.release(name)
         finally:  # also if cancelled: the stop goes on, and it is no longer one to respawn
             self.delivery_engine.agent_released(name)
+            if self.registry is not None:
+                with trio.CancelScope(shield=True):
+                    await self.registry.release_name(name)
         return self._info(released)
 
     def _active(self, name: str) -> bool:

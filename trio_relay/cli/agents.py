@@ -106,11 +106,20 @@ def spawn(
 
 
 @command()
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="Every broker's agents in the broker's cluster, with their broker; an agent whose"
+    " broker lost its lease is `unreachable`.",
+)
 @pass_settings
-def ps(settings: Settings) -> None:
+def ps(settings: Settings, cluster: bool) -> None:
     """List the agents: state, pid, uptime, restarts, pending deliveries, last activity,
     last exit."""
-    settings.show(lambda c: c.agents(), render.agent_table)
+    if cluster:
+        settings.show(lambda c: c.cluster_agents(), render.cluster_agent_table)
+    else:
+        settings.show(lambda c: c.agents(), render.agent_table)
 
 
 @command()

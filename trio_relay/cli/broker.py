@@ -22,7 +22,7 @@ from trio_relay.cli.context import (
     pass_settings,
 )
 from trio_relay.cli.dashboard import HostPort
-from trio_relay.errors import BrokerAlreadyRunning, StateDirError, StoreError
+from trio_relay.errors import BrokerAlreadyRunning, ClusterUnavailable, StateDirError, StoreError
 from trio_relay.linux.procfs import process_alive
 from trio_relay.state import StateDir
 
@@ -109,6 +109,25 @@ class Duration(click.ParamType):
     help="The HTTP port also takes the key in environment variable VAR as the owner's"
     " (agent-relay's RELAY_BROKER_API_KEY, say), besides the token.",
 )
+@click.option(
+    "--cluster",
+    metavar="POSTGRESQL_URL",
+    envvar="TRIO_RELAY_CLUSTER",
+    help="Join the cluster whose PostgreSQL this libpq URL names (or $TRIO_RELAY_CLUSTER):"
+    " agents of every broker in it are seen and messaged from any of them. Off by default.",
+)
+@click.option(
+    "--broker-name",
+    metavar="NAME",
+    help="This broker's name in the cluster (default: the host name). Unique in it.",
+)
+@option_with_default(
+    "--cluster-lease",
+    default=10.0,
+    type=click.FloatRange(min=0.5),
+    help="Seconds this broker's cluster lease lasts without a heartbeat (renewed every"
+    " third of it); past it, its agents show as unreachable and may be taken over.",
+)
 @click.option("--detach", is_flag=True, help="Run in the background; return once it is ready.")
 @click.option(
     "--detached", is_flag=True, hidden=True, help="Started by --detach: log to broker.log only."
@@ -146,8 +165,12 @@ def up(
             *([f"--http={_host_port(options['http'])}"] if options["http"] else []),
             *([f"--api-key-env={options['api_key_env']}"] if options["api_key_env"] else []),
             *([f"--on-attention={options['on_attention']}"] if options["on_attention"] else []),
+            *([f"--broker-name={options['broker_name']}"] if options["broker_name"] else []),
+            f"--cluster-lease={options['cluster_lease']}",
             *(["-v"] if verbose else []),
         ]
+        if options["cluster"]:  # by the environment: a password in it stays out of `ps`
+            os.environ["TRIO_RELAY_CLUSTER"] = options["cluster"]
         _start_detached(state, forwarded)
         return
     from trio_relay.daemon import configure_logging, run_daemon
@@ -159,14 +182,24 @@ def up(
             raise click.BadParameter(f"${variable} is not set", param_hint="--api-key-env")
         options["api_keys"] = [key]
 
+    os.environ.pop("TRIO_RELAY_CLUSTER", None)  # not passed on to the agents
+    if options["broker_name"] is not None and not options["cluster"]:
+        raise click.BadParameter("a broker name is for a cluster: give --cluster too")
     configure_logging(state, verbose, to_stderr=not detached, max_bytes=int(log_max_mb * 1e6))
     try:
         trio.run(functools.partial(run_daemon, state, **options))
     except StoreError as exc:
         fail(exc, _store_problem(exc, state))
+    except ClusterUnavailable as exc:
+        fail(exc, f"cannot join the cluster: {exc}")
     except BrokerAlreadyRunning as exc:
         fail(exc)
     except BaseExceptionGroup as group:  # binding the port fails inside the broker's nurseries
+        joining = group.subgroup(ClusterUnavailable)
+        while isinstance(joining, BaseExceptionGroup):
+            joining = joining.exceptions[0]
+        if joining is not None:
+            fail(joining, f"cannot join the cluster: {joining}")
         bind = group.subgroup(OSError)
         if bind is None:
             raise
@@ -267,12 +300,19 @@ def prune(settings: Settings, older_than: float | None) -> None:
 @option_with_default("--since", default=0, type=int, help="Events numbered above SEQ.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until interrupted.")
 @click.option("--agent", help="Only this agent's events.")
+@click.option(
+    "--cluster",
+    "cluster",
+    is_flag=True,
+    help="Every broker's events in the broker's cluster, each line naming its broker"
+    " (no agent output; not kept across restarts of this broker).",
+)
 @pass_settings
-def events(settings: Settings, since: int, follow: bool, agent: str | None) -> None:
+def events(settings: Settings, since: int, follow: bool, agent: str | None, cluster: bool) -> None:
     """Print broker events (one per line; --json for JSON lines)."""
 
     async def stream(client: Any) -> None:
-        async with client.subscribe(since, agent=agent) as subscription:
+        async with client.subscribe(since, agent=agent, cluster=cluster) as subscription:
             # Without --follow: up to the newest event the filters pass (the broker says
             # which), whoever the very newest event belongs to.
             if not follow and subscription.replay_end <= since:

@@ -12,7 +12,13 @@ from typing import Any
 import click
 import msgspec
 
-from trio_relay.wire import AgentSummary, BrokerStatus, DeliveryRecord
+from trio_relay.wire import (
+    AgentSummary,
+    BrokerStatus,
+    ClusterAgentSummary,
+    ClusterEvent,
+    DeliveryRecord,
+)
 
 
 def emit(result: Any, as_json: bool, human: Callable[[Any], None] | None = None) -> None:
@@ -51,6 +57,9 @@ def broker_status(s: BrokerStatus) -> None:
     agents = ", ".join(f"{n} {state}" for state, n in sorted(s.agents.items())) or "none"
     click.echo(f"broker {s.version}  pid {s.pid}  {s.url}  up {age(time.time() - s.uptime)}")
     click.echo(f"agents: {agents}")
+    if s.cluster is not None:
+        link = "connected" if s.cluster.get("connected") else "PostgreSQL not answering"
+        click.echo(f"cluster: broker {s.cluster.get('broker')}, {link}")
     r = s.requests
     click.echo(
         f"requests: {r['pending']} pending, {r['completed']} completed, {r['timed_out']} timed out, "
@@ -96,6 +105,27 @@ def agent_table(agents: list[AgentSummary]) -> None:
             click.echo(f"{a.name}: messages wait: {a.waiting}")
 
 
+def cluster_agent_table(agents: list[ClusterAgentSummary]) -> None:
+    if not agents:
+        click.echo("no agents in the cluster")
+        return
+    table(
+        [
+            [
+                a.name,
+                a.broker,
+                a.state,
+                f"{a.activity} {age(a.activity_since)}",
+                a.profile or "-",
+                str(a.pid or "-"),
+                str(a.pending_deliveries),
+            ]
+            for a in agents
+        ],
+        ["NAME", "BROKER", "STATE", "ACTIVITY", "PROFILE", "PID", "PENDING"],
+    )
+
+
 def delivery_table(ds: list[DeliveryRecord], *, empty: str) -> None:
     """The deliveries ``ds``, or the line ``empty`` if there are none."""
     if not ds:
@@ -125,7 +155,12 @@ def event_line(event: Any, as_json: bool) -> None:
     fields = msgspec.structs.asdict(event)
     seq, stamp = fields.pop("seq"), fields.pop("time")
     kind = type(event).__struct_config__.tag
-    agent = fields.pop("agent", "")
+    agent = fields.pop("agent", "") or ""
+    if isinstance(event, ClusterEvent):  # [broker] and the broker's own event
+        inner = dict(event.event)
+        kind, stamp = f"[{event.broker}] {inner.pop('kind', '?')}", inner.pop("time", stamp)
+        inner.pop("agent", None)
+        fields = {"seq": inner.pop("seq", None), **inner}
     details = " ".join(f"{k}={v!r}" for k, v in fields.items() if v is not None)
     when = datetime.fromtimestamp(stamp).strftime("%H:%M:%S.%f")[:-3] if stamp else "-"
     click.echo(f"{seq:>6} {when} {kind:<22} {agent:<12} {details}".rstrip())

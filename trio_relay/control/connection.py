@@ -23,6 +23,7 @@ from trio_relay.control.operations import Operations
 from trio_relay.errors import TooMany, code_of
 from trio_relay.wire import (
     AgentEvent,
+    ClusterEvent,
     ControlAnswer,
     ControlError,
     ControlEvents,
@@ -146,7 +147,11 @@ class Connection:
             ) from None
         try:
             wanted = event_filter(self.principal.agent or op.agent, op.kinds)
-            events = self.operations.broker.events
+            events = (
+                self.operations.cluster_member("events --cluster").events
+                if op.cluster
+                else self.operations.broker.events
+            )
             stream = events.subscribe(
                 op.since
             )  # fixed now: no event falls between answer and stream
@@ -190,6 +195,10 @@ def event_filter(agent: str | None, kinds: list[str] | None) -> Callable[[Event]
     def wanted(event: Event) -> bool:
         if type(event) is Gap:
             return True
+        if type(event) is ClusterEvent:  # another broker's event, as it encoded it
+            return agent in (None, event.agent) and (
+                wanted_kinds is None or event.event.get("kind") in wanted_kinds
+            )
         if agent is not None and (not isinstance(event, AgentEvent) or event.agent != agent):
             return False
         return wanted_kinds is None or type(event).__struct_config__.tag in wanted_kinds

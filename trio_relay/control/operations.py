@@ -104,6 +104,9 @@ class Operations:
         self.login_url: Callable[[], str] | None = None
         self.started_at = time.time()
         self.shutdown_requested = trio.Event()
+        #: This broker's membership of a cluster (trio_relay.cluster), or None. In a
+        #: cluster, sends and the delivery queries go through the cluster's PostgreSQL.
+        self.cluster: Any = None
 
     async def perform(self, request: ControlRequest, principal: Principal) -> Any:
         """The result of ``request`` for ``principal``. Raises what the broker raises
@@ -116,6 +119,9 @@ class Operations:
                 return self._status(principal)
             case SpawnOp():
                 return _info(await self._spawn(request))
+            case AgentsOp(cluster=True):
+                found = await self.cluster_member("agents --cluster").agents()
+                return [a for a in found if principal.agent in (None, a.name)]
             case AgentsOp():
                 return [_info(a) for a in broker.agents() if principal.agent in (None, a.name)]
             case PeersOp():
@@ -127,6 +133,11 @@ class Operations:
                     await self._remove_overlay(name)
             case SendOp():
                 return await self._send(request, principal)
+            case DeliveriesOp(agent=agent, states=states, limit=limit, after=after) if (
+                self.cluster is not None
+            ):
+                wanted_states = tuple(states) if states else None
+                return await self.cluster.deliveries(agent, wanted_states, _positive(limit), after)
             case DeliveriesOp(agent=agent, states=states, limit=limit, after=after):
                 wanted = frozenset(states) if states else None
                 found = await broker.deliveries(
@@ -134,16 +145,22 @@ class Operations:
                 )
                 return [self._explained(d) for d in found]
             case DeliveryOp(delivery_id=delivery_id):
-                record = await broker.delivery(delivery_id)
+                record = await self._delivery(delivery_id)
                 check_party(principal, record.sender, record.agent, delivery_id)
                 return self._explained(record)
             case WaitOp(delivery_id=delivery_id, timeout=timeout):
                 _check_timeout(timeout)
-                record = await broker.delivery(delivery_id)
+                record = await self._delivery(delivery_id)
                 check_party(principal, record.sender, record.agent, delivery_id)
-                return await broker.wait_delivery(delivery_id, timeout)
+                return await self._wait(delivery_id, timeout)
+            case DeadLettersOp(agent=agent, limit=limit) if self.cluster is not None:
+                return await self.cluster.deliveries(
+                    agent, ("dead_letter",), _positive(limit), None
+                )
             case DeadLettersOp(agent=agent, limit=limit):
                 return [_info(d) for d in await broker.dead_letters(agent, limit=_positive(limit))]
+            case RedeliverOp(delivery_id=delivery_id) if self._in_cluster(delivery_id):
+                return _info(await self.cluster.redeliver(delivery_id))
             case RedeliverOp(delivery_id=delivery_id):
                 return _info(await broker.redeliver(delivery_id))
             case InputOp(name=name, data=data):
@@ -179,6 +196,29 @@ class Operations:
             case _:
                 raise TypeError(f"{type(request).__name__} is not an operation of the broker's")
 
+    def cluster_member(self, what: str) -> Any:
+        """The cluster membership; ValueError saying how to join one if there is none."""
+        if self.cluster is None:
+            raise ValueError(
+                f"{what}: this broker is in no cluster (start it with"
+                " `trio-relay up --cluster postgresql://...`)"
+            )
+        return self.cluster
+
+    def _in_cluster(self, delivery_id: str) -> bool:
+        """A cluster's delivery id (``cluster-N``), on a broker in a cluster."""
+        return self.cluster is not None and delivery_id.startswith("cluster-")
+
+    async def _delivery(self, delivery_id: str) -> DeliveryRecord:
+        if self._in_cluster(delivery_id):
+            return await self.cluster.get(delivery_id)
+        return await self.broker.delivery(delivery_id)
+
+    async def _wait(self, delivery_id: str, timeout: float) -> DeliveryRecord:
+        if self._in_cluster(delivery_id):
+            return await self.cluster.wait(delivery_id, timeout)
+        return await self.broker.wait_delivery(delivery_id, timeout)
+
     def _status(self, principal: Principal) -> dict[str, Any]:
         broker = self.broker
         states: dict[str, int] = {}
@@ -193,6 +233,9 @@ class Operations:
             "last_seq": broker.events.last_seq,
             "requests": asdict(broker.statistics()),
             "you": principal.agent,
+            "cluster": None
+            if self.cluster is None
+            else {"broker": self.cluster.name, "connected": self.cluster.connected.is_set()},
         }
 
     async def _spawn(self, op: SpawnOp) -> Any:
@@ -291,10 +334,11 @@ class Operations:
     async def _send(self, op: SendOp, principal: Principal) -> dict[str, Any]:
         _check_timeout(op.timeout)  # before anything is committed
         sender = principal.agent or op.sender
-        receipt = await self.broker.send(op.to, op.body, sender=sender, thread=op.thread)
+        via = self.cluster or self.broker
+        receipt = await via.send(op.to, op.body, sender=sender, thread=op.thread)
         result = _info(receipt)
         if op.wait:
-            done = await self.broker.wait_delivery(receipt.delivery_id, op.timeout)
+            done = await self._wait(receipt.delivery_id, op.timeout)
             result.update(msgspec.structs.asdict(done))
         return result
 

@@ -13,6 +13,9 @@ Schema (one file, ``relay.db``; WAL journal, ``synchronous=FULL``):
   listing one agent's deliveries uses ``deliveries_agent``.
 - ``agents``: one row per agent spec (argv, cwd, the caller's extra env, restart policy,
   timing) with ``running`` (respawn at start) and ``mode`` (``auto_inject`` | ``hold``).
+- ``origins``: a delivery taken from a cluster (see :mod:`trio_relay.cluster`), by its
+  cluster id, so taking it again (after a crash before the cluster heard of it) finds the
+  same delivery instead of making a second one.
 - ``meta``: the schema version and the store's tag.
 
 Errors: the statements raise :class:`sqlite3.Error` as SQLite does; the engine turns it into
@@ -32,7 +35,7 @@ from typing import Any
 from trio_relay.wire import DeliveryRecord
 from trio_relay.wire.vocabulary import DELIVERY_TRANSITIONS, OPEN_STATES, TERMINAL_STATES
 
-SCHEMA_VERSION = 2  # 2: the deliveries_ended index (for retention); 1 is upgraded in place
+SCHEMA_VERSION = 3  # 2: the deliveries_ended index (for retention); 3: origins. Upgraded in place
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,6 +67,7 @@ CREATE TABLE IF NOT EXISTS agents (
     mode TEXT NOT NULL DEFAULT 'auto_inject',
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS origins (origin TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
 
 # The partial indexes' exact conditions: SQLite uses a partial index only for a query whose
@@ -168,14 +172,22 @@ def insert_delivery(
     deadline_at: float,
     evict: Iterable[int] = (),
     evict_reason: str = "",
+    origin: str | None = None,
 ) -> tuple[int, list[int]]:
     """A new queued delivery, and the eviction of ``evict`` (queued ones) to ``dropped``.
-    Returns its seq and the seqs actually dropped."""
+    Returns its seq and the seqs actually dropped. With ``origin`` (a cluster delivery id)
+    already taken, nothing is written: its seq is returned, with dropped ``[-1]``."""
+    if origin is not None:
+        row = conn.execute("SELECT seq FROM origins WHERE origin = ?", (origin,)).fetchone()
+        if row is not None:
+            return int(row[0]), [-1]
     cur = conn.execute(
         "INSERT INTO deliveries (agent, sender, body, thread, state, created_at, updated_at,"
         " deadline_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
         (agent, sender, body, thread, now, now, deadline_at),
     )
+    if origin is not None:
+        conn.execute("INSERT INTO origins VALUES (?, ?)", (origin, cur.lastrowid))
     dropped = [
         seq
         for seq in evict
@@ -386,7 +398,16 @@ def prune_deliveries(conn: sqlite3.Connection, before: float, limit: int) -> int
         f" WHERE {_ENDED} AND updated_at < ? LIMIT ?)",
         (before, limit),
     )
+    conn.execute(
+        "DELETE FROM origins WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = origins.seq)"
+    )
     return cur.rowcount
+
+
+def origin_of(conn: sqlite3.Connection, origin: str) -> int | None:
+    """The seq of the delivery taken from cluster delivery ``origin``, or None."""
+    row = conn.execute("SELECT seq FROM origins WHERE origin = ?", (origin,)).fetchone()
+    return None if row is None else int(row[0])
 
 
 def prune_agents(conn: sqlite3.Connection, before: float) -> int:

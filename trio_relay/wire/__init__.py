@@ -39,7 +39,7 @@ _NAMES_BY_MODULE = {
         AgentRestarting AgentGaveUp WorkerProtocolError
         DeliveryQueuedEvent DeliveryInjectedEvent DeliveryVerifiedEvent DeliveryUnverifiedEvent
         DeliveryFailedEvent DeliveryDroppedEvent DeliveryRequeuedEvent DeliveryRetryingEvent
-        DeadLetterEvent StoreErrorEvent Gap
+        DeadLetterEvent StoreErrorEvent ClusterEvent Gap
     """,
     "control": """
         ControlId ControlRequest AgentOp ControlOp
@@ -47,7 +47,7 @@ _NAMES_BY_MODULE = {
         DeadLettersOp RedeliverOp InputOp ResizeOp SnapshotOp ModeOp PendingOp FlushOp LogsOp SubscribeOp
         UnsubscribeOp PruneOp ShutdownOp LoginOp
         ControlError ControlAnswer ControlEvents
-        AgentSummary PeerSummary DeliveryRecord SendReceipt ScreenSnapshot BrokerStatus PendingDeliveries
+        AgentSummary ClusterAgentSummary PeerSummary DeliveryRecord SendReceipt ScreenSnapshot BrokerStatus PendingDeliveries
         ModeResult FlushResult PruneResult
     """,
     "lines": "DEFAULT_MAX_LINE OversizedLine LineSplitter",

@@ -57,7 +57,10 @@ class SpawnOp(AgentOp, tag="spawn", kw_only=True):
 
 
 class AgentsOp(ControlRequest, tag="agents", kw_only=True):
-    """Every agent the broker knows, running or ended."""
+    """Every agent the broker knows, running or ended; with ``cluster``, every agent of
+    every broker of its cluster (:class:`ClusterAgentSummary`)."""
+
+    cluster: bool = False
 
 
 class PeersOp(ControlRequest, tag="peers", kw_only=True):
@@ -156,6 +159,9 @@ class SubscribeOp(ControlRequest, tag="subscribe", kw_only=True):
     since: int | None = None
     agent: str | None = None
     kinds: list[str] | None = None
+    #: Every broker's events as ``cluster_event`` (since: numbered by this broker's log of
+    #: them; a broker that is not in a cluster refuses it).
+    cluster: bool = False
 
 
 class UnsubscribeOp(ControlRequest, tag="unsubscribe", kw_only=True):
@@ -255,6 +261,20 @@ class AgentSummary(msgspec.Struct, kw_only=True):
     profile: str | None = None
 
 
+class ClusterAgentSummary(msgspec.Struct, kw_only=True):
+    """An agent of the cluster as ``agents`` with ``cluster`` reports it: ``state`` is
+    ``unreachable`` while its broker's lease has passed."""
+
+    name: str
+    broker: str
+    state: str
+    activity: str
+    activity_since: float | None = None
+    profile: str | None = None
+    pid: int | None = None
+    pending_deliveries: int = 0
+
+
 class PeerSummary(msgspec.Struct, kw_only=True):
     """An agent as ``peers`` reports it: what another agent needs to message it."""
 
@@ -332,6 +352,8 @@ class BrokerStatus(msgspec.Struct, kw_only=True):
     last_seq: int
     requests: dict[str, int]
     you: str | None = None
+    #: In a cluster: this broker's name there and whether PostgreSQL answers now.
+    cluster: dict[str, Any] | None = None
 
 
 class PendingDeliveries(msgspec.Struct, kw_only=True):

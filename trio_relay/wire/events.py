@@ -9,7 +9,7 @@ Pure data; no I/O. :func:`decode_event` raises ProtocolError.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 import msgspec
 
@@ -173,6 +173,18 @@ class DeadLetterEvent(DeliveryEvent, tag="dead_letter", kw_only=True):
 # ---------------------------------------------------------------- the broker's own
 
 
+class ClusterEvent(Event, tag="cluster_event", kw_only=True):
+    """An event of one broker of the cluster (``events --cluster``): ``event`` is that
+    broker's event as it encoded it (its own ``seq``); ``agent`` is its agent, if any.
+    ``truncated``: the event was too large for a notification, so only its kind, agent and
+    seq are here."""
+
+    broker: str
+    agent: str | None = None
+    event: dict[str, Any]
+    truncated: bool = False
+
+
 class StoreErrorEvent(Event, tag="store_error", kw_only=True):
     """The store could not do ``operation``; nothing of it was committed."""
 
@@ -209,6 +221,7 @@ BrokerEvent = Union[
     DeliveryRetryingEvent,
     DeadLetterEvent,
     StoreErrorEvent,
+    ClusterEvent,
     Gap,
 ]
 

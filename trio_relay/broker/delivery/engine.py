@@ -100,15 +100,25 @@ class DeliveryEngine:
 
     # ------------------------------------------------------------ operations
 
-    async def send(self, to: str, body: str, *, sender: str, thread: str | None = None) -> Receipt:
-        """Queue a message for agent ``to``; return once it is committed.
+    async def send(
+        self,
+        to: str,
+        body: str,
+        *,
+        sender: str,
+        thread: str | None = None,
+        origin: str | None = None,
+    ) -> Receipt:
+        """Queue a message for agent ``to``; return once it is committed. ``origin``: the
+        cluster delivery this one is (taken at most once: a second time returns the first
+        one's receipt, in state ``taken before``).
 
         Raises WorkerNotFound (no such agent running or restarting), IntakeClosed,
         ValueError (bad sender, thread or body), StoreError (nothing was committed).
         Cancellation: a cancel point before the commit is queued; after that the call
         waits for the commit (see :meth:`Store.write`).
         """
-        return await intake.send(self._core, to, body, sender, thread)
+        return await intake.send(self._core, to, body, sender, thread, origin)
 
     async def redeliver(self, delivery_id: str) -> Receipt:
         """Queue a dead letter or failed delivery again, with a fresh retry budget, in its

@@ -79,7 +79,9 @@ class _Admission:
         )
 
 
-async def send(core: Core, to: str, body: str, sender: str, thread: str | None) -> Receipt:
+async def send(
+    core: Core, to: str, body: str, sender: str, thread: str | None, origin: str | None = None
+) -> Receipt:
     """See :meth:`DeliveryEngine.send`."""
     await trio.lowlevel.checkpoint_if_cancelled()
     core.check_intake()
@@ -90,10 +92,15 @@ async def send(core: Core, to: str, body: str, sender: str, thread: str | None) 
     now, deadline_at, evicts, reason = entry.now, entry.deadline_at, entry.evicts, entry.reason
 
     def write(conn: Any) -> tuple[int, list[int]]:
-        return sql.insert_delivery(conn, to, sender, body, thread, now, deadline_at, evicts, reason)
+        return sql.insert_delivery(
+            conn, to, sender, body, thread, now, deadline_at, evicts, reason, origin
+        )
 
     def committed(result: tuple[int, list[int]]) -> None:
         seq, dropped = result
+        if dropped == [-1]:  # ``origin`` was taken before: that delivery stands
+            entry.settle()
+            return
         delivery = Delivery.queued(
             seq, to, sender, body, thread, created_at=now, now=now, deadline_at=deadline_at
         )
@@ -103,6 +110,8 @@ async def send(core: Core, to: str, body: str, sender: str, thread: str | None) 
         entry.enter(delivery, dropped, event)
 
     seq, dropped = await entry.commit(write, f"queue a delivery for {to!r}", committed)
+    if dropped == [-1]:
+        return Receipt(core.did(seq), to, "taken before", ())
     return entry.receipt(core.did(seq), dropped)
 
 

@@ -1,0 +1,556 @@
+"""One broker as a member of a cluster: its lease, its agents in the registry, the
+deliveries it claims for them, the states it reports back, and the cluster's operations
+(send, wait, deliveries, agents, events) as any broker answers them.
+
+Claim/ack, per delivery (see :mod:`trio_relay.cluster.sql`):
+
+1. any broker commits the message to PostgreSQL (the sender's receipt comes only then) and
+   notifies the owner;
+2. the owner claims it (``SKIP LOCKED``), takes it into its local engine by its cluster id
+   (a second take finds the first: the local store keeps the id), then records the local
+   id;
+3. every state change of the local delivery is reported back, conditional on still holding
+   it; waiters anywhere are notified.
+
+A broker that stops anywhere in between finds, when it comes back, what it claimed and did
+not take in, and what it took in and did not report, and finishes both. A notification
+missed while the LISTEN connection was down is made up for on reconnect: the member claims
+and reports again, and every waiter looks again.
+
+Cancellation: :meth:`run` runs until cancelled; its tasks' teardown (leaving the cluster) is
+shielded. A send waits for its commit once it is started.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import uuid
+from typing import Any
+
+import msgspec
+import trio
+
+from trio_relay.broker.broker import Broker
+from trio_relay.broker.delivery import Receipt
+from trio_relay.broker.delivery.policy import check_send
+from trio_relay.broker.events import EventLog
+from trio_relay.cluster import sql
+from trio_relay.cluster.database import Database, Listener
+from trio_relay.errors import (
+    AgentExists,
+    ClusterUnavailable,
+    DeliveryNotFound,
+    DeliveryStateError,
+    DeliveryTimeout,
+    WorkerNotFound,
+)
+from trio_relay.wire import (
+    AgentActivity,
+    AgentEvent,
+    AgentExited,
+    AgentGaveUp,
+    AgentOutput,
+    AgentRestarting,
+    AgentSpawned,
+    ClusterAgentSummary,
+    ClusterEvent,
+    DeliveryEvent,
+    DeliveryRecord,
+    Event,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE = 10.0
+#: How long a send keeps trying while PostgreSQL does not answer (same key: one delivery).
+SEND_PATIENCE = 10.0
+_encode = msgspec.json.Encoder().encode
+
+
+def default_broker_name() -> str:
+    return socket.gethostname()
+
+
+class ClusterMember:
+    """``broker`` in the cluster at ``dsn`` as ``name``. Start :meth:`run` in a nursery
+    (``nursery.start``): it joins, then serves until cancelled."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        dsn: str,
+        name: str,
+        *,
+        lease: float = DEFAULT_LEASE,
+        pool: int = 4,
+    ) -> None:
+        self.broker, self.dsn, self.name, self.lease = broker, dsn, name, lease
+        self.db = Database(dsn, pool)
+        self.tag = broker.store.tag
+        self.credential = secrets.token_urlsafe(24)
+        self.control_url: str | None = None
+        #: The cluster's events (``events --cluster``), as this broker hears them.
+        self.events = EventLog(broker.events.capacity)
+        self._work = trio.Event()  # something to claim
+        self._dirty: set[int] = set()  # cluster rows whose local state is to be reported
+        self._reported = trio.Event()
+        self._by_local: dict[str, int] = {}  # local delivery id -> cluster row
+        self._waiters: dict[int, trio.Event] = {}
+        self._outbox: list[bytes] = []  # events to publish
+        self._publish = trio.Event()
+        self._registry: dict[str, dict[str, Any]] = {}  # agent -> fields to record
+        self._recorded = trio.Event()
+        self._held_again = True  # what this broker held before: adopt it at the first claim
+        self.connected = trio.Event()
+        broker.events.listen(self._on_local_event)
+        broker.registry = self
+
+    # ------------------------------------------------------------ running
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Join (raises ClusterUnavailable, or sql.NameTaken for a name another live broker
+        holds), report started, and serve until cancelled; then leave, shielded."""
+        await self.db.write(sql.prepare, "prepare the cluster's schema")
+        try:
+            await self._join()
+        except sql.NameTaken as exc:
+            raise ClusterUnavailable(str(exc)) from None
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._listen)
+                nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self._claimer)
+                nursery.start_soon(self._reporter)
+                nursery.start_soon(self._publisher)
+                nursery.start_soon(self._recorder)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                try:
+                    await self.db.write(
+                        lambda c: sql.leave(c, self.name, self.tag), "leave the cluster"
+                    )
+                except ClusterUnavailable as exc:
+                    log.warning("could not leave the cluster (its lease will pass): %s", exc)
+                await self.db.aclose()
+
+    async def _join(self) -> None:
+        await self.db.write(
+            lambda c: sql.join(
+                c,
+                self.name,
+                self.tag,
+                self.lease,
+                self.control_url,
+                self.credential,
+                os.getpid(),
+                socket.gethostname(),
+            ),
+            "join the cluster",
+        )
+
+    async def _heartbeat(self) -> None:
+        """Renew the lease at a third of its length. A renewal that fails is retried; one
+        that finds the name taken over (the lease passed meanwhile) joins again."""
+        while True:
+            await trio.sleep(self.lease / 3)
+            try:
+                kept = await self.db.write(
+                    lambda c: sql.heartbeat(c, self.name, self.tag, self.lease), "renew the lease"
+                )
+                if not kept:
+                    log.warning("the cluster lease of %s had passed; joining again", self.name)
+                    await self._join()
+            except (ClusterUnavailable, sql.NameTaken) as exc:
+                log.warning("cluster heartbeat failed: %s", exc)
+                self.db.drop_connections()
+
+    async def _listen(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """LISTEN, reconnecting with backoff; after each (re)connect, claim, report and
+        wake every waiter, for what a missed notification would have said."""
+        channels = (sql.WORK_CHANNEL, sql.STATE_CHANNEL, sql.EVENTS_CHANNEL)
+        listener = Listener(self.dsn, channels, self._on_notify)
+        backoff = 0.1
+        started = False
+        while True:
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(listener.listen)
+                    backoff = 0.1
+                    self.connected.set()
+                    self._catch_up()
+                    if not started:
+                        started = True
+                        task_status.started()
+            except ClusterUnavailable as exc:
+                self.connected = trio.Event()
+                log.warning("cluster: %s; connecting again in %.1f s", exc, backoff)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _catch_up(self) -> None:
+        self._work.set()
+        self._dirty.update(self._by_local.values())
+        self._reported.set()
+        self._held_again = True
+        for event in self._waiters.values():
+            event.set()
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == sql.WORK_CHANNEL:
+            if payload == self.name:
+                self._work.set()
+        elif channel == sql.STATE_CHANNEL:
+            waiter = self._waiters.get(int(payload)) if payload.isdigit() else None
+            if waiter is not None:
+                waiter.set()
+        elif channel == sql.EVENTS_CHANNEL:
+            try:
+                message = json.loads(payload)
+                self.events.emit(ClusterEvent(**message))
+            except (ValueError, TypeError) as exc:
+                log.warning("cluster: an undecodable event notification: %s", exc)
+
+    # ------------------------------------------------------------ claims
+
+    async def _claimer(self) -> None:
+        """Claim and take in, each time there may be something (woken by NOTIFY, a spawn,
+        a reconnect). Also collects, once, what this broker held before it stopped."""
+        while True:
+            await self._work.wait()
+            self._work = trio.Event()
+            try:
+                if self._held_again:
+                    self._held_again = False
+                    await self._adopt_held()
+                while await self._claim_once():
+                    pass
+            except ClusterUnavailable as exc:
+                log.warning("cluster: cannot claim deliveries now: %s", exc)
+
+    async def _adopt_held(self) -> None:
+        """The deliveries this broker took in before (it restarted, or its connection
+        broke): map them again, and report their states."""
+        held = await self.db.read(lambda c: sql.held(c, self.name), "list held deliveries")
+        for row_id, local_id, _state in held:
+            if local_id is not None:
+                self._by_local[local_id] = row_id
+                self._dirty.add(row_id)
+        self._reported.set()
+
+    async def _claim_once(self) -> bool:
+        """One batch; True if it was full (there may be more)."""
+        batch = await self.db.write(lambda c: sql.claim(c, self.name), "claim deliveries")
+        pairs: list[tuple[int, str]] = []
+        for item in batch:
+            if not self.broker.transport.active(item.agent):
+                continue  # not (yet) running here: taken in once it is (a spawn wakes us)
+            local = await self._take_in(item)
+            if local is not None:
+                pairs.append((item.id, local))
+        if pairs:
+            await self.db.write(lambda c: sql.taken(c, self.name, pairs), "record taken")
+            for row_id, local in pairs:
+                self._by_local[local] = row_id
+                self._dirty.add(row_id)
+            self._reported.set()
+        return len(batch) >= 100 and bool(pairs)
+
+    async def _take_in(self, item: sql.Claimed) -> str | None:
+        """The claimed delivery in the local engine (once, by its cluster id); a dead letter
+        or failed one redelivered is queued again locally. None if the agent went away."""
+        engine = self.broker.delivery_engine
+        origin = sql.cluster_id(item.id)
+        try:
+            receipt = await engine.send(
+                item.agent, item.body, sender=item.sender, thread=item.thread, origin=origin
+            )
+            if receipt.state == "taken before":
+                local = await engine.get(receipt.delivery_id)
+                if local.state in ("dead_letter", "failed"):
+                    await engine.redeliver(receipt.delivery_id)
+            return receipt.delivery_id
+        except (WorkerNotFound, DeliveryStateError) as exc:
+            log.info("cluster: %s not taken in: %s", origin, exc)
+            return None
+
+    # ------------------------------------------------------------ reports
+
+    async def _reporter(self) -> None:
+        """Report the local state of every changed delivery, in batches, until it commits."""
+        engine = self.broker.delivery_engine
+        while True:
+            await self._reported.wait()
+            self._reported = trio.Event()
+            dirty, self._dirty = self._dirty, set()
+            local_of = {row: local for local, row in self._by_local.items()}
+            reports: list[sql.Report] = []
+            for row_id in sorted(dirty):
+                local = local_of.get(row_id)
+                if local is None:
+                    continue
+                try:
+                    info = await engine.get(local)
+                except DeliveryNotFound:
+                    continue
+                reports.append(
+                    sql.Report(
+                        row_id,
+                        info.state,
+                        info.attempts,
+                        info.last_error,
+                        info.verification,
+                        info.reason,
+                    )
+                )
+            if not reports:
+                continue
+            try:
+                await self.db.write(
+                    lambda c, r=reports: sql.report(c, self.name, r), "report delivery states"
+                )
+            except ClusterUnavailable as exc:
+                log.warning("cluster: cannot report states now (kept to retry): %s", exc)
+                self._dirty.update(dirty)
+                await self.connected.wait()
+                await trio.sleep(0.2)
+                self._reported.set()
+                continue
+            for r in reports:
+                if r.state in sql.TERMINAL:
+                    self._forget_local(local_of[r.id])
+
+    def _forget_local(self, local: str) -> None:
+        self._by_local.pop(local, None)
+
+    # ------------------------------------------------------------ local events
+
+    def _on_local_event(self, event: Event) -> None:
+        """The broker's events: delivery changes to report, agents to record, events to
+        publish. Synchronous and quick (the event log's rule)."""
+        if isinstance(event, DeliveryEvent):
+            row_id = self._by_local.get(event.delivery_id)
+            if row_id is not None:
+                self._dirty.add(row_id)
+                self._reported.set()
+        elif isinstance(event, AgentSpawned):
+            self._record(event.agent, state="running", pid=event.pid)
+            self._work.set()
+        elif isinstance(event, AgentActivity):
+            self._record(event.agent, activity=event.to, activity_since=event.time)
+        elif isinstance(event, AgentRestarting):
+            self._record(event.agent, state="restarting", pid=None)
+        elif isinstance(event, AgentExited | AgentGaveUp):
+            self._record(event.agent, state="exited", pid=None)
+        if not isinstance(event, AgentOutput):
+            self._queue_publication(event)
+
+    def _record(self, agent: str, **fields: Any) -> None:
+        self._registry.setdefault(agent, {}).update(fields)
+        self._recorded.set()
+
+    async def _recorder(self) -> None:
+        """Write agents' states and activities to the registry (coalesced per agent)."""
+        while True:
+            await self._recorded.wait()
+            self._recorded = trio.Event()
+            pending, self._registry = self._registry, {}
+            try:
+                for agent, fields in pending.items():
+                    await self.db.write(
+                        lambda c, a=agent, f=fields: sql.update_agent(c, a, self.name, f),
+                        "record an agent",
+                    )
+            except ClusterUnavailable as exc:
+                log.warning("cluster: cannot record agents now: %s", exc)
+                for agent, fields in pending.items():
+                    self._registry[agent] = {**fields, **self._registry.get(agent, {})}
+                await self.connected.wait()
+                await trio.sleep(0.2)
+                self._recorded.set()
+
+    def _queue_publication(self, event: Event) -> None:
+        agent = event.agent if isinstance(event, AgentEvent) else None
+        encoded = msgspec.to_builtins(event)
+        if isinstance(event, DeliveryEvent) and event.delivery_id in self._by_local:
+            encoded["cluster_id"] = sql.cluster_id(self._by_local[event.delivery_id])
+        payload = _encode({"broker": self.name, "agent": agent, "event": encoded})
+        if len(payload) > sql.MAX_PAYLOAD:
+            brief = {"kind": encoded.get("kind"), "seq": event.seq, "agent": agent}
+            payload = _encode(
+                {"broker": self.name, "agent": agent, "event": brief, "truncated": True}
+            )
+        self._outbox.append(payload)
+        if len(self._outbox) > 10_000:  # nobody could publish for long: keep the newest
+            del self._outbox[:1000]
+        self._publish.set()
+
+    async def _publisher(self) -> None:
+        """NOTIFY the cluster of this broker's events, batched. Not durable: events lost
+        while PostgreSQL is away are lost to ``events --cluster`` (never to deliveries)."""
+        while True:
+            await self._publish.wait()
+            self._publish = trio.Event()
+            batch, self._outbox = self._outbox[:500], self._outbox[500:]
+            if self._outbox:
+                self._publish.set()
+            if not batch:
+                continue
+            try:
+                await self.db.write(lambda c, b=batch: _notify_all(c, b), "publish events")
+            except ClusterUnavailable as exc:
+                log.info("cluster: %d event(s) not published: %s", len(batch), exc)
+                await self.connected.wait()
+
+    # ------------------------------------------------------------ the registry (Broker hooks)
+
+    async def claim_name(self, name: str) -> None:
+        """Before a spawn: the name is this broker's in the cluster. Raises AgentExists
+        (another live broker runs it), ClusterUnavailable."""
+        try:
+            await self.db.write(
+                lambda c: sql.claim_agent(c, name, self.name), f"register agent {name!r}"
+            )
+        except sql.NameTaken as exc:
+            raise AgentExists(name, str(exc).partition(" runs ")[2] and f"it {exc}") from None
+
+    async def release_name(self, name: str) -> None:
+        """After a release: no broker runs it. A failure is logged (the row says this
+        broker, whose next start or release corrects it)."""
+        try:
+            await self.db.write(
+                lambda c: sql.drop_agent(c, name, self.name), f"unregister agent {name!r}"
+            )
+        except ClusterUnavailable as exc:
+            log.warning("cluster: %s", exc)
+
+    async def after_respawn(self) -> None:
+        """The stored agents are back: the registry's rows of this broker's for agents not
+        running here are dropped, and their open cluster deliveries fail."""
+        rows = await self.db.read(sql.list_agents, "list agents")
+        for row in rows:
+            if row.broker == self.name and not self.broker.transport.active(row.name):
+                await self.db.write(
+                    lambda c, n=row.name: sql.fail_agent(c, n, self.name), "drop an agent"
+                )
+        self._work.set()
+
+    # ------------------------------------------------------------ operations
+
+    async def send(self, to: str, body: str, *, sender: str, thread: str | None) -> Receipt:
+        """Accept a message for any agent of the cluster; returns once PostgreSQL committed
+        it. Raises WorkerNotFound, ClusterUnavailable (nothing accepted: PostgreSQL did
+        not answer for SEND_PATIENCE seconds, or the agent's broker is unreachable),
+        ValueError. Cancellation: once started, the commit is waited for."""
+        check_send(sender, body, thread, self.broker.delivery_engine.policy.max_body)
+        key = uuid.uuid4().hex
+        deadline = self.broker.delivery_engine.policy.deadline
+        attempt_until = trio.current_time() + SEND_PATIENCE
+        while True:
+            try:
+                row_id, _owner = await self.db.write(
+                    lambda c: sql.insert_delivery(
+                        c, key, to, sender, body, thread, self.name, deadline
+                    ),
+                    f"queue a delivery for {to!r}",
+                )
+                return Receipt(sql.cluster_id(row_id), to, "queued")
+            except LookupError:
+                raise WorkerNotFound(to) from None
+            except sql.NameTaken as exc:
+                raise ClusterUnavailable(str(exc)) from None
+            except ClusterUnavailable:
+                if trio.current_time() >= attempt_until:
+                    raise
+                await trio.sleep(0.2)  # the same key: a commit that did happen is found
+
+    def _row(self, delivery_id: str) -> int:
+        row_id = sql.parse_cluster_id(delivery_id)
+        if row_id is None:
+            raise DeliveryNotFound(delivery_id)
+        return row_id
+
+    async def get(self, delivery_id: str) -> DeliveryRecord:
+        """Raises DeliveryNotFound, ClusterUnavailable."""
+        row_id = self._row(delivery_id)
+        found = await self.db.read(lambda c: sql.get_delivery(c, row_id), "read a delivery")
+        if found is None:
+            raise DeliveryNotFound(delivery_id)
+        return found
+
+    async def wait(self, delivery_id: str, timeout: float) -> DeliveryRecord:
+        """Until the delivery is terminal, from any broker. Raises DeliveryNotFound,
+        DeliveryTimeout, ClusterUnavailable. Cancellable."""
+        row_id = self._row(delivery_id)
+        waiter = self._waiters.setdefault(row_id, trio.Event())
+        try:
+            with trio.move_on_after(timeout):
+                while True:
+                    record = await self.get(delivery_id)
+                    if record.terminal:
+                        return record
+                    await waiter.wait()
+                    waiter = self._waiters[row_id] = trio.Event()
+            raise DeliveryTimeout(delivery_id, timeout, record.state)
+        finally:
+            self._waiters.pop(row_id, None)
+
+    async def deliveries(
+        self,
+        agent: str | None,
+        states: tuple[str, ...] | None,
+        limit: int,
+        after: str | None,
+    ) -> list[DeliveryRecord]:
+        """Raises DeliveryNotFound (``after`` not a cluster id), ClusterUnavailable."""
+        after_row = None if after is None else self._row(after)
+        return await self.db.read(
+            lambda c: sql.list_deliveries(c, agent, states, limit, after_row), "list deliveries"
+        )
+
+    async def redeliver(self, delivery_id: str) -> Receipt:
+        """Raises DeliveryNotFound, DeliveryStateError, ClusterUnavailable."""
+        row_id = self._row(delivery_id)
+        try:
+            agent, _owner = await self.db.write(
+                lambda c: sql.redeliver(c, row_id), f"redeliver {delivery_id}"
+            )
+        except LookupError:
+            raise DeliveryNotFound(delivery_id) from None
+        except ValueError as exc:
+            raise DeliveryStateError(
+                f"delivery {delivery_id!r} is {exc}; only dead letters and failed deliveries"
+                " can be redelivered"
+            ) from None
+        return Receipt(delivery_id, agent, "queued")
+
+    async def agents(self) -> list[ClusterAgentSummary]:
+        """Every agent of the cluster. Raises ClusterUnavailable."""
+        rows = await self.db.read(sql.list_agents, "list the cluster's agents")
+        return [
+            ClusterAgentSummary(
+                name=r.name,
+                broker=r.broker,
+                state=r.state,
+                activity=r.activity,
+                activity_since=r.activity_since,
+                profile=r.profile,
+                pid=r.pid,
+                pending_deliveries=r.pending,
+            )
+            for r in rows
+        ]
+
+    async def locate(self, agent: str) -> tuple[str, bool] | None:
+        """The broker running ``agent`` and whether it is reachable, or None."""
+        return await self.db.read(lambda c: sql.locate(c, agent), "locate an agent")
+
+
+def _notify_all(conn: Any, payloads: list[bytes]) -> None:
+    with conn.transaction():
+        for payload in payloads:
+            conn.execute("SELECT pg_notify(%s, %s)", (sql.EVENTS_CHANNEL, payload.decode()))

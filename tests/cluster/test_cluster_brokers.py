@@ -5,19 +5,16 @@ client as a user would."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
-from helpers import Relay, pid_alive, relay, wait_for
+from cluster_brokers import Brokers, brokers, cli  # noqa: F401
+from helpers import Relay, relay, wait_for
 from postgres_fixtures import cluster_dsn, postgres_server  # noqa: F401
 
 from trio_relay import open_client
-from trio_relay.state import StateDir
 from trio_relay.wire import DeliveryRecord
 
 pytestmark = pytest.mark.timeout(120)
@@ -25,73 +22,7 @@ pytestmark = pytest.mark.timeout(120)
 REFERENCE = [sys.executable, "-m", "trio_relay.worker.reference"]
 
 
-class Brokers:
-    """Start brokers of one cluster by name; every one is stopped (or killed) after."""
-
-    def __init__(self, dsn: str, root: Path) -> None:
-        self.dsn, self.root = dsn, root
-        self.started: dict[str, Relay] = {}
-        self.pids: set[int] = set()
-
-    def start(self, name: str, *options: str, dsn: str | None = None) -> Relay:
-        state = str(self.root / name)
-        up = relay(
-            "up",
-            "--detach",
-            "--state-dir",
-            state,
-            "--cluster",
-            dsn or self.dsn,
-            "--broker-name",
-            name,
-            "--cluster-lease",
-            "1.5",
-            *options,
-        )
-        assert up.returncode == 0, up.stderr
-        broker = Relay(state)
-        self.started[name] = broker
-        self.pids.add(broker.pid)
-        return broker
-
-    def kill(self, name: str) -> None:
-        """SIGKILL broker ``name`` and wait until it is gone (its agents die with it)."""
-        pid = self.started[name].pid
-        os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not pid_alive(pid))
-
-    def stop_all(self) -> None:
-        for broker in self.started.values():
-            connection = StateDir(Path(broker.state)).read_connection()
-            if connection is not None:
-                self.pids.add(connection.pid)
-                if pid_alive(connection.pid):
-                    relay("down", "--state-dir", broker.state)
-        for pid in self.pids:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not any(pid_alive(p) for p in self.pids))
-
-
-@pytest.fixture
-def brokers(cluster_dsn: str, tmp_path: Path) -> Iterator[Brokers]:  # noqa: F811
-    made = Brokers(cluster_dsn, tmp_path)
-    try:
-        yield made
-    finally:
-        made.stop_all()
-
-
-def cli(broker: Relay, *args: str, json_out: bool = False) -> str:
-    """Run `trio-relay ARGS` against ``broker`` as a real process; its stdout (parsed if
-    --json). Fails the test on a non-zero exit."""
-    extra = ["--json"] if json_out else []
-    done = relay(*extra, "--state-dir", broker.state, *args)
-    assert done.returncode == 0, f"{args}: {done.stderr}"
-    return json.loads(done.stdout) if json_out else done.stdout
-
-
-def test_a_message_sent_on_one_broker_reaches_an_agent_of_another(brokers: Brokers) -> None:
+def test_a_message_sent_on_one_broker_reaches_an_agent_of_another(brokers: Brokers) -> None:  # noqa: F811
     a, b = brokers.start("A"), brokers.start("B")
     cli(b, "spawn", "bob", "--", "bash", "--norc")
 
@@ -117,7 +48,7 @@ async def wait_on(broker: Relay, delivery_id: str) -> DeliveryRecord:
         return await client.wait(delivery_id, timeout=10)
 
 
-def test_names_are_unique_across_the_cluster(brokers: Brokers) -> None:
+def test_names_are_unique_across_the_cluster(brokers: Brokers) -> None:  # noqa: F811
     a, b = brokers.start("A"), brokers.start("B")
     cli(b, "spawn", "bob", "--", "bash", "--norc")
     again = relay("--state-dir", a.state, "spawn", "bob", "--", "bash", "--norc")
@@ -132,7 +63,7 @@ def test_names_are_unique_across_the_cluster(brokers: Brokers) -> None:
     assert "held by another live broker" in taken.stderr, taken.stderr
 
 
-def test_an_unknown_agent_is_not_found_and_nothing_is_accepted(brokers: Brokers) -> None:
+def test_an_unknown_agent_is_not_found_and_nothing_is_accepted(brokers: Brokers) -> None:  # noqa: F811
     a = brokers.start("A")
     refused = relay("--state-dir", a.state, "send", "nobody", "hello")
     assert refused.returncode != 0
@@ -141,7 +72,7 @@ def test_an_unknown_agent_is_not_found_and_nothing_is_accepted(brokers: Brokers)
 
 
 def test_a_dead_brokers_agents_show_as_unreachable_and_come_back_with_it(
-    brokers: Brokers,
+    brokers: Brokers,  # noqa: F811
 ) -> None:
     a, b = brokers.start("A"), brokers.start("B")
     cli(b, "spawn", "bob", "--", "bash", "--norc")
@@ -161,7 +92,7 @@ def test_a_dead_brokers_agents_show_as_unreachable_and_come_back_with_it(
     assert sent["state"] == "verified", sent
 
 
-def test_cluster_events_name_their_broker(brokers: Brokers) -> None:
+def test_cluster_events_name_their_broker(brokers: Brokers) -> None:  # noqa: F811
     a, b = brokers.start("A"), brokers.start("B")
     cli(b, "spawn", "bob", "--", *REFERENCE)
     sent = cli(a, "send", "bob", "hello", "--wait", "--timeout", "20", json_out=True)
@@ -203,4 +134,3 @@ def test_an_unreachable_postgresql_is_a_clear_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert up.returncode != 0
     assert "cannot join the cluster" in up.stdout + up.stderr
-

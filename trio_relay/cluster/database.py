@@ -10,9 +10,9 @@ ends. A connection that fails is closed, and the next statement opens a new one.
 Waiting for notifications (:class:`Listener`) needs no thread: the connection's socket is
 watched with ``trio.lowlevel.wait_readable`` and read with libpq's non-blocking calls.
 
-Errors: every psycopg error of a lost or refused connection becomes
-:class:`~trio_relay.errors.ClusterUnavailable`; other errors (SQL, constraints, our own
-exceptions raised inside a statement function) pass as they are.
+Errors: every psycopg error becomes :class:`~trio_relay.errors.ClusterUnavailable` (a
+lost or refused connection, a server shutting down, a statement that failed); our own
+exceptions raised inside a statement function pass as they are.
 """
 
 from __future__ import annotations
@@ -97,9 +97,10 @@ class Database:
             if _lost(exc) or conn.broken:
                 self.lost += 1
                 conn.close()
-                raise ClusterUnavailable(f"cannot {what}: {exc}") from exc
-            self._give_back(conn)
-            raise
+                self.drop_connections()  # the others were likely cut off too
+            else:  # the statement failed (a conflict, a server shutting down): retry later
+                self._give_back(conn)
+            raise ClusterUnavailable(f"cannot {what}: {exc}") from exc
         except BaseException:
             self._give_back(conn)
             raise
@@ -148,10 +149,11 @@ class Listener:
         self._conn: psycopg.Connection[Any] | None = None
         self._caught: list[tuple[str, str]] = []  # notifications met while a statement ran
 
-    async def listen(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, LISTEN, report started, then deliver notifications until the connection
-        fails (ClusterUnavailable) or the task is cancelled. A notification sent while no
-        connection listened is lost: after a reconnect, look again at what it would say."""
+    async def listen(self, on_connected: Callable[[], None]) -> None:
+        """Connect, LISTEN, call ``on_connected()``, then deliver notifications until the
+        connection fails (ClusterUnavailable) or the task is cancelled. A notification sent
+        while no connection listened is lost: after a reconnect, look again at what it
+        would say."""
         conn = await trio.to_thread.run_sync(connect, self.dsn, abandon_on_cancel=True)
         self._conn = conn
         conn.add_notify_handler(lambda n: self._caught.append((n.channel, n.payload)))
@@ -161,7 +163,7 @@ class Listener:
                     await trio.to_thread.run_sync(conn.execute, f'LISTEN "{channel}"')
             except psycopg.Error as exc:
                 raise ClusterUnavailable(f"cannot LISTEN: {exc}") from exc
-            task_status.started()
+            on_connected()
             pgconn = conn.pgconn
             while True:
                 try:

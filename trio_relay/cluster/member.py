@@ -122,11 +122,14 @@ class ClusterMember:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._listen)
-                nursery.start_soon(self._heartbeat)
-                nursery.start_soon(self._claimer)
-                nursery.start_soon(self._reporter)
-                nursery.start_soon(self._publisher)
-                nursery.start_soon(self._recorder)
+                for task in (
+                    self._heartbeat,
+                    self._claimer,
+                    self._reporter,
+                    self._publisher,
+                    self._recorder,
+                ):
+                    nursery.start_soon(_restarting, task)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -171,23 +174,28 @@ class ClusterMember:
 
     async def _listen(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """LISTEN, reconnecting with backoff; after each (re)connect, claim, report and
-        wake every waiter, for what a missed notification would have said."""
+        wake every waiter, for what a missed notification would have said. Started once
+        the first connection listens."""
         channels = (sql.WORK_CHANNEL, sql.STATE_CHANNEL, sql.EVENTS_CHANNEL)
         listener = Listener(self.dsn, channels, self._on_notify)
         backoff = 0.1
         started = False
+
+        def connected() -> None:
+            nonlocal backoff, started
+            backoff = 0.1
+            self.connected.set()
+            self._catch_up()
+            if not started:
+                started = True
+                task_status.started()
+
         while True:
             try:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(listener.listen)
-                    backoff = 0.1
-                    self.connected.set()
-                    self._catch_up()
-                    if not started:
-                        started = True
-                        task_status.started()
+                await listener.listen(connected)
             except ClusterUnavailable as exc:
-                self.connected = trio.Event()
+                if self.connected.is_set():
+                    self.connected = trio.Event()
                 log.warning("cluster: %s; connecting again in %.1f s", exc, backoff)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -225,12 +233,14 @@ class ClusterMember:
             self._work = trio.Event()
             try:
                 if self._held_again:
-                    self._held_again = False
                     await self._adopt_held()
+                    self._held_again = False
                 while await self._claim_once():
                     pass
             except ClusterUnavailable as exc:
-                log.warning("cluster: cannot claim deliveries now: %s", exc)
+                log.warning("cluster: cannot claim deliveries now (trying again): %s", exc)
+                await trio.sleep(0.2)
+                self._work.set()
 
     async def _adopt_held(self) -> None:
         """The deliveries this broker took in before (it restarted, or its connection
@@ -548,6 +558,17 @@ class ClusterMember:
     async def locate(self, agent: str) -> tuple[str, bool] | None:
         """The broker running ``agent`` and whether it is reachable, or None."""
         return await self.db.read(lambda c: sql.locate(c, agent), "locate an agent")
+
+
+async def _restarting(task: Any) -> None:
+    """Run ``task`` again if it fails with a bug of ours (logged with its traceback): one
+    part of the membership failing must not stop the broker. Cancellation ends it."""
+    while True:
+        try:
+            await task()
+        except Exception:
+            log.exception("cluster: %s failed; starting it again in 1 s", task.__name__)
+            await trio.sleep(1)
 
 
 def _notify_all(conn: Any, payloads: list[bytes]) -> None:

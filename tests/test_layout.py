@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "agent_tools": {"errors", "wire", "client", "__init__"},
     "http": {"errors", "wire", "linux", "broker", "control", "__init__"},
-    "cluster": {"errors", "wire", "broker"},
+    "cluster": {"errors", "wire", "broker", "client"},
     "cli": {
         *("errors", "wire", "linux", "state", "address", "client", "profiles", "agent_tools"),
         *("daemon", "daemonize", "__init__"),

@@ -170,6 +170,7 @@ async def _join_cluster(
         server.operations.broker, dsn, name or default_broker_name(), lease=lease
     )
     member.control_url = url
+    server.also_owner = (member.credential,)  # other brokers forward snapshot and input
     await nursery.start(member.run)
     server.operations.cluster = member
     log.info("joined the cluster as broker %r", member.name)

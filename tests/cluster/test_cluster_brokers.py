@@ -134,3 +134,17 @@ def test_an_unreachable_postgresql_is_a_clear_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert up.returncode != 0
     assert "cannot join the cluster" in up.stdout + up.stderr
+
+
+def test_snapshot_and_input_reach_an_agent_through_its_broker(brokers: Brokers) -> None:  # noqa: F811
+    a, b = brokers.start("A"), brokers.start("B")
+    cli(b, "spawn", "bob", "--", "bash", "--norc")
+    cli(a, "input", "bob", "echo typed-$((6*7))\r")
+    wait_for(lambda: "typed-42" in cli(a, "snapshot", "bob"))  # run on B, read through A
+    assert "typed-42" in cli(b, "snapshot", "bob")
+    missing = relay("--state-dir", a.state, "snapshot", "nobody")
+    assert missing.returncode != 0 and "nobody" in missing.stderr
+    brokers.kill("B")
+    refused = relay("--state-dir", a.state, "snapshot", "bob")
+    assert refused.returncode != 0
+    assert "B" in refused.stderr, refused.stderr

@@ -38,10 +38,12 @@ from trio_relay.broker.broker import Broker
 from trio_relay.broker.delivery import Receipt
 from trio_relay.broker.delivery.policy import check_send
 from trio_relay.broker.events import EventLog
+from trio_relay.client import open_client
 from trio_relay.cluster import sql
 from trio_relay.cluster.database import Database, Listener
 from trio_relay.errors import (
     AgentExists,
+    BrokerUnreachable,
     ClusterUnavailable,
     DeliveryNotFound,
     DeliveryStateError,
@@ -61,6 +63,9 @@ from trio_relay.wire import (
     DeliveryEvent,
     DeliveryRecord,
     Event,
+    InputOp,
+    ResizeOp,
+    SnapshotOp,
 )
 
 log = logging.getLogger(__name__)
@@ -554,6 +559,34 @@ class ClusterMember:
             )
             for r in rows
         ]
+
+    async def forward(self, request: InputOp | ResizeOp | SnapshotOp) -> Any:
+        """Carry out ``request`` (already authorized here) on the broker that runs its
+        agent, through that broker's control channel, with the credential it keeps in the
+        cluster. Raises WorkerNotFound, ClusterUnavailable (unreachable), and what the other
+        broker answers (RemoteError with its code). One connection per request."""
+        found = await self.locate(request.name)
+        if found is None:
+            raise WorkerNotFound(request.name)
+        owner, live = found
+        url, credential, _ = await self.db.read(
+            lambda c: sql.broker_address(c, owner), "find a broker"
+        )
+        if not live or url is None or credential is None:
+            raise ClusterUnavailable(
+                f"agent {request.name!r} is on broker {owner!r}, which is unreachable"
+            )
+        try:
+            async with open_client(url=url, token=credential, connect_timeout=5) as client:
+                match request:
+                    case InputOp(name=name, data=data):
+                        return await client.input(name, data)
+                    case ResizeOp(name=name, rows=rows, cols=cols):
+                        return await client.resize(name, rows, cols)
+                    case SnapshotOp(name=name, ansi=ansi):
+                        return await client.snapshot(name, ansi=ansi)
+        except BrokerUnreachable as exc:
+            raise ClusterUnavailable(f"broker {owner!r} at {url}: {exc}") from exc
 
     async def locate(self, agent: str) -> tuple[str, bool] | None:
         """The broker running ``agent`` and whether it is reachable, or None."""

@@ -163,6 +163,10 @@ class Operations:
                 return _info(await self.cluster.redeliver(delivery_id))
             case RedeliverOp(delivery_id=delivery_id):
                 return _info(await broker.redeliver(delivery_id))
+            case InputOp(name=name) | ResizeOp(name=name) | SnapshotOp(name=name) if (
+                await self._elsewhere(name)
+            ):
+                return await self.cluster.forward(request)
             case InputOp(name=name, data=data):
                 return await broker.write_input(name, data)
             case ResizeOp(name=name, rows=rows, cols=cols):
@@ -204,6 +208,13 @@ class Operations:
                 " `trio-relay up --cluster postgresql://...`)"
             )
         return self.cluster
+
+    async def _elsewhere(self, agent: str) -> bool:
+        """In a cluster, ``agent`` is not this broker's but another's (forward to it)."""
+        if self.cluster is None or self.broker.supervisor.taken(agent):
+            return False
+        found = await self.cluster.locate(agent)
+        return found is not None and found[0] != self.cluster.name
 
     def _in_cluster(self, delivery_id: str) -> bool:
         """A cluster's delivery id (``cluster-N``), on a broker in a cluster."""

@@ -62,6 +62,8 @@ class ControlServer:
         self._allowed_origins = frozenset(allowed_origins)
         self._max_message_size = max_message_size
         self._connections: set[Connection] = set()
+        #: Tokens besides the owner's that act as the owner (see auth.authenticate).
+        self.also_owner: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -139,6 +141,7 @@ class ControlServer:
             request.headers,
             allowed_origins=self._allowed_origins,
             process_of=process_of,
+            also_owner=self.also_owner,
         )
         if isinstance(principal, Principal):
             principal = self.admit(principal)

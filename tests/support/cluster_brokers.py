@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Relay, pid_alive, relay, wait_for
+from helpers import CLEAN_ENV, RELAY, Relay, pid_alive, relay, wait_for
 
 from trio_relay.state import StateDir
 
@@ -24,9 +25,14 @@ class Brokers:
         self.started: dict[str, Relay] = {}
         self.pids: set[int] = set()
 
-    def start(self, name: str, *options: str, dsn: str | None = None) -> Relay:
+    def start(
+        self, name: str, *options: str, dsn: str | None = None, prefix: Sequence[str] = ()
+    ) -> Relay:
+        """Start broker ``name`` (its command after ``prefix``, e.g. ``ip netns exec NS``)."""
         state = str(self.root / name)
-        up = relay(
+        argv = [
+            *prefix,
+            *RELAY,
             "up",
             "--detach",
             "--state-dir",
@@ -38,7 +44,8 @@ class Brokers:
             "--cluster-lease",
             "1.5",
             *options,
-        )
+        ]
+        up = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=CLEAN_ENV)
         assert up.returncode == 0, up.stderr
         broker = Relay(state)
         self.started[name] = broker

@@ -78,3 +78,10 @@ def check(dsn: str, journal: Path, acked: list[str], states: dict[str, str], kil
     assert not missing, f"acknowledged but never received: {missing}"
     twice = {i: n for i, n in got.items() if n > 1}
     assert sum(n - 1 for n in twice.values()) <= kills, twice
+    wanted = {taken[i] for i in acked}
+    firsts = list(dict.fromkeys(x for x in journal_order(journal) if x in wanted))
+    assert firsts == [taken[i] for i in acked], "not received in the order sent"
+
+
+def journal_order(journal: Path) -> list[str]:
+    return [line.split()[1] for line in journal.read_text().splitlines() if line.strip()]

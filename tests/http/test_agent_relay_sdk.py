@@ -92,19 +92,20 @@ def test_client_main_flow(http_broker: Any) -> None:
             assert (said["target"], said["body"]) == ("cat1", "from the shell")
 
             # input, resize, snapshot
-            await client.send_input("sh1", "echo $((6*7))\r")
+            # "42x": a delivery id (hex) printed earlier may hold "42", never an "x"
+            await client.send_input("sh1", "echo $((6*7))x\r")
             await until(
                 events,
-                lambda e: e["kind"] == "worker_stream" and "42" in e["chunk"],
+                lambda e: e["kind"] == "worker_stream" and "42x" in e["chunk"],
                 "the shell's answer in worker_stream",
             )
             resized = await client.resize_pty("sh1", 30, 100)
             assert resized == {"name": "sh1", "rows": 30, "cols": 100, "applied": True}
             plain = await client._request("GET", "/api/spawned/sh1/snapshot?format=plain")
             assert (plain["rows"], plain["cols"]) == (30, 100)
-            assert "42" in plain["screen"].split("\n")
+            assert "42x" in plain["screen"].split("\n")
             ansi = await client._request("GET", "/api/spawned/sh1/snapshot?format=ansi")
-            assert "42" in base64.b64decode(ansi["screen"]).decode()
+            assert "42x" in base64.b64decode(ansi["screen"]).decode()
 
             # release: agent_released, and it is gone from the list
             released = await client.release("sh1")

@@ -119,6 +119,7 @@ async def test_a_delivery_is_taken_in_once_however_often_it_is_claimed(
                 "UPDATE trio_relay_deliveries SET local_id = NULL, state = 'queued' WHERE id = %s",
                 (row,),
             )
+        b._held_again = True  # what its start, a reconnect or a spawn does
         b._work.set()
         with trio.fail_after(10):
             while (await a.get(receipt.delivery_id)).state != "verified":

@@ -91,7 +91,7 @@ class ClusterMember:
         name: str,
         *,
         lease: float = DEFAULT_LEASE,
-        pool: int = 4,
+        pool: int = 8,
     ) -> None:
         self.broker, self.dsn, self.name, self.lease = broker, dsn, name, lease
         self.db = Database(dsn, pool)
@@ -104,6 +104,7 @@ class ClusterMember:
         self._dirty: set[int] = set()  # cluster rows whose local state is to be reported
         self._reported = trio.Event()
         self._by_local: dict[str, int] = {}  # local delivery id -> cluster row
+        self._local_of: dict[int, str] = {}  # and back
         self._waiters: dict[int, trio.Event] = {}
         self._outbox: list[bytes] = []  # events to publish
         self._publish = trio.Event()
@@ -237,9 +238,15 @@ class ClusterMember:
             await self._work.wait()
             self._work = trio.Event()
             try:
-                if self._held_again:
-                    await self._adopt_held()
+                if self._held_again:  # set again by a pass that leaves something untaken
                     self._held_again = False
+                    try:
+                        await self._adopt_held()
+                        while await self._claim_once(adopt=True):
+                            pass
+                    except ClusterUnavailable:
+                        self._held_again = True
+                        raise
                 while await self._claim_once():
                     pass
             except ClusterUnavailable as exc:
@@ -253,26 +260,40 @@ class ClusterMember:
         held = await self.db.read(lambda c: sql.held(c, self.name), "list held deliveries")
         for row_id, local_id, _state in held:
             if local_id is not None:
-                self._by_local[local_id] = row_id
-                self._dirty.add(row_id)
+                self._map(local_id, row_id)
         self._reported.set()
 
-    async def _claim_once(self) -> bool:
-        """One batch; True if it was full (there may be more)."""
-        batch = await self.db.write(lambda c: sql.claim(c, self.name), "claim deliveries")
+    def _map(self, local: str, row_id: int) -> None:
+        """``local`` is cluster row ``row_id`` here: report its states from now on."""
+        self._by_local[local] = row_id
+        self._local_of[row_id] = local
+        self._dirty.add(row_id)
+
+    async def _claim_once(self, *, adopt: bool = False) -> bool:
+        """One batch; True if it was full (there may be more). A delivery for an agent not
+        (yet) running here stays claimed, to be taken in once it is (its spawn adopts)."""
+        batch = await self.db.write(
+            lambda c: sql.claim(c, self.name, adopt=adopt), "claim deliveries"
+        )
         pairs: list[tuple[int, str]] = []
         for item in batch:
-            if not self.broker.transport.active(item.agent):
-                continue  # not (yet) running here: taken in once it is (a spawn wakes us)
-            local = await self._take_in(item)
-            if local is not None:
-                pairs.append((item.id, local))
+            local = None
+            if self.broker.transport.active(item.agent):
+                local = await self._take_in(item)
+            if local is None:
+                # Left claimed, untaken: only adopting passes take it, in its place in
+                # the agent's order, so no newer one overtakes it meanwhile.
+                self._held_again = True
+                continue
+            pairs.append((item.id, local))
+            self._map(local, item.id)  # reports may go before the record below
+        self._reported.set()
         if pairs:
-            await self.db.write(lambda c: sql.taken(c, self.name, pairs), "record taken")
-            for row_id, local in pairs:
-                self._by_local[local] = row_id
-                self._dirty.add(row_id)
-            self._reported.set()
+            try:
+                await self.db.write(lambda c: sql.taken(c, self.name, pairs), "record taken")
+            except ClusterUnavailable:
+                self._held_again = True  # found again (untaken) and recorded at the next pass
+                raise
         return len(batch) >= 100 and bool(pairs)
 
     async def _take_in(self, item: sql.Claimed) -> str | None:
@@ -302,7 +323,7 @@ class ClusterMember:
             await self._reported.wait()
             self._reported = trio.Event()
             dirty, self._dirty = self._dirty, set()
-            local_of = {row: local for local, row in self._by_local.items()}
+            local_of = self._local_of
             reports: list[sql.Report] = []
             for row_id in sorted(dirty):
                 local = local_of.get(row_id)
@@ -336,11 +357,14 @@ class ClusterMember:
                 self._reported.set()
                 continue
             for r in reports:
-                if r.state in sql.TERMINAL:
-                    self._forget_local(local_of[r.id])
+                # A dead letter stays mapped: the worker's report may still come (late).
+                if r.state in sql.TERMINAL - {"dead_letter"} and r.id not in self._dirty:
+                    self._forget(r.id)
 
-    def _forget_local(self, local: str) -> None:
-        self._by_local.pop(local, None)
+    def _forget(self, row_id: int) -> None:
+        local = self._local_of.pop(row_id, None)
+        if local is not None:
+            self._by_local.pop(local, None)
 
     # ------------------------------------------------------------ local events
 
@@ -354,6 +378,7 @@ class ClusterMember:
                 self._reported.set()
         elif isinstance(event, AgentSpawned):
             self._record(event.agent, state="running", pid=event.pid)
+            self._held_again = True  # what waits for it here, or was taken over for it
             self._work.set()
         elif isinstance(event, AgentActivity):
             self._record(event.agent, activity=event.to, activity_since=event.time)

@@ -80,10 +80,13 @@ CREATE TABLE IF NOT EXISTS trio_relay_deliveries (
     verification text,
     reason text
 );
-CREATE INDEX IF NOT EXISTS trio_relay_deliveries_unclaimed
-    ON trio_relay_deliveries (agent, id) WHERE claimed_by IS NULL;
-CREATE INDEX IF NOT EXISTS trio_relay_deliveries_claimed
-    ON trio_relay_deliveries (claimed_by, id) WHERE state IN ('queued', 'sent', 'injected');
+CREATE INDEX IF NOT EXISTS trio_relay_deliveries_waiting
+    ON trio_relay_deliveries (agent, id) WHERE claimed_by IS NULL AND state = 'queued';
+CREATE INDEX IF NOT EXISTS trio_relay_deliveries_untaken
+    ON trio_relay_deliveries (claimed_by, id)
+    WHERE local_id IS NULL AND state IN ('queued', 'sent', 'injected');
+CREATE INDEX IF NOT EXISTS trio_relay_deliveries_open
+    ON trio_relay_deliveries (agent) WHERE state IN ('queued', 'sent', 'injected');
 CREATE INDEX IF NOT EXISTS trio_relay_deliveries_agent ON trio_relay_deliveries (agent, id);
 """
 
@@ -304,8 +307,10 @@ def list_agents(conn: Any) -> list[ClusterAgent]:
         "SELECT a.name, a.broker,"
         " CASE WHEN coalesce(b.lease_until >= now(), false) THEN a.state ELSE 'unreachable' END,"
         " a.activity, a.activity_since, a.profile, a.pid,"
-        f" (SELECT count(*) FROM trio_relay_deliveries d WHERE d.agent = a.name AND d.{_OPEN})"
+        " coalesce(o.n, 0)"
         " FROM trio_relay_agents a LEFT JOIN trio_relay_brokers b ON b.name = a.broker"
+        " LEFT JOIN (SELECT agent, count(*) AS n FROM trio_relay_deliveries"
+        f" WHERE {_OPEN} GROUP BY agent) o ON o.agent = a.name"
         " ORDER BY a.name"
     ).fetchall()
     return [ClusterAgent(*row) for row in rows]
@@ -326,15 +331,20 @@ def insert_delivery(
 ) -> tuple[int, str]:
     """Accept a message for ``agent``: committed (synchronously) and its owner notified.
     Returns the row id and the owning broker. A ``key`` sent before returns that row.
-    Raises LookupError (no such agent in the cluster), NameTaken (its broker is
+    Raises LookupError (no such agent in the cluster, or it exited), NameTaken (its broker is
     unreachable: nothing is accepted)."""
     now = time.time()
     with conn.transaction():
         conn.execute("SET LOCAL synchronous_commit = on")
-        owner = locate(conn, agent)
-        if owner is None:
+        owner = conn.execute(
+            "SELECT a.broker, coalesce(b.lease_until >= now(), false), a.state"
+            " FROM trio_relay_agents a LEFT JOIN trio_relay_brokers b ON b.name = a.broker"
+            " WHERE a.name = %s",
+            (agent,),
+        ).fetchone()
+        if owner is None or owner[2] == "exited":  # as a single broker: not running
             raise LookupError(agent)
-        broker, live = owner
+        broker, live = owner[0], bool(owner[1])
         if not live:
             raise NameTaken(f"agent {agent!r} is on broker {broker!r}, which is unreachable")
         row = conn.execute(
@@ -352,34 +362,45 @@ def insert_delivery(
     return int(row[0]), broker
 
 
-def claim(conn: Any, broker: str, limit: int = 100) -> list[Claimed]:
-    """Claim up to ``limit`` deliveries for ``broker``'s agents, oldest first: the queued
-    ones nobody claimed, and the open ones claimed by a broker whose lease has passed
-    (taken over: queued again). Rows another claimer holds are skipped, not waited for.
-    Also returns, after those, the open ones ``broker`` claimed before but has not taken in
-    (``local_id`` NULL: it stopped in between)."""
+def claim(conn: Any, broker: str, limit: int = 100, *, adopt: bool = False) -> list[Claimed]:
+    """Claim up to ``limit`` queued deliveries nobody claimed, for ``broker``'s agents,
+    oldest first. Rows another claimer holds are skipped, not waited for.
+
+    With ``adopt`` (at start, after a reconnect or a failed record, when an agent is
+    spawned here), also: the open ones another broker claimed for agents now ``broker``'s
+    (the registry gave the agent to ``broker`` once that broker's lease passed, whether or
+    not it has come back since: taken over, queued again), and the open ones ``broker``
+    claimed before, for its agents, but did not take in (``local_id`` NULL). Each kind has its own partial
+    index, so the common claim costs what is waiting, not what is held."""
     now = time.time()
+    mine = "SELECT name FROM trio_relay_agents WHERE broker = %(me)s"
+    params = {"me": broker, "now": now, "limit": limit}
+    returning = " RETURNING id, agent, sender, body, thread, local_id, state"
     with conn.transaction():
         rows = conn.execute(
-            "UPDATE trio_relay_deliveries d SET claimed_by = %(me)s, local_id = NULL,"
-            " state = 'queued', updated_at = %(now)s"
+            "UPDATE trio_relay_deliveries d SET claimed_by = %(me)s, updated_at = %(now)s"
             " WHERE d.id IN (SELECT id FROM trio_relay_deliveries x"
-            " WHERE x.agent IN (SELECT name FROM trio_relay_agents WHERE broker = %(me)s)"
-            f" AND x.{_OPEN} AND (x.claimed_by IS NULL OR (x.claimed_by <> %(me)s AND NOT"
-            " EXISTS (SELECT 1 FROM trio_relay_brokers b WHERE b.name = x.claimed_by"
-            " AND b.lease_until >= now())))"
-            " ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-            " RETURNING id, agent, sender, body, thread, local_id, state",
-            {"me": broker, "now": now, "limit": limit},
+            f" WHERE x.claimed_by IS NULL AND x.state = 'queued' AND x.agent IN ({mine})"
+            " ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)" + returning,
+            params,
         ).fetchall()
-        untaken = conn.execute(
-            "SELECT id, agent, sender, body, thread, local_id, state"
-            f" FROM trio_relay_deliveries WHERE claimed_by = %s AND {_OPEN}"
-            " AND local_id IS NULL ORDER BY id LIMIT %s",
-            (broker, limit),
-        ).fetchall()
+        if adopt:
+            rows += conn.execute(
+                "UPDATE trio_relay_deliveries d SET claimed_by = %(me)s, local_id = NULL,"
+                " state = 'queued', updated_at = %(now)s"
+                " WHERE d.id IN (SELECT id FROM trio_relay_deliveries x"
+                f" WHERE x.agent IN ({mine}) AND x.{_OPEN} AND x.claimed_by <> %(me)s"
+                " ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)" + returning,
+                params,
+            ).fetchall()
+            rows += conn.execute(
+                "SELECT id, agent, sender, body, thread, local_id, state"
+                f" FROM trio_relay_deliveries WHERE claimed_by = %(me)s AND local_id IS NULL"
+                f" AND {_OPEN} AND agent IN ({mine}) ORDER BY id LIMIT %(limit)s",
+                params,
+            ).fetchall()
     seen: dict[int, Claimed] = {}
-    for row in sorted([*rows, *untaken]):
+    for row in rows:
         seen.setdefault(row[0], Claimed(*row))
     return sorted(seen.values(), key=lambda c: c.id)
 

@@ -125,6 +125,7 @@ class Duration(click.ParamType):
     "--cluster-lease",
     default=10.0,
     type=click.FloatRange(min=0.5),
+    metavar="SECONDS",
     help="Seconds this broker's cluster lease lasts without a heartbeat (renewed every"
     " third of it); past it, its agents show as unreachable and may be taken over.",
 )

@@ -146,7 +146,9 @@ def command(name: str | None = None, **attrs: Any) -> Callable[[Callable[..., An
 
 
 def option_with_default(
-    *decls: str, default: Any, help: str, type: Any = None
+    *decls: str, default: Any, help: str, type: Any = None, metavar: str | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``click.option`` with a ``default`` shown in --help."""
-    return click.option(*decls, default=default, show_default=True, type=type, help=help)
+    return click.option(
+        *decls, default=default, show_default=True, type=type, help=help, metavar=metavar
+    )

@@ -138,3 +138,28 @@ async def test_an_agent_that_is_not_running_anywhere_is_not_found(
         with pytest.raises(WorkerNotFound):
             await a.send("bob", "anyone?", sender="user", thread=None)
         assert [x.name for x in await a.agents()] == []
+
+
+async def test_every_wait_on_one_delivery_ends_with_it(
+    cluster_dsn: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async with two_brokers(cluster_dsn, tmp_path) as (a, _b, broker_b):
+        await broker_b.spawn("bob", REFERENCE)
+        await broker_b.set_mode("bob", "hold")
+        receipt = await a.send("bob", "for three", sender="user", thread=None)
+        ended: list[str] = []
+
+        async def wait_once() -> None:
+            ended.append((await a.wait(receipt.delivery_id, 20)).state)
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(wait_once)
+                row = sql.parse_cluster_id(receipt.delivery_id)
+                while len(a._waiters.get(row, ())) < 3:  # all three are waiting
+                    await trio.sleep(0.01)
+                # Taken in and reported (sent, then verified): one wake each at least.
+                await broker_b.flush("bob")
+        assert ended == ["verified"] * 3

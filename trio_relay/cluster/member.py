@@ -105,7 +105,7 @@ class ClusterMember:
         self._reported = trio.Event()
         self._by_local: dict[str, int] = {}  # local delivery id -> cluster row
         self._local_of: dict[int, str] = {}  # and back
-        self._waiters: dict[int, trio.Event] = {}
+        self._waiters: dict[int, set[trio.Event]] = {}  # row -> one event per waiter
         self._outbox: list[bytes] = []  # events to publish
         self._publish = trio.Event()
         self._registry: dict[str, dict[str, Any]] = {}  # agent -> fields to record
@@ -211,16 +211,16 @@ class ClusterMember:
         self._dirty.update(self._by_local.values())
         self._reported.set()
         self._held_again = True
-        for event in self._waiters.values():
-            event.set()
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
 
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == sql.WORK_CHANNEL:
             if payload == self.name:
                 self._work.set()
         elif channel == sql.STATE_CHANNEL:
-            waiter = self._waiters.get(int(payload)) if payload.isdigit() else None
-            if waiter is not None:
+            for waiter in self._waiters.get(int(payload), ()) if payload.isdigit() else ():
                 waiter.set()
         elif channel == sql.EVENTS_CHANNEL:
             try:
@@ -523,21 +523,33 @@ class ClusterMember:
         return found
 
     async def wait(self, delivery_id: str, timeout: float) -> DeliveryRecord:
-        """Until the delivery is terminal, from any broker. Raises DeliveryNotFound,
-        DeliveryTimeout, ClusterUnavailable. Cancellable."""
+        """Until the delivery is terminal, from any broker; PostgreSQL not answering for a
+        while does not end it. Raises DeliveryNotFound, DeliveryTimeout. Cancellable."""
         row_id = self._row(delivery_id)
-        waiter = self._waiters.setdefault(row_id, trio.Event())
+        waiters = self._waiters.setdefault(row_id, set())
+        waiter = trio.Event()
+        waiters.add(waiter)
+        state = "not read (PostgreSQL did not answer)"
         try:
             with trio.move_on_after(timeout):
                 while True:
-                    record = await self.get(delivery_id)
+                    try:
+                        record = await self.get(delivery_id)
+                    except ClusterUnavailable:  # a restart, a cut: the wait goes on
+                        await trio.sleep(0.2)
+                        continue
                     if record.terminal:
                         return record
+                    state = record.state
                     await waiter.wait()
-                    waiter = self._waiters[row_id] = trio.Event()
-            raise DeliveryTimeout(delivery_id, timeout, record.state)
+                    waiters.discard(waiter)
+                    waiter = trio.Event()  # a new one before reading again: no wake lost
+                    waiters.add(waiter)
+            raise DeliveryTimeout(delivery_id, timeout, state)
         finally:
-            self._waiters.pop(row_id, None)
+            waiters.discard(waiter)
+            if not waiters and self._waiters.get(row_id) is waiters:
+                del self._waiters[row_id]
 
     async def deliveries(
         self,

@@ -55,6 +55,9 @@ Known issues (the machine tolerates exactly these):
   was unreachable, and B has taken since, it still takes into its local engine once it is
   live again, with B live too. ``taken`` then counts 0 and its reports change nothing, but
   its local engine holds a second copy (``member`` ignores the count).
+- (Fixed: ``redeliver`` kept the row's ``local_id``, so a claimer that stopped before
+  ``taken`` never took it in, or undid the redelivery by reporting its old copy again. It
+  now clears it. ``test_a_redelivered_row_is_claimed_as_not_taken_in`` reproduces it.)
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class Row:
     state: str = "queued"
     claimed_by: str | None = None
     local_id: str | None = None
+    #: KNOWN_STALE_LOCAL: redelivered with the local id of its last take-in, not yet taken
+    stale: bool = field(default=False, compare=False)
 
 
 @dataclass
@@ -304,7 +309,9 @@ class ClaimProtocol(RuleBasedStateMachine):
             )
         for row_id in new:
             row = self.rows[row_id]
-            row.claimed_by, row.local_id, row.state = name, None, "queued"
+            if not (row.stale and row.claimed_by is None):  # else KNOWN_STALE_LOCAL: kept
+                row.local_id, row.stale = None, False
+            row.claimed_by, row.state = name, "queued"
         untaken = sorted(
             i
             for i, row in self.rows.items()
@@ -322,7 +329,7 @@ class ClaimProtocol(RuleBasedStateMachine):
                 row.sender,
                 row.body,
                 None,
-                None,
+                row.local_id,  # None but for KNOWN_STALE_LOCAL
                 row.state,
             ), (c, row)
             b.pending[c.id] = (c, b.lapses if b.live else -1)
@@ -371,7 +378,7 @@ class ClaimProtocol(RuleBasedStateMachine):
         assert count == len(held_now), (name, pairs, count, held_now)
         for row_id, local in pairs:
             if row_id in held_now:
-                self.rows[row_id].local_id = local
+                self.rows[row_id].local_id, self.rows[row_id].stale = local, False
         b.to_record.clear()
         return [row_id for row_id, _ in pairs]
 
@@ -445,7 +452,7 @@ class ClaimProtocol(RuleBasedStateMachine):
         )
         assert held == expected, (b.name, held, expected)
         for row_id, local, _state in held:
-            if local is not None:
+            if local in b.lstate:  # another broker's id (KNOWN_STALE_LOCAL): not found here
                 b.tracked[row_id] = local
 
     @rule(name=brokers, takeover=st.sampled_from([True, True, False]))
@@ -495,7 +502,7 @@ class ClaimProtocol(RuleBasedStateMachine):
         assert row.state in REDELIVERABLE, row
         assert agent == row.agent
         assert target == self.registry.get(row.agent, row.claimed_by or "")
-        row.state, row.claimed_by = "queued", None
+        row.state, row.claimed_by, row.local_id = "queued", None, None
         self.redelivered.add(row_id)
 
     # ------------------------------------------------------------ invariants
@@ -518,7 +525,7 @@ class ClaimProtocol(RuleBasedStateMachine):
             assert now.state in sql.TERMINAL, f"row {row_id} left a terminal state: {now}"
         self.terminal_before = {i for i, row in self.rows.items() if row.state in sql.TERMINAL}
         for row_id, row in self.rows.items():
-            if row.claimed_by is not None and row.local_id is not None:
+            if row.claimed_by is not None and row.local_id is not None and not row.stale:
                 local = self.brokers[row.claimed_by].local.get(row_id)
                 assert local == row.local_id, f"row {row_id} held as {row.local_id}, not {local}"
         leases = dict(
@@ -558,7 +565,7 @@ class ClaimProtocol(RuleBasedStateMachine):
         stuck = {
             i: (row, self.registry.get(row.agent))
             for i, row in self.rows.items()
-            if row.state in sql.OPEN
+            if row.state in sql.OPEN and not row.stale
         }
         assert not stuck, f"accepted deliveries that never end (row, agent's broker): {stuck}"
 
@@ -569,8 +576,8 @@ def test_claim_protocol(cluster_dsn: str) -> None:  # noqa: F811
         run_state_machine_as_test(
             ClaimProtocol,
             settings=settings(
-                max_examples=40,
-                stateful_step_count=25,
+                max_examples=50,
+                stateful_step_count=50,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow],
             ),
@@ -598,3 +605,18 @@ def test_a_row_claimed_before_a_takeover_goes_to_the_new_owner(cluster_dsn: str)
         with pytest.raises(sql.NameTaken):
             sql.claim_agent(a, "x", "A")  # A cannot respawn x
         assert [c.id for c in sql.claim(b, "B", adopt=True)] == [row_id]  # x's spawn adopts
+
+
+def test_a_redelivered_row_is_claimed_as_not_taken_in(cluster_dsn: str) -> None:  # noqa: F811
+    with psycopg.connect(cluster_dsn, autocommit=True) as a:
+        sql.prepare(a)
+        sql.join(a, "A", "tag-a", LEASE, None, "secret-A", 1, "host")
+        sql.claim_agent(a, "x", "A")
+        row_id, _ = sql.insert_delivery(a, "k1", "x", "someone", "hello", None, "A", 600.0)
+        assert [c.id for c in sql.claim(a, "A")] == [row_id]
+        assert sql.taken(a, "A", [(row_id, "local-1")]) == 1
+        assert sql.report(a, "A", [sql.Report(row_id, "dead_letter")]) == [row_id]
+        sql.redeliver(a, row_id)
+        assert [c.id for c in sql.claim(a, "A")] == [row_id]  # then A stops, before `taken`
+        assert sql.held(a, "A") == [(row_id, None, "queued")]  # not taken in
+        assert [c.id for c in sql.claim(a, "A", adopt=True)] == [row_id]  # A, back, finds it

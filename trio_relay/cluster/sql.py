@@ -461,8 +461,9 @@ def held(conn: Any, broker: str) -> list[tuple[int, str | None, str]]:
 
 
 def redeliver(conn: Any, row_id: int) -> tuple[str, str]:
-    """Queue a dead letter or failed delivery again; its owner claims it anew. Returns its
-    agent and the owner to notify. Raises LookupError, ValueError (not in such a state)."""
+    """Queue a dead letter or failed delivery again; its owner claims it anew and takes it
+    in again (finding its local copy by the cluster id, and queueing that again), so until
+    then it has no local id. Returns its agent and the owner to notify. Raises LookupError, ValueError (not in such a state)."""
     with conn.transaction():
         row = conn.execute(
             "SELECT agent, state, claimed_by FROM trio_relay_deliveries WHERE id = %s FOR UPDATE",
@@ -475,7 +476,7 @@ def redeliver(conn: Any, row_id: int) -> tuple[str, str]:
             raise ValueError(state)
         conn.execute(
             "UPDATE trio_relay_deliveries SET state = 'queued', claimed_by = NULL,"
-            " updated_at = %s WHERE id = %s",
+            " local_id = NULL, updated_at = %s WHERE id = %s",
             (time.time(), row_id),
         )
         owner = locate(conn, agent)

@@ -29,9 +29,10 @@ After every step the database must equal the model row by row (state, holder, lo
 lease liveness and registry too, and:
 
 - every accepted delivery is still there, unchanged (nothing lost, nothing extra);
-- a claim returns exactly the rows the model predicts: the oldest claimable ones (ids
-  ascending), then what the claimer holds and has not taken in; never a row held by
-  another broker whose lease is live;
+- a claim returns exactly the rows the model predicts, ids ascending: the oldest queued
+  ones nobody claimed; adopting, also the open ones of its agents another broker holds
+  (which lost the agent when its lease passed) and what it holds and has not taken in;
+  only rows of the claimer's agents, never one another broker holds for its own agent;
 - a report changes a row exactly when the reporter holds it;
 - a row terminal before a step is terminal after it, unless that step redelivered it;
 - an open row held with a local id is its holder's local copy; a live broker does not take
@@ -44,7 +45,7 @@ delivery must then be terminal.
 Steps are whole transactions in one thread: concurrent claimers (``SKIP LOCKED``) are not
 exercised here.
 
-Known issues (the machine tolerates exactly these):
+Known issues (the machine tolerates exactly the one still open):
 
 - (Fixed: a row A claimed and had not taken in, before B took A's agent over, stayed A's
   once A came back, and was never delivered. An adopting claim now takes the open rows of
@@ -115,8 +116,6 @@ class Row:
     state: str = "queued"
     claimed_by: str | None = None
     local_id: str | None = None
-    #: KNOWN_STALE_LOCAL: redelivered with the local id of its last take-in, not yet taken
-    stale: bool = field(default=False, compare=False)
 
 
 @dataclass
@@ -309,9 +308,7 @@ class ClaimProtocol(RuleBasedStateMachine):
             )
         for row_id in new:
             row = self.rows[row_id]
-            if not (row.stale and row.claimed_by is None):  # else KNOWN_STALE_LOCAL: kept
-                row.local_id, row.stale = None, False
-            row.claimed_by, row.state = name, "queued"
+            row.claimed_by, row.local_id, row.state = name, None, "queued"
         untaken = sorted(
             i
             for i, row in self.rows.items()
@@ -329,7 +326,7 @@ class ClaimProtocol(RuleBasedStateMachine):
                 row.sender,
                 row.body,
                 None,
-                row.local_id,  # None but for KNOWN_STALE_LOCAL
+                None,
                 row.state,
             ), (c, row)
             b.pending[c.id] = (c, b.lapses if b.live else -1)
@@ -378,7 +375,7 @@ class ClaimProtocol(RuleBasedStateMachine):
         assert count == len(held_now), (name, pairs, count, held_now)
         for row_id, local in pairs:
             if row_id in held_now:
-                self.rows[row_id].local_id, self.rows[row_id].stale = local, False
+                self.rows[row_id].local_id = local
         b.to_record.clear()
         return [row_id for row_id, _ in pairs]
 
@@ -391,7 +388,8 @@ class ClaimProtocol(RuleBasedStateMachine):
         self.do_take_in(name)
         b = self.brokers[name]
         for row_id in self.do_record(name):
-            self.report_state(b, row_id, b.lstate[b.tracked[row_id]])
+            if row_id in b.tracked:  # else reported terminal meanwhile, and forgotten
+                self.report_state(b, row_id, b.lstate[b.tracked[row_id]])
 
     @rule(index=pick, choice=st.integers(0, 10))
     def report(self, index: int, choice: int) -> None:
@@ -413,11 +411,11 @@ class ClaimProtocol(RuleBasedStateMachine):
         self.report_state(b, row_id, state)
 
     def report_state(self, b: Broker, row_id: int, state: str) -> None:
-        """The tracked row's local copy is now in ``state``: reported (and forgotten once
-        terminal, as the member does)."""
+        """The tracked row's local copy is now in ``state``: reported, and forgotten once
+        terminal, as the member does (but a dead letter: a late report may still come)."""
         b.lstate[b.tracked[row_id]] = state
         self.do_report(b, row_id, state)
-        if state in sql.TERMINAL:
+        if state in sql.TERMINAL - {"dead_letter"}:
             b.tracked.pop(row_id)
 
     @rule(name=brokers, index=pick, state=st.sampled_from(DELIVERY_STATES))
@@ -452,7 +450,7 @@ class ClaimProtocol(RuleBasedStateMachine):
         )
         assert held == expected, (b.name, held, expected)
         for row_id, local, _state in held:
-            if local in b.lstate:  # another broker's id (KNOWN_STALE_LOCAL): not found here
+            if local is not None:
                 b.tracked[row_id] = local
 
     @rule(name=brokers, takeover=st.sampled_from([True, True, False]))
@@ -525,7 +523,7 @@ class ClaimProtocol(RuleBasedStateMachine):
             assert now.state in sql.TERMINAL, f"row {row_id} left a terminal state: {now}"
         self.terminal_before = {i for i, row in self.rows.items() if row.state in sql.TERMINAL}
         for row_id, row in self.rows.items():
-            if row.claimed_by is not None and row.local_id is not None and not row.stale:
+            if row.claimed_by is not None and row.local_id is not None:
                 local = self.brokers[row.claimed_by].local.get(row_id)
                 assert local == row.local_id, f"row {row_id} held as {row.local_id}, not {local}"
         leases = dict(
@@ -565,7 +563,7 @@ class ClaimProtocol(RuleBasedStateMachine):
         stuck = {
             i: (row, self.registry.get(row.agent))
             for i, row in self.rows.items()
-            if row.state in sql.OPEN and not row.stale
+            if row.state in sql.OPEN
         }
         assert not stuck, f"accepted deliveries that never end (row, agent's broker): {stuck}"
 

@@ -260,6 +260,13 @@ class ClaimProtocol(RuleBasedStateMachine):
 
     def insert(self, sender: str, key: str, agent: str, body: str) -> None:
         owner = self.registry.get(agent)
+        existing = [i for i, row in self.rows.items() if row.key == key]
+        if existing:  # a key that committed before: that row, whoever runs the agent now
+            row_id, _ = sql.insert_delivery(
+                self.brokers[sender].conn, key, agent, "someone", body, None, sender, 600.0
+            )
+            assert row_id == existing[0], "a key sent again made another row"
+            return
         try:
             row_id, to = sql.insert_delivery(
                 self.brokers[sender].conn, key, agent, "someone", body, None, sender, 600.0

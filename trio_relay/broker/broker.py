@@ -25,7 +25,13 @@ from trio_relay.broker.retention import DEFAULT_RETENTION, prune_every
 from trio_relay.broker.spawn_args import child_environment, spawn_arguments, stored_spec
 from trio_relay.broker.supervisor import DEFAULT_HISTORY, Supervisor
 from trio_relay.broker.transport import SupervisorTransport
-from trio_relay.errors import AgentExists, RequestTimeout, SpawnFailed, WorkerNotFound
+from trio_relay.errors import (
+    AgentExists,
+    ClusterUnavailable,
+    RequestTimeout,
+    SpawnFailed,
+    WorkerNotFound,
+)
 from trio_relay.linux.peers import AgentProcesses
 from trio_relay.state import StateDir
 from trio_relay.store import sql
@@ -143,9 +149,15 @@ class Broker:
         try:
             if self.registry is not None:
                 await self.registry.claim_name(name)
-            mode = await self.store.write(
-                lambda conn: sql.put_agent(conn, name, stored, now), f"record agent {name!r}"
-            )
+            try:
+                mode = await self.store.write(
+                    lambda conn: sql.put_agent(conn, name, stored, now), f"record agent {name!r}"
+                )
+            except BaseException:
+                if self.registry is not None:  # not recorded: the name is free again
+                    with trio.CancelScope(shield=True):
+                        await self.registry.release_name(name)
+                raise
             self.delivery_engine.register(name, mode)
             self.delivery_engine.set_preamble(name, preamble)
             try:
@@ -171,7 +183,14 @@ class Broker:
         async def one(row: sql.AgentRow) -> None:
             try:
                 started.append(await self.spawn(row.name, **spawn_arguments(row.spec)))
-            except (SpawnFailed, AgentExists, ValueError, TypeError, KeyError) as exc:
+            except (
+                SpawnFailed,
+                AgentExists,
+                ClusterUnavailable,
+                ValueError,
+                TypeError,
+                KeyError,
+            ) as exc:
                 log.error("cannot respawn %s: %s", row.name, exc)
                 self.delivery_engine.agent_gone(row.name, f"could not be respawned: {exc}")
 

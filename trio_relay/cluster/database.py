@@ -40,6 +40,9 @@ CONNECT_OPTIONS: dict[str, Any] = {
     "keepalives_count": 3,
     "tcp_user_timeout": 8000,
     "application_name": "trio-relay",
+    # A server that is up but stalled (a lock, a synchronous standby away) fails a
+    # statement instead of holding an uncancellable write for ever.
+    "options": "-c statement_timeout=15000 -c lock_timeout=5000",
 }
 
 

@@ -48,6 +48,7 @@ from trio_relay.errors import (
     DeliveryNotFound,
     DeliveryStateError,
     DeliveryTimeout,
+    RelayError,
     WorkerNotFound,
 )
 from trio_relay.wire import (
@@ -127,7 +128,7 @@ class ClusterMember:
             raise ClusterUnavailable(str(exc)) from None
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self._listen)
+                await nursery.start(_restarting_start, self._listen)
                 for task in (
                     self._heartbeat,
                     self._claimer,
@@ -220,7 +221,8 @@ class ClusterMember:
             if payload == self.name:
                 self._work.set()
         elif channel == sql.STATE_CHANNEL:
-            for waiter in self._waiters.get(int(payload), ()) if payload.isdigit() else ():
+            row = int(payload) if payload.isascii() and payload.isdigit() else None
+            for waiter in self._waiters.get(row, ()) if row is not None else ():
                 waiter.set()
         elif channel == sql.EVENTS_CHANNEL:
             try:
@@ -234,6 +236,8 @@ class ClusterMember:
     async def _claimer(self) -> None:
         """Claim and take in, each time there may be something (woken by NOTIFY, a spawn,
         a reconnect). Also collects, once, what this broker held before it stopped."""
+        self._held_again = True  # also after a restart of this task: look at everything
+        self._work.set()
         while True:
             await self._work.wait()
             self._work = trio.Event()
@@ -276,10 +280,21 @@ class ClusterMember:
             lambda c: sql.claim(c, self.name, adopt=adopt), "claim deliveries"
         )
         pairs: list[tuple[int, str]] = []
+        failed: list[sql.Report] = []
         for item in batch:
+            self._forget(item.id)  # an old copy's report must not undo this claim
             local = None
             if self.broker.transport.active(item.agent):
-                local = await self._take_in(item)
+                try:
+                    local = await self._take_in(item)
+                except (RelayError, ValueError) as exc:
+                    if isinstance(exc, ClusterUnavailable):
+                        raise
+                    # It cannot be taken here (too large for this broker, its store
+                    # failing, shutting down): it fails, saying why, rather than waiting.
+                    log.error("cluster: %s cannot be taken in: %s", sql.cluster_id(item.id), exc)
+                    failed.append(sql.Report(item.id, "failed", reason=f"not taken in: {exc}"))
+                    continue
             if local is None:
                 # Left claimed, untaken: only adopting passes take it, in its place in
                 # the agent's order, so no newer one overtakes it meanwhile.
@@ -288,6 +303,8 @@ class ClusterMember:
             pairs.append((item.id, local))
             self._map(local, item.id)  # reports may go before the record below
         self._reported.set()
+        if failed:
+            await self.db.write(lambda c: sql.report(c, self.name, failed), "fail deliveries")
         if pairs:
             try:
                 await self.db.write(lambda c: sql.taken(c, self.name, pairs), "record taken")
@@ -377,7 +394,11 @@ class ClusterMember:
                 self._dirty.add(row_id)
                 self._reported.set()
         elif isinstance(event, AgentSpawned):
-            self._record(event.agent, state="running", pid=event.pid)
+            try:
+                profile = self.broker.agent(event.agent).profile
+            except WorkerNotFound:
+                profile = None
+            self._record(event.agent, state="running", pid=event.pid, profile=profile)
             self._held_again = True  # what waits for it here, or was taken over for it
             self._work.set()
         elif isinstance(event, AgentActivity):
@@ -470,13 +491,17 @@ class ClusterMember:
 
     async def after_respawn(self) -> None:
         """The stored agents are back: the registry's rows of this broker's for agents not
-        running here are dropped, and their open cluster deliveries fail."""
-        rows = await self.db.read(sql.list_agents, "list agents")
-        for row in rows:
-            if row.broker == self.name and not self.broker.transport.active(row.name):
-                await self.db.write(
-                    lambda c, n=row.name: sql.fail_agent(c, n, self.name), "drop an agent"
-                )
+        running here are dropped, and their open cluster deliveries fail. If PostgreSQL does
+        not answer, that is logged and left for the next start."""
+        try:
+            rows = await self.db.read(sql.list_agents, "list agents")
+            for row in rows:
+                if row.broker == self.name and not self.broker.transport.active(row.name):
+                    await self.db.write(
+                        lambda c, n=row.name: sql.fail_agent(c, n, self.name), "drop an agent"
+                    )
+        except ClusterUnavailable as exc:
+            log.warning("cluster: agents that did not come back are left as they are: %s", exc)
         self._work.set()
 
     # ------------------------------------------------------------ operations
@@ -565,14 +590,17 @@ class ClusterMember:
         )
 
     async def redeliver(self, delivery_id: str) -> Receipt:
-        """Raises DeliveryNotFound, DeliveryStateError, ClusterUnavailable."""
+        """Raises DeliveryNotFound, DeliveryStateError, WorkerNotFound (no live broker runs
+        its agent), ClusterUnavailable."""
         row_id = self._row(delivery_id)
         try:
             agent, _owner = await self.db.write(
                 lambda c: sql.redeliver(c, row_id), f"redeliver {delivery_id}"
             )
-        except LookupError:
-            raise DeliveryNotFound(delivery_id) from None
+        except LookupError as exc:
+            if exc.args and exc.args[0] == row_id:
+                raise DeliveryNotFound(delivery_id) from None
+            raise WorkerNotFound(str(exc.args[0])) from None
         except ValueError as exc:
             raise DeliveryStateError(
                 f"delivery {delivery_id!r} is {exc}; only dead letters and failed deliveries"
@@ -628,6 +656,30 @@ class ClusterMember:
     async def locate(self, agent: str) -> tuple[str, bool] | None:
         """The broker running ``agent`` and whether it is reachable, or None."""
         return await self.db.read(lambda c: sql.locate(c, agent), "locate an agent")
+
+
+async def _restarting_start(
+    task: Any, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """:func:`_restarting` for a task started with ``nursery.start``: whichever run gets
+    there first reports it started, once."""
+    once = _StartedOnce(task_status)
+    while True:
+        try:
+            await task(task_status=once)
+        except Exception:
+            log.exception("cluster: %s failed; starting it again in 1 s", task.__name__)
+            await trio.sleep(1)
+
+
+class _StartedOnce:
+    def __init__(self, status: Any) -> None:
+        self.status, self.done = status, False
+
+    def started(self, value: Any = None) -> None:
+        if not self.done:
+            self.done = True
+            self.status.started(value)
 
 
 async def _restarting(task: Any) -> None:

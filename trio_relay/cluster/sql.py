@@ -260,19 +260,21 @@ def update_agent(conn: Any, name: str, broker: str, fields: dict[str, Any]) -> N
         )
 
 
-def drop_agent(conn: Any, name: str, broker: str) -> None:
-    """The agent was released: no broker runs it."""
-    with conn.transaction():
-        conn.execute(
-            "DELETE FROM trio_relay_agents WHERE name = %s AND broker = %s", (name, broker)
-        )
+def drop_agent(conn: Any, name: str, broker: str) -> int:
+    """The agent was released: no broker runs it, and each of its open deliveries still in
+    the cluster's hands (unclaimed, or ``broker``'s) fails, as nobody will take them.
+    Returns how many failed."""
+    return _end_agent(conn, name, broker, f"agent {name!r} was released")
 
 
 def fail_agent(conn: Any, name: str, broker: str) -> int:
     """Agent ``name`` will not run on ``broker`` again (it could not be respawned): its
     row goes, and each of its open deliveries, unclaimed or ``broker``'s, fails. Returns
     how many failed."""
-    reason = f"agent {name!r} did not come back on broker {broker!r}"
+    return _end_agent(conn, name, broker, f"agent {name!r} did not come back on broker {broker!r}")
+
+
+def _end_agent(conn: Any, name: str, broker: str, reason: str) -> int:
     with conn.transaction():
         gone = conn.execute(
             "DELETE FROM trio_relay_agents WHERE name = %s AND broker = %s RETURNING name",
@@ -336,6 +338,12 @@ def insert_delivery(
     now = time.time()
     with conn.transaction():
         conn.execute("SET LOCAL synchronous_commit = on")
+        before = conn.execute(
+            "SELECT id FROM trio_relay_deliveries WHERE key = %s", (key,)
+        ).fetchone()
+        if before is not None:  # a retry of a send that did commit: that one stands
+            found = locate(conn, agent)
+            return int(before[0]), found[0] if found else ""
         owner = conn.execute(
             "SELECT a.broker, coalesce(b.lease_until >= now(), false), a.state"
             " FROM trio_relay_agents a LEFT JOIN trio_relay_brokers b ON b.name = a.broker"
@@ -463,7 +471,8 @@ def held(conn: Any, broker: str) -> list[tuple[int, str | None, str]]:
 def redeliver(conn: Any, row_id: int) -> tuple[str, str]:
     """Queue a dead letter or failed delivery again; its owner claims it anew and takes it
     in again (finding its local copy by the cluster id, and queueing that again), so until
-    then it has no local id. Returns its agent and the owner to notify. Raises LookupError, ValueError (not in such a state)."""
+    then it has no local id. Returns its agent and the owner to notify. Raises LookupError (no such row: its id;
+    no live broker runs its agent: the agent's name), ValueError (not in such a state)."""
     with conn.transaction():
         row = conn.execute(
             "SELECT agent, state, claimed_by FROM trio_relay_deliveries WHERE id = %s FOR UPDATE",
@@ -480,7 +489,9 @@ def redeliver(conn: Any, row_id: int) -> tuple[str, str]:
             (time.time(), row_id),
         )
         owner = locate(conn, agent)
-        target = owner[0] if owner else (claimed_by or "")
+        if owner is None or not owner[1]:
+            raise LookupError(agent)  # as on one broker: nobody would take it
+        target = owner[0]
         conn.execute("SELECT pg_notify(%s, %s)", (WORK_CHANNEL, target))
     return str(agent), target
 

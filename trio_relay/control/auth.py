@@ -25,10 +25,12 @@ from trio_relay.wire import (
     ControlRequest,
     DeliveriesOp,
     DeliveryOp,
+    InputOp,
     LogsOp,
     ModeOp,
     PeersOp,
     PendingOp,
+    ResizeOp,
     SendOp,
     SnapshotOp,
     StatusOp,
@@ -63,14 +65,21 @@ Refusal = tuple[int, str]
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the owner (``agent`` None) or one agent with a scoped token."""
+    """Who is calling: the owner (``agent`` None) or one agent with a scoped token;
+    ``forwarding``: another broker of the cluster, which may only forward snapshot, input
+    and resize to this broker's agents."""
 
     agent: str | None = None
+    forwarding: bool = False
 
 
 def authorize(principal: Principal, request: ControlRequest) -> None:
     """Raise Forbidden unless ``principal`` may make ``request``: an agent uses only
     :data:`AGENT_OPS`, and names no agent but itself."""
+    if principal.forwarding:
+        if not isinstance(request, InputOp | ResizeOp | SnapshotOp):
+            raise Forbidden("a cluster's credential only forwards snapshot, input and resize")
+        return
     if principal.agent is None:
         return
     if not isinstance(request, AGENT_OPS):
@@ -132,8 +141,8 @@ def authenticate(
     cannot drive agents. ``process_of`` is the agent the connecting process belongs to
     (:func:`identify`): such a connection acts as that agent whatever valid token it
     presents, and one from an agent's process that cannot be placed is refused.
-    ``also_owner``: other tokens that act as the owner (a cluster's credential, which other
-    brokers of the cluster present to forward a request to one of this broker's agents).
+    ``also_owner``: a cluster's credential, which other brokers of the cluster present to
+    forward snapshot, input and resize to one of this broker's agents (nothing else).
     """
     fields = {name.lower(): value.decode("latin-1") for name, value in headers}
     origin = fields.get(b"origin")
@@ -144,7 +153,7 @@ def authenticate(
         return 401, "unauthorized: send Authorization: Bearer <token>"
     principal = token_principal(secret, token)
     if principal is None and any(hmac.compare_digest(token, t) for t in also_owner):
-        principal = Principal()
+        principal = Principal(forwarding=True)
     if principal is None:
         return 401, "unauthorized: wrong token"
     if process_of == UNPLACED:

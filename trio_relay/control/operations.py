@@ -164,7 +164,7 @@ class Operations:
             case RedeliverOp(delivery_id=delivery_id):
                 return _info(await broker.redeliver(delivery_id))
             case InputOp(name=name) | ResizeOp(name=name) | SnapshotOp(name=name) if (
-                await self._elsewhere(name)
+                principal.agent is None and not principal.forwarding and await self._elsewhere(name)
             ):
                 return await self.cluster.forward(request)
             case InputOp(name=name, data=data):

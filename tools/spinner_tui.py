@@ -2,6 +2,7 @@
 """A stand-in for a busy agent CLI: it redraws its screen like one, 20 times a second.
 
     python3 tools/spinner_tui.py [--rate 20] [--seconds S] [--burst 2048] [--burst-every 1]
+                                 [--burst-first S]
 
 The workload of ``tools/bench_agents.py``'s activity-detection benchmark. Like Claude Code or
 Codex while they work, each frame (one write, inside synchronized-output marks) sets the window
@@ -50,10 +51,17 @@ def _transcript(count: int, size: int, cols: int) -> bytes:
 
 
 def frames(
-    rows: int, cols: int, rate: float, burst: int, every: float, seconds: float
+    rows: int,
+    cols: int,
+    rate: float,
+    burst: int,
+    every: float,
+    seconds: float,
+    first: float | None = None,
 ) -> Iterator[tuple[float, bytes]]:
     """(seconds from the start, bytes) of each write, the first one the screen's set-up;
-    forever if ``seconds`` is 0."""
+    forever if ``seconds`` is 0. The first burst comes at ``first`` seconds (default
+    ``every``)."""
     top = rows - 5  # the transcript scrolls in rows 1..top
     spin, rule, box, rule2, status = rows - 4, rows - 3, rows - 2, rows - 1, rows
     line = "─" * cols
@@ -63,7 +71,8 @@ def frames(
         f"\x1b[{rule2};1H\x1b[2m{line}\x1b[0m"
     ).encode()
     yield 0.0, setup + _transcript(0, 1024, cols)
-    period, n, lines_out, next_burst = 1.0 / rate, 0, 40, every
+    period, n, lines_out = 1.0 / rate, 0, 40
+    next_burst = every if first is None else first
     while not seconds or n * period < seconds:
         n += 1
         t = n * period
@@ -95,6 +104,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.0, help="how long (0: until killed)")
     parser.add_argument("--burst", type=int, default=2048, help="bytes of each burst")
     parser.add_argument("--burst-every", type=float, default=1.0, help="seconds between bursts")
+    parser.add_argument(
+        "--burst-first", type=float, default=None, help="seconds until the first burst"
+    )
     args = parser.parse_args()
     try:
         size = os.get_terminal_size(1)
@@ -104,7 +116,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     start = time.monotonic()
     try:
-        for t, data in frames(rows, cols, args.rate, args.burst, args.burst_every, args.seconds):
+        for t, data in frames(
+            rows, cols, args.rate, args.burst, args.burst_every, args.seconds, args.burst_first
+        ):
             delay = start + t - time.monotonic()
             if delay > 0:
                 time.sleep(delay)

@@ -270,14 +270,17 @@ async def fan_out(broker: TrioRelay, names: list[str], subscribers: int, seconds
 async def scale_run(broker: Any, n: int, busy: bool, args: argparse.Namespace) -> dict:
     names = [f"a{i}" for i in range(n)]
     t0 = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for name in names:
-            nursery.start_soon(broker.spawn, name, workload(busy, args))
-        nursery.start_soon(broker.spawn, "c0", ["cat"])
     up = (lambda a: a in broker.output) if busy else (lambda a: a in broker.prompt_at)
-    with trio.fail_after(60 + n * 0.5):
+    with trio.move_on_after(args.start_timeout):
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(broker.spawn, name, workload(busy, args))
+            nursery.start_soon(broker.spawn, "c0", ["cat"])
         while not all(up(a) for a in names):
             await trio.sleep(0.01)
+    if not all(up(a) for a in names):
+        started = sum(up(a) for a in names)
+        raise RuntimeError(f"{started} of {n} agents drew their screen in {args.start_timeout:g} s")
     fig: dict[str, Any] = {"up": time.perf_counter() - t0}
     await broker.deliver("c0", "warm-up")  # agent-relay types a long preamble first
     await trio.sleep(2.0)
@@ -372,6 +375,15 @@ def table(results: dict[tuple[str, int, bool], list[dict]], args: Any, markdown:
     )
 
 
+def save_run(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def load_runs(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+
+
 async def main_async(args: argparse.Namespace) -> None:
     systems = ["trio-relay"]
     binary: Path | None = None
@@ -390,6 +402,10 @@ async def main_async(args: argparse.Namespace) -> None:
         flush=True,
     )
     results: dict[tuple[str, int, bool], list[dict]] = {}
+    if args.table_from:
+        for fig in load_runs(args.table_from):
+            results.setdefault((fig["system"], fig["n"], fig["busy"]), []).append(fig)
+        args.repeat = 0
     for rep in range(args.repeat):
         for n in args.agents:
             for busy in args.modes:
@@ -402,6 +418,8 @@ async def main_async(args: argparse.Namespace) -> None:
                         print(f"  {system} N={n} busy={busy}: FAILED: {exc!r}", flush=True)
                         continue
                     results.setdefault((system, n, busy), []).append(fig)
+                    if args.save:
+                        save_run(args.save, {"system": system, "n": n, "busy": busy, **fig})
                     brief = {
                         k: round(v, 3) if isinstance(v, float) else v
                         for k, v in fig.items()
@@ -432,6 +450,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="repetitions (medians shown)")
     parser.add_argument("--skip-agent-relay", action="store_true", help="trio-relay only")
     parser.add_argument("--markdown", action="store_true", help="also print markdown")
+    parser.add_argument(
+        "--start-timeout", type=float, default=180.0, help="s for N agents to start (per run)"
+    )
+    parser.add_argument("--save", help="append each run's figures to this JSON-lines file")
+    parser.add_argument("--table-from", help="print the table of a --save file; run nothing")
     args = parser.parse_args()
     args.agents = sorted({int(x) for x in args.agents.split(",")})
     args.modes = [False, True] if args.busy else [False]

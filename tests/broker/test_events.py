@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from trio_relay.broker.events import EventLog
-from trio_relay.wire import AgentIdle, AgentReady, Gap
+from trio_relay.wire import AgentIdle, AgentOutput, AgentReady, Gap
 
 
 def idle(n: int) -> AgentIdle:
@@ -123,3 +123,35 @@ async def test_ready_takes_what_is_there_without_waiting_and_reports_a_gap() -> 
     assert isinstance(batch[0], Gap) and (batch[0].first, batch[0].last) == (1, 2)
     assert [e.seq for e in batch[1:]] == [3, 4]
     assert [e.seq for e in sub.ready(10)] == [5, 6]
+
+
+async def test_agent_output_past_the_budget_is_dropped_oldest_first_with_a_gap() -> None:
+    log = EventLog(capacity=64, output_budget=10_000)
+    sub = log.subscribe(since=0)
+    log.emit(idle(0))
+    for n in range(5):  # 5 x 4,000 characters: only the last two fit the budget
+        log.emit(AgentOutput(agent="a", offset=n * 4000, data="x" * 4000))
+    log.emit(idle(1))  # no output: costs nothing
+    assert log.first_seq == 5
+    assert [type(e).__name__ for e in log.since(0)] == ["AgentOutput", "AgentOutput", "AgentIdle"]
+    first = await sub.__anext__()
+    assert isinstance(first, Gap) and (first.first, first.last) == (1, 4)
+    assert [(await sub.__anext__()).seq for _ in range(3)] == [5, 6, 7]
+
+
+async def test_one_event_larger_than_the_budget_is_still_kept() -> None:
+    log = EventLog(capacity=8, output_budget=100)
+    log.emit(AgentOutput(agent="a", offset=0, data="y" * 500))
+    assert [e.seq for e in log.since(0)] == [1]
+    log.emit(AgentOutput(agent="a", offset=500, data="z"))
+    assert [e.seq for e in log.since(0)] == [2]
+
+
+async def test_the_budget_counts_what_the_ring_overwrote() -> None:
+    log = EventLog(capacity=4, output_budget=10_000)
+    for n in range(20):  # each 3,000: four of them would pass the budget, three fit
+        log.emit(AgentOutput(agent="a", offset=n * 3000, data="w" * 3000))
+    assert [e.seq for e in log.since(0)] == [18, 19, 20]
+    for n in range(8):
+        log.emit(idle(n))  # the ring turns over: no output left in it
+    assert log.first_seq == 25 and len(log.since(0)) == 4

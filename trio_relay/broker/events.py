@@ -1,6 +1,8 @@
 """The broker event log: sequence numbers, a bounded replay buffer, subscribers.
 
-Events are kept in a ring of fixed capacity. A subscriber is a cursor into the ring, not a
+Events are kept in a ring of fixed capacity, which also holds at most ``output_budget``
+characters of agent output (busy agents fill a ring with 4 KiB output events: without the
+budget 4,096 of them are 16 MiB of text). A subscriber is a cursor into the ring, not a
 queue: emitting never waits for anyone, costs the same however many subscribers there are,
 and a subscriber that falls behind by more than the ring holds gets one explicit
 :class:`~trio_relay.wire.Gap` naming the events it missed, never a silent hole.
@@ -15,20 +17,28 @@ from typing import TypeVar
 
 import trio
 
-from trio_relay.wire import Event, Gap
+from trio_relay.wire import AgentOutput, Event, Gap
 
 E = TypeVar("E", bound=Event)
 log = logging.getLogger(__name__)
 
+#: Characters of agent output the ring keeps at most (older events are dropped first).
+OUTPUT_BUDGET = 4 * 1024 * 1024
+
 
 class EventLog:
-    """Numbered broker events (the first is 1), the last ``capacity`` of them replayable."""
+    """Numbered broker events (the first is 1): the last ``capacity`` of them replayable,
+    fewer when their agent output passes ``output_budget`` characters."""
 
-    def __init__(self, capacity: int = 4096) -> None:
+    def __init__(self, capacity: int = 4096, output_budget: int = OUTPUT_BUDGET) -> None:
         if capacity < 1:
             raise ValueError("capacity must be positive")
         self.capacity = capacity
+        self.output_budget = output_budget
         self._ring: list[Event | None] = [None] * capacity
+        self._sizes = [0] * capacity  # output characters of each slot's event
+        self._output = 0  # their sum
+        self._floor = 1  # the oldest event the budget left in the ring
         self._next = 1
         self._lot = trio.lowlevel.ParkingLot()
         self._listeners: list[Callable[[Event], None]] = []
@@ -42,15 +52,21 @@ class EventLog:
     @property
     def first_seq(self) -> int:
         """The oldest sequence number still replayable."""
-        return max(1, self._next - self.capacity)
+        return max(self._floor, self._next - self.capacity)
 
     def emit(self, event: E) -> E:
         """Number, timestamp and record ``event``, and wake subscribers. Never blocks, and
         never raises: a listener that fails is logged and counted (``listener_failures``)."""
-        event.seq = self._next
+        seq = event.seq = self._next
         event.time = time.time()
-        self._ring[self._next % self.capacity] = event
-        self._next += 1
+        slot = seq % self.capacity
+        size = len(event.data) if type(event) is AgentOutput else 0
+        self._output += size - self._sizes[slot]
+        self._sizes[slot] = size
+        self._ring[slot] = event
+        self._next = seq + 1
+        if self._output > self.output_budget:
+            self._trim()
         for listener in self._listeners:
             try:
                 listener(event)
@@ -59,6 +75,18 @@ class EventLog:
                 log.exception("event listener %r failed on %r", listener, event)
         self._lot.unpark_all()
         return event
+
+    def _trim(self) -> None:
+        """Drop the oldest events until the output they hold fits the budget (the newest
+        event stays, whatever its size)."""
+        seq = self.first_seq
+        while self._output > self.output_budget and seq < self._next - 1:
+            slot = seq % self.capacity
+            self._output -= self._sizes[slot]
+            self._sizes[slot] = 0
+            self._ring[slot] = None
+            seq += 1
+        self._floor = seq
 
     def listen(self, listener: Callable[[Event], None]) -> None:
         """Call ``listener(event)`` synchronously inside every :meth:`emit`, so it sees every

@@ -69,7 +69,8 @@ class Duration(click.ParamType):
     "--event-buffer",
     default=4096,
     type=click.IntRange(min=16),
-    help="Events kept for replay (`events --since`); a subscriber further behind gets a gap.",
+    help="Events kept for replay (`events --since`), with at most 4 MiB of agent output"
+    " among them; a subscriber further behind gets a gap.",
 )
 @option_with_default(
     "--retention",

@@ -123,6 +123,10 @@ class _Stream(pyte.Stream):
             return self._taking_plain_text
 
 
+#: The cells :meth:`_Screen._draw_narrow` built, by attributes, then character.
+_CELLS: dict[Any, dict[str, Any]] = {}
+
+
 class _Screen(pyte.Screen):
     """pyte's screen, with a tap on drawn text, dim, ``CSI S``/``CSI T``, the alternate
     screen, xterm's erasing and xterm's resize. Queries are answered by TerminalScreen, so
@@ -368,7 +372,47 @@ class _Screen(pyte.Screen):
                 self.on_draw(data)
             except Exception as exc:
                 raise ListenerError(f"the draw listener failed: {exc!r}") from exc
-        super().draw(data)
+        text = data.translate(self.g1_charset if self.charset else self.g0_charset)
+        if text.isascii() and text.isprintable() and pyte.modes.IRM not in self.mode:
+            self._draw_narrow(text)
+        else:
+            super().draw(data)
+
+    def _draw_narrow(self, text: str) -> None:
+        """pyte's ``draw`` for printable ASCII (every character one cell wide) without
+        insert mode, the same cells and cursor, faster: pyte builds each cell with
+        ``_replace``; here a cell is built once per character and attributes, and shared
+        (cells are immutable)."""
+        cursor, columns = self.cursor, self.columns
+        wrap = pyte.modes.DECAWM in self.mode
+        attrs = cursor.attrs
+        cells = _CELLS.get(attrs)
+        if cells is None:
+            if len(_CELLS) >= 512:
+                _CELLS.clear()
+            cells = _CELLS[attrs] = {}
+        x, i, end = cursor.x, 0, len(text)
+        while i < end:
+            if x >= columns:
+                if wrap:
+                    self.dirty.add(cursor.y)
+                    cursor.x = x
+                    self.carriage_return()
+                    self.linefeed()
+                    x = cursor.x
+                else:
+                    x = columns - 1  # the last column is written over
+            line = self.buffer[cursor.y]
+            take = min(end - i, columns - x)
+            for char in text[i : i + take]:
+                cell = cells.get(char)
+                if cell is None:
+                    cell = cells[char] = attrs._replace(data=char)
+                line[x] = cell
+                x += 1
+            i += take
+        cursor.x = x
+        self.dirty.add(cursor.y)
 
     def report_device_status(self, *args: Any, **kwargs: Any) -> None:
         pass  # answered by TerminalScreen._answer

@@ -1,0 +1,79 @@
+"""The screen's own drawing of ASCII text makes the same cells and cursor as pyte's."""
+
+from __future__ import annotations
+
+import pyte
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_relay.worker.pty import screen as screen_module
+from trio_relay.worker.pty.screen import TerminalScreen
+
+# Text, and the sequences that change how it is drawn: colours and attributes, cursor
+# moves (to the last column too), autowrap off and on, insert mode, a character set,
+# scrolling regions, wide and combining characters, control characters.
+PIECES = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+    st.sampled_from(
+        [
+            "\x1b[31m",
+            "\x1b[1;44m",
+            "\x1b[2m",
+            "\x1b[0m",
+            "\x1b[7m",
+            "\x1b[?7l",
+            "\x1b[?7h",
+            "\x1b[4h",
+            "\x1b[4l",
+            "\x1b(0",
+            "\x1b(B",
+            "\x1b[2;5r",
+            "\x1b[r",
+            "\x1b[H",
+            "\x1b[3;9H",
+            "\x1b[1;10H",
+            "\x1b[5;8H",
+            "\r\n",
+            "\x08",
+            "\t",
+            "漢字",
+            "e\u0301",
+            "│…⠹",
+            "\x1b[K",
+            "\x1b[?5h",
+        ]
+    ),
+)
+
+
+def _pyte_draw(self: pyte.Screen, data: str) -> None:
+    pyte.Screen.draw(self, data)
+
+
+def _state(screen: TerminalScreen) -> tuple[object, ...]:
+    inner = screen._screen
+    cells = {
+        (y, x): tuple(char)
+        for y in range(inner.lines)
+        for x, char in inner.buffer[y].items()
+        if x < inner.columns
+    }
+    return cells, inner.cursor.x, inner.cursor.y, tuple(inner.cursor.attrs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(PIECES, max_size=30), st.integers(1, 12))
+def test_drawing_matches_pyte(pieces: list[str], cols: int) -> None:
+    ours, theirs = TerminalScreen(6, cols), TerminalScreen(6, cols)
+    theirs._screen.draw = _pyte_draw.__get__(theirs._screen)  # pyte's own draw
+    for piece in pieces:
+        ours.feed(piece)
+        theirs.feed(piece)
+        assert _state(ours) == _state(theirs), piece
+
+
+def test_the_cell_cache_is_bounded() -> None:
+    screen = TerminalScreen(4, 20)
+    for n in range(700):  # 700 distinct colours
+        screen.feed(f"\x1b[38;5;{n % 256}m\x1b[48;5;{n // 256}mx")
+    assert len(screen_module._CELLS) <= 512

@@ -1,4 +1,5 @@
-"""The screen's own drawing of ASCII text makes the same cells and cursor as pyte's."""
+"""The screen's own drawing of ASCII text makes the same cells and cursor as pyte's, and its
+rows read as every cell reads."""
 
 from __future__ import annotations
 
@@ -70,6 +71,12 @@ def test_drawing_matches_pyte(pieces: list[str], cols: int) -> None:
         ours.feed(piece)
         theirs.feed(piece)
         assert _state(ours) == _state(theirs), piece
+    inner = ours._screen
+    every_cell = [
+        "".join(inner.buffer[y][x].data for x in range(inner.columns)).rstrip()
+        for y in range(inner.lines)
+    ]
+    assert ours.lines() == every_cell
 
 
 def test_the_cell_cache_is_bounded() -> None:

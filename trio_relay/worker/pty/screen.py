@@ -534,9 +534,9 @@ class TerminalScreen:
 
     def lines(self) -> list[str]:
         """The visible rows as text, trailing blanks removed. (Not pyte's ``display``, which
-        measures every cell's width again: this is ~10x faster.)"""
+        measures every cell's width again.)"""
         screen = self._screen
-        columns = range(screen.columns)
+        width = screen.columns
         buffer = screen.buffer
         out = []
         for y in range(screen.lines):
@@ -544,8 +544,13 @@ class TerminalScreen:
             if not line:
                 out.append("")
                 continue
-            # A wide character's stub cell holds "": joining skips it.
-            out.append("".join([line[x].data for x in columns]).rstrip())
+            # Only the cells written are visited (a cell never written is a blank); a wide
+            # character's stub cell holds "": joining skips it.
+            chars = [" "] * width
+            for x, char in line.items():
+                if x < width:
+                    chars[x] = char.data
+            out.append("".join(chars).rstrip())
         return out
 
     def text(self) -> str:

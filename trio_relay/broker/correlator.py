@@ -1,8 +1,8 @@
 """Request/response correlation: request_id -> the caller waiting for its answer.
 
-One pending table for every request kind. Each request parks a one-slot memory channel in
-the table and waits on it inside a cancel scope whose deadline is the request's timeout;
-there is no sweep. The entry leaves the table in a ``finally``, whatever the outcome.
+One pending table for every request kind. Each request parks an entry in the table and
+waits for its answer inside a cancel scope whose deadline is the request's timeout; there
+is no sweep. The entry leaves the table in a ``finally``, whatever the outcome.
 
 The correlator does no I/O: a worker is attached as a *route*, an async callable that writes
 one encoded frame (and raises :class:`ChannelClosed` if it cannot).
@@ -22,10 +22,6 @@ from trio_relay.errors import ChannelClosed, RelayError, RequestTimeout, WorkerE
 from trio_relay.wire import ErrorInfo, encode_request
 
 Route = Callable[[bytes], Awaitable[None]]
-Channel = tuple[trio.MemorySendChannel[Any], trio.MemoryReceiveChannel[Any]]
-
-#: How many idle one-slot channels are kept for reuse (creating one costs ~10 us).
-CHANNEL_POOL_SIZE = 1024
 
 
 class _Failure:
@@ -41,12 +37,30 @@ _NOTHING: Any = object()
 
 
 class _Pending:
-    __slots__ = ("worker", "send", "answered")
+    """A request in flight: its answer (a payload or a _Failure) once it has one, and the
+    task waiting for it while that task is parked. A one-slot channel without the channel:
+    the hot path parks and wakes the task itself (``trio.lowlevel``), which is what a memory
+    channel does underneath, minus its bookkeeping."""
 
-    def __init__(self, worker: str, send: trio.MemorySendChannel[Any]) -> None:
+    __slots__ = ("worker", "outcome", "task", "answered")
+
+    def __init__(self, worker: str) -> None:
         self.worker = worker
-        self.send = send
-        self.answered = False  # the worker's answer (not a failure we made) was sent
+        self.outcome: Any = _NOTHING  # the answer or failure, once given
+        self.task: trio.lowlevel.Task | None = None  # the waiter, while parked
+        self.answered = False  # the worker's answer (not a failure we made) was given
+
+    def give(self, outcome: Any) -> None:
+        """Hand ``outcome`` to the waiter (waking it if parked). Once per entry."""
+        self.outcome = outcome
+        task = self.task
+        if task is not None:
+            self.task = None
+            trio.lowlevel.reschedule(task)
+
+    def abort(self, _: Any) -> trio.lowlevel.Abort:
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 @dataclass(frozen=True)
@@ -65,7 +79,6 @@ class Correlator:
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
         self._pending: dict[str, _Pending] = {}
-        self._pool: list[Channel] = []
         self._ids = itertools.count(1)
         self._completed = self._timed_out = self._failed = 0
         self._cancelled = self._late_dropped = 0
@@ -82,7 +95,7 @@ class Correlator:
         self._routes.pop(worker, None)
         doomed = [rid for rid, entry in self._pending.items() if entry.worker == worker]
         for rid in doomed:
-            self._pending.pop(rid).send.send_nowait(_Failure(make_error()))
+            self._pending.pop(rid).give(_Failure(make_error()))
         return len(doomed)
 
     def is_attached(self, worker: str) -> bool:
@@ -126,15 +139,20 @@ class Correlator:
             raise WorkerNotFound(worker)
         request_id = format(next(self._ids), "x")
         frame = encode_request(kind, request_id, payload)
-        channel = self._pool.pop() if self._pool else trio.open_memory_channel(1)
-        entry = _Pending(worker, channel[0])
+        entry = _Pending(worker)
         self._pending[request_id] = entry
         answer = _NOTHING
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         try:
             with trio.CancelScope(deadline=deadline):
                 await route(frame)
-                answer = await channel[1].receive()
+                # What a one-slot channel's receive() does: a deadline already passed wins
+                # over an answer already given; otherwise park until give() or the deadline.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                if entry.outcome is _NOTHING:
+                    entry.task = trio.lowlevel.current_task()
+                    await trio.lowlevel.wait_task_rescheduled(entry.abort)
+                answer = entry.outcome
         except ChannelClosed:
             self._failed += 1
             raise
@@ -142,13 +160,10 @@ class Correlator:
             self._cancelled += 1
             raise
         finally:
-            if self._pending.pop(request_id, None) is not None or answer is not _NOTHING:
-                # Nothing is left in the channel: it can serve another request.
-                if len(self._pool) < CHANNEL_POOL_SIZE:
-                    self._pool.append(channel)
-            elif entry.answered:
-                # The answer reached the channel after its waiter stopped waiting.
-                self._late_dropped += 1
+            if self._pending.pop(request_id, None) is None and answer is _NOTHING:
+                if entry.answered:
+                    # The answer was given after its waiter stopped waiting.
+                    self._late_dropped += 1
         if answer is _NOTHING:
             self._timed_out += 1
             raise RequestTimeout(worker, kind, math.inf if timeout is None else timeout)
@@ -169,10 +184,7 @@ class Correlator:
             self._late_dropped += 1
             return False
         entry.answered = True
-        if error is None:
-            entry.send.send_nowait(payload)
-        else:
-            entry.send.send_nowait(_Failure(WorkerError(error.code, error.message)))
+        entry.give(payload if error is None else _Failure(WorkerError(error.code, error.message)))
         return True
 
     def pending_count(self, worker: str | None = None) -> int:

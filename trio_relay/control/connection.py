@@ -9,6 +9,7 @@ client that disconnects cancels its requests and subscriptions.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 MAX_REQUESTS_PER_CONNECTION = 64
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 16
 EVENTS_PER_MESSAGE = 256
+#: The shortest time between two event messages of one subscription, in seconds.
+EVENTS_COALESCE = 0.005
 
 _encoder = msgspec.json.Encoder()
 
@@ -175,12 +178,20 @@ class Connection:
     ) -> None:
         try:
             with scope:
+                sent = -math.inf
                 async for event in stream:
-                    # Whatever else is already there goes in the same message.
+                    # Events coming fast (busy agents' output) are sent at most once per
+                    # EVENTS_COALESCE seconds: whatever came meanwhile goes in the same
+                    # message, one WebSocket message and one send() instead of one each.
+                    # An event after a quiet spell goes at once.
+                    wait = sent + EVENTS_COALESCE - trio.current_time()
+                    if wait > 0:
+                        await trio.sleep(wait)
                     ready = [event, *stream.ready(EVENTS_PER_MESSAGE - 1)]
                     batch: Any = [e for e in ready if wanted(e)]
                     if batch:
                         await self.send(ControlEvents(id=subscription, events=batch))
+                        sent = trio.current_time()
         finally:
             self.subscriptions.pop(subscription, None)
             self._slots.release()

@@ -349,9 +349,11 @@ class Supervisor:
             )
         if run.attached or run.failure is not None or agent.stop_requested:
             return
-        if proc.has_exited or run.eof:  # its last words on stderr belong in the reason
+        if proc.has_exited or run.eof:
+            # Its last words on stderr, and its exit status when the end of its stdout
+            # came first, belong in the reason.
             with trio.move_on_after(0.5):
-                await proc.wait_until(lambda: proc.stderr_closed)
+                await proc.wait_until(lambda: proc.stderr_closed and proc.has_exited)
         run.failure = endings.no_hello(proc, run, agent)
 
     def _accept_hello(

@@ -165,6 +165,8 @@ class FakeProcess:
         self.program_session: int | None = None
         self.on_exit: Any = None
         self.unkillable: list[str] = []
+        self.ending_note = ""
+        self.leads_session = True
         self._lot = trio.lowlevel.ParkingLot()
         self._io_scopes: list[trio.CancelScope] = []
         # the child's side

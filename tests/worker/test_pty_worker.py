@@ -116,10 +116,12 @@ class Relay:
         await self.broker.supervisor.running(name).writer.send(encode(frame))
 
 
-@pytest.fixture
-async def relay() -> AsyncIterator[Relay]:
+@pytest.fixture(params=[False, True], ids=["wrapper", "shared-pty"])
+async def relay(request: pytest.FixtureRequest) -> AsyncIterator[Relay]:
+    """A broker; each test runs twice: with a wrapper process per agent, and with every
+    agent's PTY worker in the shared host (``shared_pty``)."""
     sessions: list[int] = []
-    async with open_broker() as broker:
+    async with open_broker(shared_pty=request.param) as broker:
         yield Relay(broker, sessions)
     for sid in sessions:  # the broker released every agent: nothing of the programs is left
         await wait_until(lambda: not session_members(sid), timeout=5)

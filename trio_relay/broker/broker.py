@@ -85,11 +85,18 @@ class Broker:
         max_line: int = DEFAULT_MAX_LINE,
         history: int = DEFAULT_HISTORY,
         rng: random.Random | None = None,
+        shared_pty: bool = False,
     ) -> None:
         self.events = EventLog(event_capacity)
         self.correlator = Correlator()
         self.supervisor = Supervisor(
-            nursery, self.correlator, self.events, max_line=max_line, history=history, rng=rng
+            nursery,
+            self.correlator,
+            self.events,
+            max_line=max_line,
+            history=history,
+            rng=rng,
+            shared_pty=shared_pty,
         )
         self._spawning: set[str] = set()  # names whose spawn is under way
         self.request_timeout = request_timeout
@@ -352,8 +359,9 @@ class Broker:
             proc = agent.proc
             if proc is None or proc.has_exited or not agent.live:
                 continue
-            workers[proc.pid] = agent.name
-            sessions[proc.pid] = agent.name  # a worker leads its own session
+            if proc.leads_session:  # not an agent in the shared PTY host: its pid is shared
+                workers[proc.pid] = agent.name
+                sessions[proc.pid] = agent.name
             if proc.program_session is not None:
                 sessions[proc.program_session] = agent.name
         return AgentProcesses(self.run_id, workers, sessions)

@@ -33,7 +33,11 @@ def report_exit(agent: Agent, proc: WorkerProcess, run: Run, correlator: Correla
     if run.reported_exit is not None:  # a wrapper told us how the program inside ended
         status = ExitStatus(run.reported_exit.code, run.reported_exit.signal)
     intended = run.intended if run.intended is not None else agent.stop_requested
-    reason = (agent.stop_reason or "broker shutdown") if intended else run.note + status.describe()
+    reason = (
+        (agent.stop_reason or "broker shutdown")
+        if intended
+        else run.note + proc.ending_note + status.describe()
+    )
     if proc.unkillable:
         reason += (
             f"; {len(proc.unkillable)} process(es) it left could not be killed"
@@ -89,7 +93,7 @@ def no_hello(proc: WorkerProcess, run: Run, agent: Agent) -> str:
     if agent.stop_requested:
         return f"released before it said hello{tail}"
     if proc.status is not None:
-        return f"{proc.status.describe()} before saying hello{tail}"
+        return f"{proc.ending_note}{proc.status.describe()} before saying hello{tail}"
     if run.eof:
         return f"closed its stdout before saying hello{tail}"
     return (

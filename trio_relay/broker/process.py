@@ -97,27 +97,30 @@ class StderrRing:
 
 
 class WorkerProcess:
-    """A running worker child. Created by :func:`spawn_process`."""
+    """A running worker: its pipes, its exit, and how to stop it. A worker child of the
+    broker's own is a :class:`ChildProcess` (made by :func:`spawn_process`); an agent in
+    the shared PTY host is a :class:`~trio_relay.broker.pty_host.HostedWorker`."""
+
+    #: Whether :attr:`pid` is this worker's alone (and leads its own session): a process
+    #: below it belongs to this agent.
+    leads_session = True
 
     def __init__(
         self,
         name: str,
-        popen: subprocess.Popen[bytes],
+        pid: int,
         stdin: int,
         stdout: int,
         stderr: int,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
-        self.pid = popen.pid
-        self.pgid = popen.pid  # start_new_session: the child leads its own group
-        self._popen = popen
+        self.pid = pid
         self.writer = FrameWriter(stdin, name)
         self._stdout_fd = stdout
         self.stdout = trio.lowlevel.FdStream(stdout)
         self._stderr = trio.lowlevel.FdStream(stderr)
         self.stderr_ring = StderrRing()
-        self._pidfd = os.pidfd_open(self.pid)
         self.status: ExitStatus | None = None
         #: The session of the program a wrapper runs (from its hello, once checked): killed
         #: with it.
@@ -126,6 +129,9 @@ class WorkerProcess:
         self.on_exit: Callable[[], None] | None = None
         #: Processes it left that the broker was not allowed to kill ("pid N: reason").
         self.unkillable: list[str] = []
+        #: What the reason of its end starts with, when more than its status tells it
+        #: (an agent in the shared PTY host that died with the host).
+        self.ending_note = ""
         env = env or {}
         #: The tags its descendants inherit (see sweep.py): what carries them dies with it.
         self._tags = (env.get(RUN_ENV), env.get(AGENT_ENV))
@@ -179,21 +185,43 @@ class WorkerProcess:
             scope.cancel()
 
     async def _watch_exit(self) -> None:
-        await trio.lowlevel.wait_readable(self._pidfd)
-        # The leader is a zombie until reaped, so its group id cannot be reused yet:
-        # kill whatever it left behind in its group (and in its program's session), then
-        # reap it. Whatever goes wrong killing them, the exit is recorded.
+        await self._exit_seen()
+        # Kill whatever it left behind (in its group, in its program's session), then reap
+        # it. Whatever goes wrong killing them, the exit is recorded.
         try:
-            self.signal_group(signal.SIGKILL)
+            self._kill_leftovers()
             if self.program_session is not None:
                 self.unkillable += kill_session(self.program_session)
         finally:
-            returncode = self._popen.poll()
-            assert returncode is not None, "pidfd readable but the child is not reapable"
-            self.status = ExitStatus.from_returncode(returncode)
-            if self.on_exit is not None:
-                self.on_exit()
-            self.poke()
+            status = self._reap()
+            assert status is not None, "its exit was seen but it is not reapable"
+            self._exited(status)
+
+    def _exited(self, status: ExitStatus) -> None:
+        self.status = status
+        if self.on_exit is not None:
+            self.on_exit()
+        self.poke()
+
+    # -- what a kind of worker provides
+
+    async def _exit_seen(self) -> None:
+        """Return once the worker has ended (before it is reaped)."""
+        raise NotImplementedError
+
+    def _kill_leftovers(self) -> None:
+        """Kill what the ended worker left in its own group, if it has one."""
+
+    def _reap(self) -> ExitStatus | None:
+        """Its exit status if it has ended (reaping it), else None; never blocks."""
+        raise NotImplementedError
+
+    def _send_signal(self, sig: int) -> None:
+        """Deliver ``sig`` to the worker (for a child: to its process group)."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Release what watching it took (a pidfd), once it is reaped or given up."""
 
     def stdout_pending(self) -> int:
         """Bytes written to the worker's stdout that the reader has not taken yet."""
@@ -219,21 +247,9 @@ class WorkerProcess:
     # -- control
 
     def signal_group(self, sig: int) -> None:
-        """Send ``sig`` to the worker's process group, if anything is left in it."""
-        if self.status is not None:
-            return
-        try:
-            os.killpg(self.pgid, sig)
-        except ProcessLookupError:
-            pass  # the group is already empty: nothing to signal
-        except PermissionError:
-            # Nothing left in it is ours to signal (a setuid program it started, say).
-            log.warning(
-                "%s: not allowed to send %s to its process group %d",
-                self.name,
-                signal_name(sig),
-                self.pgid,
-            )
+        """Send ``sig`` to the worker (a child: its process group), unless it has ended."""
+        if self.status is None:
+            self._send_signal(sig)
 
     async def stop(self, grace: float, kill_grace: float) -> ExitStatus:
         """Stop the worker and wait until it is reaped: a shutdown frame; after ``grace``
@@ -278,16 +294,65 @@ class WorkerProcess:
         if self.status is None:
             self.signal_group(signal.SIGKILL)
             for _ in range(100):  # SIGKILL is prompt unless the child is stuck in the kernel
-                returncode = self._popen.poll()
-                if returncode is not None:
-                    self.status = ExitStatus.from_returncode(returncode)
+                status = self._reap()
+                if status is not None:
+                    self.status = status
                     break
                 await trio.sleep(0.01)
             else:
-                log.error("%s: pid %d is still not reaped after SIGKILL", self.name, self.pid)
+                self._not_reaped()
         self.writer.close()
         await self.stdout.aclose()
         await self._stderr.aclose()
+        self._release()
+
+    def _not_reaped(self) -> None:
+        log.error("%s: pid %d is still not reaped after SIGKILL", self.name, self.pid)
+
+
+class ChildProcess(WorkerProcess):
+    """A worker that is the broker's own child, in its own session, watched by a pidfd."""
+
+    def __init__(
+        self,
+        name: str,
+        popen: subprocess.Popen[bytes],
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._pidfd = os.pidfd_open(popen.pid)
+        super().__init__(name, popen.pid, stdin, stdout, stderr, env)
+        self.pgid = popen.pid  # start_new_session: the child leads its own group
+        self._popen = popen
+
+    async def _exit_seen(self) -> None:
+        await trio.lowlevel.wait_readable(self._pidfd)
+
+    def _kill_leftovers(self) -> None:
+        # The leader is a zombie until reaped, so its group id cannot be reused yet.
+        self.signal_group(signal.SIGKILL)
+
+    def _reap(self) -> ExitStatus | None:
+        returncode = self._popen.poll()
+        return None if returncode is None else ExitStatus.from_returncode(returncode)
+
+    def _send_signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.pgid, sig)
+        except ProcessLookupError:
+            pass  # the group is already empty: nothing to signal
+        except PermissionError:
+            # Nothing left in it is ours to signal (a setuid program it started, say).
+            log.warning(
+                "%s: not allowed to send %s to its process group %d",
+                self.name,
+                signal_name(sig),
+                self.pgid,
+            )
+
+    def _release(self) -> None:
         if self._pidfd >= 0:
             trio.lowlevel.notify_closing(self._pidfd)
             os.close(self._pidfd)
@@ -300,7 +365,7 @@ def spawn_process(
     *,
     cwd: str | None = None,
     env: Mapping[str, str] | None = None,
-) -> WorkerProcess:
+) -> ChildProcess:
     """Start the child now (synchronously: a fork takes about 2 ms on the Trio thread).
 
     Raises SpawnFailed with the OS error for a missing binary, one that is not executable,
@@ -345,7 +410,7 @@ def spawn_process(
         raise
     _close_all([stdin_r, stdout_w, stderr_w])
     try:
-        return WorkerProcess(name, popen, stdin_w, stdout_r, stderr_r, env)
+        return ChildProcess(name, popen, stdin_w, stdout_r, stderr_r, env)
     except BaseException as exc:
         # It runs, but cannot be watched (no pidfd here, say): it must not outlive us.
         os.killpg(popen.pid, signal.SIGKILL)

@@ -22,6 +22,7 @@ from trio_relay.broker.agent import Agent, AgentSpec, Run
 from trio_relay.broker.correlator import Correlator
 from trio_relay.broker.events import EventLog
 from trio_relay.broker.process import WorkerProcess, spawn_process
+from trio_relay.broker.pty_host import PtyHost, hosted_args
 from trio_relay.broker.reader import DeliveryReport, FrameReader, protocol_error
 from trio_relay.broker.restart import RestartTracker
 from trio_relay.errors import AgentExists, ChannelClosed, SpawnFailed, WorkerNotFound
@@ -68,8 +69,11 @@ class Supervisor:
         max_line: int = DEFAULT_MAX_LINE,
         history: int = DEFAULT_HISTORY,
         rng: random.Random | None = None,
+        shared_pty: bool = False,
     ) -> None:
         self._nursery = nursery
+        #: Where PTY workers run with ``shared_pty`` (one process for all), else None.
+        self.pty_host = PtyHost(nursery) if shared_pty else None
         self._correlator = correlator
         self._events = events
         self._max_line = max_line
@@ -226,7 +230,7 @@ class Supervisor:
         """
         run = Run(attempt=agent.tracker.attempt, began=trio.current_time())
         agent.change_state("starting")
-        proc = self._start_child(agent, run)
+        proc = await self._start_child(agent, run)
         fault: Exception | None = None
         try:
             await self._attend(agent, proc, run, task_status)
@@ -245,11 +249,18 @@ class Supervisor:
         if not run.attached:
             raise SpawnFailed(agent.name, run.failure or f"internal error: {fault!r}")
 
-    def _start_child(self, agent: Agent, run: Run) -> WorkerProcess:
-        """Spawn the run's child. Raises SpawnFailed after ending the run with it."""
+    async def _start_child(self, agent: Agent, run: Run) -> WorkerProcess:
+        """Spawn the run's child (or, with the shared PTY host, start its PTY worker
+        there). Raises SpawnFailed after ending the run with it."""
         spec, name = agent.spec, agent.name
+        hosted = hosted_args(spec.argv) if self.pty_host is not None else None
         try:
-            proc = spawn_process(name, spec.argv, cwd=spec.cwd, env=spec.env)
+            if self.pty_host is not None and hosted is not None:
+                proc: WorkerProcess = await self.pty_host.start_worker(
+                    name, hosted, cwd=spec.cwd, env=spec.env
+                )
+            else:
+                proc = spawn_process(name, spec.argv, cwd=spec.cwd, env=spec.env)
         except SpawnFailed as exc:
             endings.end_unstarted(agent, run, exc.reason, exc.errno)
             raise

@@ -6,6 +6,11 @@ from trio_relay.worker.pty import termwidth
 
 termwidth.install()  # before pyte is imported: see termwidth
 
+if sys.argv[1:2] == ["--shared-host"]:  # the broker's shared PTY host (see host.py)
+    from trio_relay.worker.pty.host import main as host_main
+
+    sys.exit(host_main(sys.argv[2:]))
+
 from trio_relay.worker.pty.worker import main  # noqa: E402
 
 sys.exit(main())

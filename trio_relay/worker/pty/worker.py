@@ -55,6 +55,7 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 
 from trio_relay.linux.procfs import reads_terminal
 from trio_relay.worker.pty.core import PtyCore
@@ -89,16 +90,80 @@ def log(message: str) -> None:
 
 
 class Loop:
-    """The selector loop around one :class:`PtyCore` and its :class:`PtyProcess`."""
+    """The selector loop around one :class:`PtyCore` and its :class:`PtyProcess`.
 
-    def __init__(self, core: PtyCore, proc: PtyProcess) -> None:
+    Standalone (:meth:`run`) it owns its selector and speaks on fds 0 and 1. In the shared
+    PTY host (:mod:`trio_relay.worker.pty.host`) many loops share one ``selector``, each
+    with its own ``stdin``/``stdout`` pipes and ``log``; the host calls :meth:`start`,
+    dispatches the selector's events (each key's data is ``(loop, callback)``), then
+    :meth:`service` for the loops that had events or a due deadline."""
+
+    def __init__(
+        self,
+        core: PtyCore,
+        proc: PtyProcess,
+        selector: selectors.BaseSelector | None = None,
+        *,
+        stdin: int = 0,
+        stdout: int = 1,
+        log: Callable[[str], None] = log,
+    ) -> None:
         self.core, self.proc = core, proc
-        self.selector = selectors.DefaultSelector()
+        self.selector = selector or selectors.DefaultSelector()
+        self.stdin, self.stdout, self.log = stdin, stdout, log
         self.unsent: deque[memoryview] = deque()  # encoded frames stdout did not take yet
         self.unsent_bytes = 0
         self.stdout_watched = False
         self.stdout_broken = False
-        self.master_events = selectors.EVENT_READ  # what the selector watches the master for
+        self.stdin_watched = False
+        self.pidfd_watched = False
+        self.master_events = 0  # what the selector watches the master for
+
+    def start(self, pid: int) -> None:
+        """Watch stdin, the terminal and CMD's exit, and say hello (as worker ``pid``)."""
+        proc = self.proc
+        self._register(self.stdin, selectors.EVENT_READ, self._on_stdin)
+        self._register(proc.master, selectors.EVENT_READ, self._on_master)
+        self._register(proc.pidfd, selectors.EVENT_READ, self._on_program_exit)
+        self.stdin_watched = self.pidfd_watched = True
+        self.master_events = selectors.EVENT_READ
+        self.core.start(pid, proc.pid, time.monotonic())
+        os.set_blocking(self.stdout, False)  # a broker that does not read must not stop us
+
+    def service(self) -> None:
+        """After the selector's events: run what is due, carry out what the core asks,
+        and feed the screen model a slice if output waits for it."""
+        core = self.core
+        self._run_due()
+        if core.probe_wanted:
+            core.probed(reads_terminal(self.proc.pid), time.monotonic())
+        self._carry_out()
+        if core.backlogged:
+            self._parse()
+            self._carry_out()
+
+    def quiesce(self) -> None:
+        """Once the end is reported: stop watching stdin, the terminal and CMD's exit
+        (stdout stays watched while frames wait for the broker)."""
+        if self.stdin_watched:
+            self.selector.unregister(self.stdin)
+            self.stdin_watched = False
+        if self.master_events:
+            self.selector.unregister(self.proc.master)
+            self.master_events = 0
+        if self.pidfd_watched:
+            self.selector.unregister(self.proc.pidfd)
+            self.pidfd_watched = False
+
+    def forget(self) -> None:
+        """Stop watching every fd of this loop (the host ends the agent)."""
+        self.quiesce()
+        if self.stdout_watched:
+            self.selector.unregister(self.stdout)
+            self.stdout_watched = False
+
+    def _register(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+        self.selector.register(fd, events, (self, callback))
 
     def run(self) -> int:
         """Serve until CMD has exited and been reported; return the worker's exit code."""
@@ -106,24 +171,15 @@ class Loop:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, _note_signal)
-        core, proc = self.core, self.proc
+        core = self.core
         try:
-            self.selector.register(0, selectors.EVENT_READ, self._on_stdin)
-            self.selector.register(proc.master, selectors.EVENT_READ, self._on_master)
-            self.selector.register(proc.pidfd, selectors.EVENT_READ, self._on_program_exit)
-            self.selector.register(wake_r, selectors.EVENT_READ, lambda _: self._on_signal(wake_r))
-            core.start(os.getpid(), proc.pid, time.monotonic())
-            os.set_blocking(1, False)  # a broker that does not read must not stop the loop
+            on_signal = (self, lambda _: self._on_signal(wake_r))
+            self.selector.register(wake_r, selectors.EVENT_READ, on_signal)
+            self.start(os.getpid())
             while core.exit_code is None:
                 for key, mask in self.selector.select(self._timeout()):
-                    key.data(mask)
-                self._run_due()
-                if core.probe_wanted:
-                    core.probed(reads_terminal(proc.pid), time.monotonic())
-                self._carry_out()
-                if core.backlogged:
-                    self._parse()
-                    self._carry_out()
+                    key.data[1](mask)
+                self.service()
             self._final_flush(wake_r)
             return core.exit_code
         finally:
@@ -170,7 +226,7 @@ class Loop:
         outbox.program.clear()
         self._write_input()
         for line in outbox.logs:
-            log(line)
+            self.log(line)
         outbox.logs.clear()
         self._flush_stdout()
         self._watch_master()
@@ -178,9 +234,10 @@ class Loop:
     # ------------------------------------------------------------ stdin, stdout, signals
 
     def _on_stdin(self, mask: int) -> None:
-        chunk = os.read(0, 65536)
+        chunk = os.read(self.stdin, 65536)
         if not chunk:
-            self.selector.unregister(0)
+            self.selector.unregister(self.stdin)
+            self.stdin_watched = False
         self.core.receive(chunk, time.monotonic())
 
     def _on_signal(self, fd: int) -> None:
@@ -200,7 +257,7 @@ class Loop:
         try:
             while self.unsent:
                 head = self.unsent[0]
-                written = os.write(1, head)
+                written = os.write(self.stdout, head)
                 self.unsent_bytes -= written
                 if written < len(head):
                     self.unsent[0] = head[written:]
@@ -212,14 +269,14 @@ class Loop:
             self.stdout_broken = True
             self.unsent.clear()
             self.unsent_bytes = 0
-            log(f"stdout is closed ({exc.strerror}): the broker is gone; dropping frames")
+            self.log(f"stdout is closed ({exc.strerror}): the broker is gone; dropping frames")
         want = bool(self.unsent)
         if want != self.stdout_watched:
             self.stdout_watched = want
             if want:
-                self.selector.register(1, selectors.EVENT_WRITE, self._flush_stdout)
+                self._register(self.stdout, selectors.EVENT_WRITE, self._flush_stdout)
             else:
-                self.selector.unregister(1)
+                self.selector.unregister(self.stdout)
 
     def _final_flush(self, wake_r: int) -> None:
         """After the end was reported: give the broker a while to take the last frames (a
@@ -230,7 +287,7 @@ class Loop:
         stopping = self.core.stopping
         end = time.monotonic() + (FINAL_FLUSH_STOPPING_SECONDS if stopping else FINAL_FLUSH_SECONDS)
         with selectors.DefaultSelector() as sel:
-            sel.register(1, selectors.EVENT_WRITE)
+            sel.register(self.stdout, selectors.EVENT_WRITE)
             sel.register(wake_r, selectors.EVENT_READ)
             while self.unsent:
                 left = end - time.monotonic()
@@ -240,7 +297,9 @@ class Loop:
                     break
                 self._flush_stdout()
         if self.unsent:
-            log(f"the broker did not read the last {self.unsent_bytes} bytes of frames; dropped")
+            self.log(
+                f"the broker did not read the last {self.unsent_bytes} bytes of frames; dropped"
+            )
 
     # ------------------------------------------------------------ the terminal and CMD
 
@@ -271,9 +330,9 @@ class Loop:
         if not events:
             self.selector.unregister(self.proc.master)
         elif not self.master_events:
-            self.selector.register(self.proc.master, events, self._on_master)
+            self._register(self.proc.master, events, self._on_master)
         else:
-            self.selector.modify(self.proc.master, events, self._on_master)
+            self.selector.modify(self.proc.master, events, (self, self._on_master))
         self.master_events = events
 
     def _may_read(self) -> bool:
@@ -308,13 +367,15 @@ class Loop:
         """If CMD has exited: kill what it left in its session and tell the core."""
         if self.core.returncode is not None or self.proc.poll() is None:
             return  # told already, or pidfd readiness without a status: wait for the next one
-        self.selector.unregister(self.proc.pidfd)
+        if self.pidfd_watched:
+            self.selector.unregister(self.proc.pidfd)
+            self.pidfd_watched = False
         left = self.proc.signal_session(signal.SIGKILL)
         if left:
-            log(f"killed {left} process(es) the program left in its session")
+            self.log(f"killed {left} process(es) the program left in its session")
         refused = self.proc.refused
         if refused:
-            log(
+            self.log(
                 f"not allowed to signal {len(refused)} process(es) in the program's"
                 f" session (pids {', '.join(map(str, refused))}); left running"
             )

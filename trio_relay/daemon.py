@@ -59,6 +59,7 @@ async def run_daemon(
     cluster: str | None = None,
     broker_name: str | None = None,
     cluster_lease: float = 10.0,
+    shared_pty: bool = False,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the broker until SIGINT, SIGTERM or a ``shutdown`` request; ``started`` gives the
@@ -68,7 +69,8 @@ async def run_daemon(
     see :mod:`trio_relay.http`), whose url goes in the connection file; ``api_keys``: keys
     the HTTP port takes as the owner's besides the token. ``cluster``: the libpq URL of
     the cluster's PostgreSQL to join as ``broker_name`` (default: the host name; see
-    :mod:`trio_relay.cluster`).
+    :mod:`trio_relay.cluster`). ``shared_pty``: every PTY agent's worker runs in one
+    shared host process (see :mod:`trio_relay.broker.pty_host`).
 
     Raises BrokerAlreadyRunning if another broker holds the state directory, OSError if a
     port cannot be bound, ClusterUnavailable if the cluster cannot be joined. Every agent is released before this returns.
@@ -83,6 +85,7 @@ async def run_daemon(
                 event_capacity=event_buffer,
                 retention=retention,
                 history=history,
+                shared_pty=shared_pty,
             ) as broker:
                 server = ControlServer(
                     broker,

@@ -362,3 +362,28 @@ def test_input_keeps_non_ascii_text_and_honours_escapes(broker: Relay) -> None:
     wait_for(lambda: "bash" in broker.invoke("snapshot", "sh").output)
     assert broker.invoke("input", "sh", "echo héllo-日本\\x41", "--enter").exit_code == 0
     wait_for(lambda: "héllo-日本A" in broker.invoke("snapshot", "sh").output)
+
+
+def test_shared_pty_agents_share_one_host_that_dies_with_the_broker(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    started = relay("up", "--detach", "--shared-pty", "--state-dir", state)
+    assert started.returncode == 0, started.stderr
+    r = Relay(state)
+    broker_pid = r.pid
+    try:
+        marker = unique_sleep()
+        for name in ("a", "b"):
+            assert r.invoke("spawn", name, "--", "sleep", marker).exit_code == 0
+        assert r.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER).exit_code == 0
+        status = r.invoke("status").output
+        host = json.loads(r.invoke("status", "--json").output)["shared_pty"]["pid"]
+        assert f"shared PTY host: pid {host}" in status
+        pids = {a["name"]: a["pid"] for a in json.loads(r.invoke("ps", "--json").output)}
+        assert pids["a"] == pids["b"] == host != pids["w"]
+        assert len(processes_with(marker)) == 2
+        os.kill(broker_pid, signal.SIGKILL)  # the host dies with it, and the programs with it
+        wait_for(lambda: not pid_alive(host) and not pid_alive(pids["w"]))
+        wait_for(lambda: not processes_with(marker))
+    finally:
+        if pid_alive(broker_pid):
+            relay("down", "--state-dir", state)

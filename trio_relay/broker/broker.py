@@ -72,7 +72,10 @@ class Registry(Protocol):
 
 class Broker:
     """The operations on agents. Every request/response operation goes through
-    :meth:`request_worker`; fire-and-forget ones write one frame and return."""
+    :meth:`request_worker`; fire-and-forget ones write one frame and return.
+
+    ``shared_pty``: run every PTY agent's worker in one shared host process (see
+    :mod:`trio_relay.broker.pty_host`) instead of a wrapper process each."""
 
     def __init__(
         self,

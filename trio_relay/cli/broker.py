@@ -130,6 +130,15 @@ class Duration(click.ParamType):
     help="Seconds this broker's cluster lease lasts without a heartbeat (renewed every"
     " third of it); past it, its agents show as unreachable and may be taken over.",
 )
+@click.option(
+    "--shared-pty",
+    is_flag=True,
+    envvar="TRIO_RELAY_SHARED_PTY",
+    help="Run every terminal agent's PTY worker in one shared host process instead of a"
+    " wrapper process each (about a third of the memory per agent). If the host dies, each"
+    " of its agents gets its own agent_exited and restart policy. Off by default"
+    " (or $TRIO_RELAY_SHARED_PTY=1).",
+)
 @click.option("--detach", is_flag=True, help="Run in the background; return once it is ready.")
 @click.option(
     "--detached", is_flag=True, hidden=True, help="Started by --detach: log to broker.log only."
@@ -169,6 +178,7 @@ def up(
             *([f"--on-attention={options['on_attention']}"] if options["on_attention"] else []),
             *([f"--broker-name={options['broker_name']}"] if options["broker_name"] else []),
             f"--cluster-lease={options['cluster_lease']}",
+            *(["--shared-pty"] if options["shared_pty"] else []),
             *(["-v"] if verbose else []),
         ]
         if options["cluster"]:  # by the environment: a password in it stays out of `ps`
@@ -185,6 +195,7 @@ def up(
         options["api_keys"] = [key]
 
     os.environ.pop("TRIO_RELAY_CLUSTER", None)  # not passed on to the agents
+    os.environ.pop("TRIO_RELAY_SHARED_PTY", None)
     if options["broker_name"] is not None and not options["cluster"]:
         raise click.BadParameter("a broker name is for a cluster: give --cluster too")
     configure_logging(state, verbose, to_stderr=not detached, max_bytes=int(log_max_mb * 1e6))

@@ -60,6 +60,9 @@ def broker_status(s: BrokerStatus) -> None:
     if s.cluster is not None:
         link = "connected" if s.cluster.get("connected") else "PostgreSQL not answering"
         click.echo(f"cluster: broker {s.cluster.get('broker')}, {link}")
+    if s.shared_pty is not None:
+        pid = s.shared_pty.get("pid")
+        click.echo(f"shared PTY host: {f'pid {pid}' if pid else 'not running (no PTY agent yet)'}")
     r = s.requests
     click.echo(
         f"requests: {r['pending']} pending, {r['completed']} completed, {r['timed_out']} timed out, "

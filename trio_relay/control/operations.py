@@ -247,6 +247,9 @@ class Operations:
             "cluster": None
             if self.cluster is None
             else {"broker": self.cluster.name, "connected": self.cluster.connected.is_set()},
+            "shared_pty": None
+            if (host := broker.supervisor.pty_host) is None
+            else {"pid": host.pid},
         }
 
     async def _spawn(self, op: SpawnOp) -> Any:

@@ -354,6 +354,9 @@ class BrokerStatus(msgspec.Struct, kw_only=True):
     you: str | None = None
     #: In a cluster: this broker's name there and whether PostgreSQL answers now.
     cluster: dict[str, Any] | None = None
+    #: With ``up --shared-pty``: ``{"pid": N}`` of the running shared PTY host (pid None
+    #: until the first PTY agent starts it, and again after it died); else None.
+    shared_pty: dict[str, Any] | None = None
 
 
 class PendingDeliveries(msgspec.Struct, kw_only=True):

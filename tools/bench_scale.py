@@ -83,6 +83,7 @@ from trio_relay.wire import Gap
 
 BASH = ["bash", "--norc"]
 SPINNER = str(TOOLS / "spinner_tui.py")
+SHARED = "trio-relay (shared PTY)"
 
 
 def agent_relay_broker() -> Path | str:
@@ -289,9 +290,15 @@ async def scale_run(broker: Any, n: int, busy: bool, args: argparse.Namespace) -
     fig["agents_found"] = len(agents)
     fig.update(await window(broker, names, args.window, [w for w, _ in agents]))
     fig["broker_rss"] = rss_mb(broker.broker_pid)
-    per_agent = [rss_mb(w) + sum(rss_mb(p) for p in below) for w, below in agents]
-    fig["agent_rss"] = statistics.median(per_agent) if per_agent else None
-    fig["wrapper_rss"] = statistics.median(rss_mb(w) for w, _ in agents) if agents else None
+    if getattr(broker, "up_options", ()):  # the shared PTY host: one "wrapper" for all
+        (host, below), hosted = agents[0], len(children_map().get(agents[0][0], []))
+        fig["agents_found"] = hosted
+        fig["wrapper_rss"] = rss_mb(host) / hosted
+        fig["agent_rss"] = (rss_mb(host) + sum(rss_mb(p) for p in below)) / hosted
+    else:
+        per_agent = [rss_mb(w) + sum(rss_mb(p) for p in below) for w, below in agents]
+        fig["agent_rss"] = statistics.median(per_agent) if per_agent else None
+        fig["wrapper_rss"] = statistics.median(rss_mb(w) for w, _ in agents) if agents else None
     fig.update(await control_round_trips(broker, names[0], args.round_trips))
     if args.subscribers and isinstance(broker, TrioRelay):
         fig.update(await fan_out(broker, names, args.subscribers, args.window))
@@ -301,7 +308,10 @@ async def scale_run(broker: Any, n: int, busy: bool, args: argparse.Namespace) -
 async def measure(system: str, binary: Path | None, n: int, busy: bool, args: Any) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"scale-{system}-"))
     try:
-        broker: Any = TrioRelay(workdir) if system == "trio-relay" else AgentRelay(workdir, binary)  # type: ignore[arg-type]
+        if system == "agent-relay":
+            broker: Any = AgentRelay(workdir, binary)  # type: ignore[arg-type]
+        else:
+            broker = TrioRelay(workdir, ("--shared-pty",) if system == SHARED else ())
         return await broker.run(lambda b: scale_run(b, n, busy, args))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -348,31 +358,46 @@ def median_of(runs: list[dict], key: str, reduce: Callable[[Any], float] | None)
 
 def table(results: dict[tuple[str, int, bool], list[dict]], args: Any, markdown: bool) -> None:
     print()
-    head = f"{'figure':<42} {'trio-relay':>11} {'agent-relay':>12} {'ratio':>7}"
+    shared = any(system == SHARED for system, _, _ in results)
+    cols = ["trio-relay", "agent-relay", "ratio", *([SHARED, "ratio"] if shared else [])]
+    head = f"{'figure':<42} " + " ".join(f"{c:>{max(11, len(c))}}" for c in cols)
     if markdown:
-        print("| figure | trio-relay | agent-relay | ratio |\n|---|---:|---:|---:|")
+        print("| figure | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
     for n in args.agents:
         for busy in args.modes:
             title = f"{n} agents, {'busy' if busy else 'idle'}"
-            tr = results.get(("trio-relay", n, busy), [])
-            ar = results.get(("agent-relay", n, busy), [])
+            runs = {s: results.get((s, n, busy), []) for s in ("trio-relay", "agent-relay", SHARED)}
             if markdown:
-                print(f"| **{title}** | | | |")
+                print(f"| **{title}** |" + " |" * len(cols))
             else:
                 print(f"\n{title}\n{head}\n{'-' * len(head)}")
             for label, key, reduce, unit in ROWS:
-                a, b = median_of(tr, key, reduce), median_of(ar, key, reduce)
-                if a is None and b is None:
+                a, b, c = (median_of(runs[s], key, reduce) for s in runs)
+                if a is None and b is None and c is None:
                     continue
-                ratio = f"{a / b:.2f}x" if a is not None and b else "-"
+                cells = [fmt(a, unit), fmt(b, unit), _ratio(a, b)]
+                if shared:
+                    cells += [fmt(c, unit), _ratio(c, b)]
                 if markdown:
-                    print(f"| {label.strip()} | {fmt(a, unit)} | {fmt(b, unit)} | {ratio} |")
+                    print(f"| {label.strip()} | " + " | ".join(cells) + " |")
                 else:
-                    print(f"{label:<42} {fmt(a, unit):>11} {fmt(b, unit):>12} {ratio:>7}")
+                    print(
+                        f"{label:<42} "
+                        + " ".join(f"{x:>{max(11, len(h))}}" for x, h in zip(cells, cols))
+                    )
     print(
         "\nratio = trio-relay / agent-relay (below 1: trio-relay is faster or smaller); the "
         "snapshot rows after the window compare trio-relay's paths with agent-relay's HTTP."
+        + (
+            f" {SHARED}: `up --shared-pty`, its per-agent figures are the host's share."
+            if shared
+            else ""
+        )
     )
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "-"
 
 
 def save_run(path: str, record: dict) -> None:
@@ -385,7 +410,7 @@ def load_runs(path: str) -> list[dict]:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    systems = ["trio-relay"]
+    systems = ["trio-relay", *([SHARED] if args.shared_pty else [])]
     binary: Path | None = None
     if not args.skip_agent_relay:
         found = agent_relay_broker()
@@ -452,6 +477,11 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="also print markdown")
     parser.add_argument(
         "--start-timeout", type=float, default=180.0, help="s for N agents to start (per run)"
+    )
+    parser.add_argument(
+        "--shared-pty",
+        action="store_true",
+        help="also run trio-relay with `up --shared-pty` (one PTY host for all agents)",
     )
     parser.add_argument("--save", help="append each run's figures to this JSON-lines file")
     parser.add_argument("--table-from", help="print the table of a --save file; run nothing")

@@ -233,9 +233,10 @@ class TrioRelay(BrokerUnderTest):
     name = "trio-relay"
     program_wrapper = "trio_relay.worker.pty"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, up_options: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.state = workdir / "state"
+        self.up_options = up_options  # more options for `trio-relay up`
         self.started: Started | None = None
         self.output: dict[str, str] = {}
         self.prompt_at: dict[str, float] = {}
@@ -245,7 +246,15 @@ class TrioRelay(BrokerUnderTest):
     async def run(self, body: Callable[[TrioRelay], Awaitable[Any]]) -> Any:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.started = Started(
-            [sys.executable, "-m", "trio_relay", "up", "--state-dir", str(self.state)],
+            [
+                sys.executable,
+                "-m",
+                "trio_relay",
+                "up",
+                "--state-dir",
+                str(self.state),
+                *self.up_options,
+            ],
             cwd=self.workdir,
             env=env,
             log=self.workdir / "broker.out",

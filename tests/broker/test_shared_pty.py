@@ -6,6 +6,7 @@ own terminal event."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -151,6 +152,7 @@ async def test_a_hosted_worker_killed_alone_ends_alone(broker: Broker) -> None:
         exited = await wait_event(broker, AgentExited, "a", since)
         assert isinstance(exited, AgentExited) and exited.signal == signal.SIGKILL
         await wait_until(lambda: not session_members(program), timeout=5)
+        await wait_until(lambda: process_stat(program) is None, timeout=5)  # reaped
         await broker.write_input("b", "echo fine-$((6*7))\r")
         await screen_shows(broker, "b", "fine-42")
 
@@ -170,3 +172,18 @@ async def test_what_cannot_start_in_the_host_is_a_clear_spawn_failure(
         await spawn_ready(broker, "fine", pty(*BASH), cwd=str(tmp_path))
         await broker.write_input("fine", "pwd\r")
         await screen_shows(broker, "fine", str(tmp_path))
+
+
+async def test_many_spawns_at_once_each_get_through(broker: Broker) -> None:
+    """Start messages queue for room on the host's socket in turn (each carries the whole
+    environment: here 24 KB, so a dozen fill the socket's buffer)."""
+    names = [f"cat{i}" for i in range(16)]
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(
+                    functools.partial(broker.spawn, name, pty("cat"), env={"FILL": "x" * 24_000})
+                )
+        assert {broker.agent(n).state for n in names} == {"running"}
+        await broker.write_input("cat15", "last one\r")
+        await screen_shows(broker, "cat15", "last one")

@@ -47,9 +47,14 @@ _MAX_MESSAGE = 65536
 
 
 def hosted_args(argv: Sequence[str]) -> list[str] | None:
-    """The PTY worker's own arguments if ``argv`` runs it (``PYTHON -m
-    trio_relay.worker.pty ARGS...``), else None."""
-    if len(argv) > 3 and list(argv[1:3]) == ["-m", WORKER_MODULE] and argv[3] != "--shared-host":
+    """The PTY worker's own arguments if ``argv`` runs it with the broker's Python
+    (``PYTHON -m trio_relay.worker.pty ARGS...``), else None."""
+    if (
+        len(argv) > 3
+        and argv[0] == sys.executable  # another Python's worker runs as a child of its own
+        and list(argv[1:3]) == ["-m", WORKER_MODULE]
+        and argv[3] != "--shared-host"
+    ):
         return list(argv[3:])
     return None
 
@@ -112,22 +117,27 @@ class HostProcess:
         self.workers: dict[int, HostedWorker] = {}
         self.status: ExitStatus | None = None
         self._outbox_send, self._outbox = trio.open_memory_channel[bytes](float("inf"))
+        self._sending = trio.Lock()  # one task at a time waits for room on the socket
 
     @property
     def alive(self) -> bool:
-        return self.status is None
+        """Not known to have exited (a host whose death ``serve`` has not seen yet is not
+        alive either: the next spawn starts a new one)."""
+        return self.status is None and self._popen.poll() is None
 
     async def send(self, message: bytes, fds: Sequence[int] = ()) -> None:
-        """Send one message (with ``fds`` attached). Raises OSError if the host is gone."""
-        while True:
-            try:
-                if fds:
-                    socket.send_fds(self._control, [message], list(fds))
-                else:
-                    self._control.send(message)
-                return
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self._control)
+        """Send one message (with ``fds`` attached), waiting for room in turn with the
+        other senders. Raises OSError if the host is gone."""
+        async with self._sending:
+            while True:
+                try:
+                    if fds:
+                        socket.send_fds(self._control, [message], list(fds))
+                    else:
+                        self._control.send(message)
+                    return
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self._control)
 
     def signal(self, key: int, sig: int) -> None:
         """Ask the host to signal a worker (queued: the sender task sends it)."""
@@ -185,18 +195,22 @@ class HostProcess:
                 return  # the host is gone: its exit is seen and reported
 
     async def _finish(self) -> None:
-        """Stop the host if it runs, reap it, and end what was left in it."""
+        """Stop the host if it runs (taking its reports meanwhile, so that it is never
+        blocked writing them), reap it, and end what was left in it."""
         if self._popen.poll() is None:
             self._control.shutdown(socket.SHUT_WR)  # the host stops its agents and exits
-            with trio.move_on_after(HOST_STOP_GRACE):
-                await trio.lowlevel.wait_readable(self._pidfd)
-            if self._popen.poll() is None:
-                log.warning("the shared PTY host did not exit; sending SIGKILL")
-                try:
-                    os.killpg(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass  # it exited meanwhile
-                await trio.lowlevel.wait_readable(self._pidfd)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_reports)
+                with trio.move_on_after(HOST_STOP_GRACE):
+                    await trio.lowlevel.wait_readable(self._pidfd)
+                if self._popen.poll() is None:
+                    log.warning("the shared PTY host did not exit; sending SIGKILL")
+                    try:
+                        os.killpg(self.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass  # it exited meanwhile
+                    await trio.lowlevel.wait_readable(self._pidfd)
+                nursery.cancel_scope.cancel()
         self._take_reports()  # what it reported before it died
         returncode = self._popen.poll()
         assert returncode is not None, "the host's pidfd is readable but it is not reapable"
@@ -260,11 +274,17 @@ class PtyHost:
             with trio.CancelScope(shield=True):
                 with trio.fail_after(START_TIMEOUT):
                     await host.send(json.dumps(message).encode(), theirs)
-        except (OSError, trio.TooSlowError) as exc:
+        except BaseException as exc:
             host.workers.pop(key, None)
             worker.ended(ExitStatus(None, None))
-            await worker.close()
-            why = exc.strerror if isinstance(exc, OSError) else f"no room for {START_TIMEOUT:g} s"
+            with trio.CancelScope(shield=True):
+                await worker.close()
+            if isinstance(exc, OSError):
+                why = exc.strerror or str(exc)
+            elif isinstance(exc, trio.TooSlowError):
+                why = f"it took no new agent for {START_TIMEOUT:g} s"
+            else:
+                raise
             raise SpawnFailed(name, f"cannot reach the shared PTY host: {why}") from exc
         finally:
             for fd in theirs:

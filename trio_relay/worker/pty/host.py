@@ -32,6 +32,7 @@ import heapq
 import itertools
 import json
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -86,7 +87,8 @@ class Host:
         self.control = control
         self.selector = selectors.DefaultSelector()
         self.agents: dict[int, HostedAgent] = {}
-        self.deadlines: list[tuple[float, int, HostedAgent]] = []
+        self.deadlines: list[tuple[float, int, int]] = []  # (when, order, agent key)
+        self.unreaped: list[PtyProcess] = []  # programs killed before they exited
         self._order = itertools.count()
         self.closing = False  # the broker is gone, or we were told to stop
         self.touched: set[HostedAgent] = set()
@@ -101,7 +103,11 @@ class Host:
             wake_r, selectors.EVENT_READ, (None, lambda _: self._on_signal(wake_r))
         )
         while not (self.closing and not self.agents):
-            for key, mask in self.selector.select(self._timeout()):
+            timeout = self._timeout()
+            if self.unreaped:  # SIGKILLed programs are reaped within a second
+                self.unreaped = [p for p in self.unreaped if p.poll() is None]
+                timeout = 1.0 if timeout is None else min(timeout, 1.0)
+            for key, mask in self.selector.select(timeout):
                 owner, callback = key.data
                 if owner is None:
                     callback(mask)
@@ -138,8 +144,9 @@ class Host:
     def _service_due(self) -> None:
         now = time.monotonic()
         while self.deadlines and self.deadlines[0][0] <= now:
-            when, _, agent = heapq.heappop(self.deadlines)
-            if agent.scheduled == when:
+            when, _, key = heapq.heappop(self.deadlines)
+            agent = self.agents.get(key)
+            if agent is not None and agent.scheduled == when:
                 agent.scheduled = None
                 self.touched.add(agent)
         touched, self.touched = self.touched, set()
@@ -148,7 +155,7 @@ class Host:
                 continue
             self._guarded(agent, agent.loop.service)
             if agent.key in self.agents:
-                self._after_service(agent)
+                self._guarded(agent, self._after_service, agent)
         # Loops whose screen model is behind stay touched: they get a slice each pass.
         self.touched = {a for a in self.touched if a.loop is not None and a.loop.core.backlogged}
 
@@ -178,7 +185,7 @@ class Host:
         if when is None or (agent.scheduled is not None and agent.scheduled <= when):
             return
         agent.scheduled = when
-        heapq.heappush(self.deadlines, (when, next(self._order), agent))
+        heapq.heappush(self.deadlines, (when, next(self._order), agent.key))
 
     # ------------------------------------------------------------ the broker's messages
 
@@ -195,24 +202,34 @@ class Host:
             return
         try:
             message = json.loads(data)
-            op = message["op"]
+            op, key = message["op"], message["key"]
         except (ValueError, KeyError, TypeError):
-            for fd in fds:
-                os.close(fd)
-            print(f"pty_host: ignoring a malformed message: {data[:200]!r}", file=sys.stderr)
-            return
-        if op == "start" and len(fds) == 3:
+            message, op, key = None, None, None
+        if op == "start" and isinstance(key, int) and len(fds) == 3:
             self._start(message, *fds)
-        elif op == "signal":
-            self._signal(message.get("key"), message.get("signal"))
+            return
+        for fd in fds:
+            os.close(fd)
+        if op == "signal":
+            self._signal(key, message.get("signal"))
+        elif op == "start" and isinstance(key, int):
+            # Its pipes did not all arrive (out of fds here, say): it ends at once, so the
+            # broker does not wait for a hello that cannot come.
+            print(f"pty_host: start {key} came with {len(fds)} of its 3 fds", file=sys.stderr)
+            self._send({"op": "ended", "key": key, "code": FAULT_CODE})
         else:
-            for fd in fds:
-                os.close(fd)
-            print(f"pty_host: ignoring message {op!r}", file=sys.stderr)
+            print(f"pty_host: ignoring a message we cannot read: {data[:200]!r}", file=sys.stderr)
 
     def _start(self, message: dict[str, object], stdin: int, stdout: int, stderr: int) -> None:
         agent = HostedAgent(int(message["key"]), stdin, stdout, stderr)  # type: ignore[call-overload]
         self.agents[agent.key] = agent
+        try:
+            self._launch(agent, message)
+        except Exception as exc:  # a fault of ours, or a message we cannot read: this agent ends
+            agent.log(f"internal error in the shared PTY host: {exc!r}")
+            self._kill(agent, FAULT_CODE)
+
+    def _launch(self, agent: HostedAgent, message: dict[str, object]) -> None:
         if self.closing:
             agent.log("the host is stopping; not started")
             self._end(agent, 1)
@@ -229,7 +246,8 @@ class Host:
             if k not in ("COLUMNS", "LINES")
         }
         env["TERM"] = options.term
-        cwd = options.cwd or message.get("cwd")
+        base = message.get("cwd") or "/"  # where a wrapper would have run
+        cwd = os.path.join(base, options.cwd) if options.cwd else base  # type: ignore[arg-type]
         try:
             proc = PtyProcess.spawn(
                 options.argv, rows=options.rows, cols=options.cols, env=env, cwd=cwd
@@ -239,11 +257,17 @@ class Host:
             self._end(agent, 127)
             return
         loop = Loop(
-            PtyCore(options), proc, self.selector, stdin=stdin, stdout=stdout, log=agent.log
+            PtyCore(options),
+            proc,
+            self.selector,
+            stdin=agent.stdin,
+            stdout=agent.stdout,
+            log=agent.log,
         )
         loop.hosted = agent  # type: ignore[attr-defined]
         agent.loop = loop
-        self._guarded(agent, loop.start, os.getpid())
+        loop.start(os.getpid())
+        self.touched.add(agent)
 
     def _signal(self, key: object, signum: object) -> None:
         agent = self.agents.get(key) if isinstance(key, int) else None
@@ -281,7 +305,9 @@ class Host:
             agent.loop.forget()
             if agent.loop.proc.poll() is None:  # ended before its program (SIGKILL, a fault)
                 agent.loop.proc.signal_session(signal.SIGKILL)
+                self.unreaped.append(agent.loop.proc)
         agent.close()
+        agent.loop = None  # its screen and core go now
         self._send({"op": "ended", "key": agent.key, "code": code})
 
     def _send(self, message: dict[str, object]) -> None:
@@ -300,4 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     control = socket.socket(fileno=int(args[1]))
     control.set_inheritable(False)
+    # Five fds per agent (three pipes, the terminal, the pidfd): take all the kernel allows.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return Host(control).run()

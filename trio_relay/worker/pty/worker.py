@@ -123,10 +123,11 @@ class Loop:
         """Watch stdin, the terminal and CMD's exit, and say hello (as worker ``pid``)."""
         proc = self.proc
         self._register(self.stdin, selectors.EVENT_READ, self._on_stdin)
+        self.stdin_watched = True
         self._register(proc.master, selectors.EVENT_READ, self._on_master)
-        self._register(proc.pidfd, selectors.EVENT_READ, self._on_program_exit)
-        self.stdin_watched = self.pidfd_watched = True
         self.master_events = selectors.EVENT_READ
+        self._register(proc.pidfd, selectors.EVENT_READ, self._on_program_exit)
+        self.pidfd_watched = True
         self.core.start(pid, proc.pid, time.monotonic())
         os.set_blocking(self.stdout, False)  # a broker that does not read must not stop us
 

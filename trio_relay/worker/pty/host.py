@@ -46,6 +46,7 @@ from trio_relay.worker.pty.process import PtyProcess
 from trio_relay.worker.pty.worker import (
     FINAL_FLUSH_SECONDS,
     FINAL_FLUSH_STOPPING_SECONDS,
+    PARSE_BUDGET,
     Loop,
     _note_signal,
 )
@@ -150,9 +151,14 @@ class Host:
                 agent.scheduled = None
                 self.touched.add(agent)
         touched, self.touched = self.touched, set()
+        # One pass parses for about PARSE_BUDGET in all, so that requests, input and
+        # deadlines of every agent are served between slices however many are behind.
+        behind = sum(1 for a in touched if a.loop is not None and a.loop.core.backlogged)
+        budget = PARSE_BUDGET / max(1, behind)
         for agent in touched:
             if agent.key not in self.agents or agent.loop is None:
                 continue
+            agent.loop.parse_budget = budget
             self._guarded(agent, agent.loop.service)
             if agent.key in self.agents:
                 self._guarded(agent, self._after_service, agent)

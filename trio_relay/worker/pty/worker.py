@@ -118,6 +118,9 @@ class Loop:
         self.stdin_watched = False
         self.pidfd_watched = False
         self.master_events = 0  # what the selector watches the master for
+        #: Seconds of screen-model catching up per :meth:`service` (the shared host
+        #: divides one pass's budget among the agents that are behind).
+        self.parse_budget = PARSE_BUDGET
 
     def start(self, pid: int) -> None:
         """Watch stdin, the terminal and CMD's exit, and say hello (as worker ``pid``)."""
@@ -207,11 +210,12 @@ class Loop:
             self.core.timer(now)
 
     def _parse(self) -> None:
-        """Let the screen model catch up, in slices, for at most PARSE_BUDGET seconds."""
+        """Let the screen model catch up, in slices, for at most :attr:`parse_budget`
+        seconds (at least one slice)."""
         start = time.monotonic()
         while self.core.backlogged:
             now = time.monotonic()
-            if now - start >= PARSE_BUDGET:
+            if now - start >= self.parse_budget:
                 return
             self.core.parse_slice(now)
 

@@ -545,10 +545,11 @@ class TerminalScreen:
                 out.append("")
                 continue
             # Only the cells written are visited (a cell never written is a blank); a wide
-            # character's stub cell holds "": joining skips it.
+            # character's stub cell holds "": joining skips it. pyte may write outside the
+            # row (a wide character at the margin with autowrap off, at x -1): not shown.
             chars = [" "] * width
             for x, char in line.items():
-                if x < width:
+                if 0 <= x < width:
                     chars[x] = char.data
             out.append("".join(chars).rstrip())
         return out

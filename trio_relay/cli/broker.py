@@ -135,8 +135,9 @@ class Duration(click.ParamType):
     is_flag=True,
     envvar="TRIO_RELAY_SHARED_PTY",
     help="Run every terminal agent's PTY worker in one shared host process instead of a"
-    " wrapper process each (about a third of the memory per agent). If the host dies, each"
-    " of its agents gets its own agent_exited and restart policy. Off by default"
+    " wrapper process each (under half the memory per agent; their screens share one"
+    " core). If the host dies, each of its agents gets its own agent_exited and restart"
+    " policy. Off by default"
     " (or $TRIO_RELAY_SHARED_PTY=1).",
 )
 @click.option("--detach", is_flag=True, help="Run in the background; return once it is ready.")

@@ -373,14 +373,8 @@ def spawn_process(
     """
     if not argv:
         raise SpawnFailed(name, "empty command")
-    fds: list[int] = []
-    try:
-        for _ in range(3):
-            fds.extend(os.pipe())
-    except OSError as exc:
-        _close_all(fds)
-        raise SpawnFailed(name, f"cannot create its pipes: {exc.strerror}", exc.errno) from exc
-    stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w = fds
+    (stdin_w, stdout_r, stderr_r), (stdin_r, stdout_w, stderr_w) = worker_pipes(name)
+    fds = [stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w]
     try:
         popen = subprocess.Popen(
             list(argv),
@@ -419,6 +413,20 @@ def spawn_process(
         if isinstance(exc, OSError):
             raise SpawnFailed(name, f"cannot watch the child: {exc.strerror}", exc.errno) from exc
         raise
+
+
+def worker_pipes(name: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """A worker's three pipes: (the broker's ends: stdin to write, stdout and stderr to
+    read; the worker's ends). Raises SpawnFailed if they cannot be made (out of fds)."""
+    fds: list[int] = []
+    try:
+        for _ in range(3):
+            fds.extend(os.pipe())
+    except OSError as exc:
+        _close_all(fds)
+        raise SpawnFailed(name, f"cannot create its pipes: {exc.strerror}", exc.errno) from exc
+    stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w = fds
+    return (stdin_w, stdout_r, stderr_r), (stdin_r, stdout_w, stderr_w)
 
 
 def _close_all(fds: list[int]) -> None:

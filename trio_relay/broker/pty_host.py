@@ -32,7 +32,13 @@ from collections.abc import Mapping, Sequence
 
 import trio
 
-from trio_relay.broker.process import ExitStatus, WorkerProcess, _die_with_parent
+from trio_relay.broker.process import (
+    UNKILLABLE_AFTER,
+    ExitStatus,
+    WorkerProcess,
+    _die_with_parent,
+    worker_pipes,
+)
 from trio_relay.errors import SpawnFailed
 from trio_relay.linux.sweep import kill_session
 
@@ -209,12 +215,16 @@ class HostProcess:
                         os.killpg(self.pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass  # it exited meanwhile
-                    await trio.lowlevel.wait_readable(self._pidfd)
+                    with trio.move_on_after(UNKILLABLE_AFTER):
+                        await trio.lowlevel.wait_readable(self._pidfd)
                 nursery.cancel_scope.cancel()
         self._take_reports()  # what it reported before it died
         returncode = self._popen.poll()
-        assert returncode is not None, "the host's pidfd is readable but it is not reapable"
-        self.status = ExitStatus.from_returncode(returncode)
+        if returncode is None:  # stuck in the kernel: its agents end all the same
+            log.error("the shared PTY host (pid %d) survived SIGKILL; giving up on it", self.pid)
+            self.status = ExitStatus(None, signal.SIGKILL)
+        else:
+            self.status = ExitStatus.from_returncode(returncode)
         if self.workers:
             note = f"in the shared PTY host (pid {self.pid}), which ended: "
             log.error(
@@ -260,7 +270,7 @@ class PtyHost:
         _check_directory(name, cwd)
         host = self._running_host(name)
         key = next(self._keys)
-        ours, theirs = _pipes(name)
+        ours, theirs = worker_pipes(name)
         worker = HostedWorker(host, key, name, ours, env)
         message = {
             "op": "start",
@@ -338,17 +348,3 @@ def _check_directory(name: str, cwd: str | None) -> None:
         raise SpawnFailed(name, f"working directory {cwd!r}: Not a directory", errno.ENOTDIR)
     if not os.access(cwd, os.X_OK):
         raise SpawnFailed(name, f"working directory {cwd!r}: Permission denied", errno.EACCES)
-
-
-def _pipes(name: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """(our ends: stdin to write, stdout and stderr to read; the worker's ends)."""
-    fds: list[int] = []
-    try:
-        for _ in range(3):
-            fds.extend(os.pipe())
-    except OSError as exc:
-        for fd in fds:
-            os.close(fd)
-        raise SpawnFailed(name, f"cannot create its pipes: {exc.strerror}", exc.errno) from exc
-    stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w = fds
-    return (stdin_w, stdout_r, stderr_r), (stdin_r, stdout_w, stderr_w)

@@ -122,8 +122,8 @@ class Host:
     # ------------------------------------------------------------ scheduling
 
     def _agent_of(self, loop: Loop) -> HostedAgent | None:
-        agent = getattr(loop, "hosted", None)
-        return agent if agent is not None and agent.key in self.agents else None
+        agent = loop.owner
+        return agent if isinstance(agent, HostedAgent) and agent.key in self.agents else None
 
     def _guarded(self, agent: HostedAgent, call: Callable[..., object], *args: object) -> None:
         """Run one of the agent's callbacks; a fault ends that agent only."""
@@ -131,7 +131,7 @@ class Host:
             call(*args)
         except Exception as exc:  # a fault of ours in this agent's loop: it alone ends
             agent.log(f"internal error in the shared PTY host: {exc!r}")
-            self._kill(agent, FAULT_CODE)
+            self._end(agent, FAULT_CODE)
             return
         self.touched.add(agent)
 
@@ -233,7 +233,7 @@ class Host:
             self._launch(agent, message)
         except Exception as exc:  # a fault of ours, or a message we cannot read: this agent ends
             agent.log(f"internal error in the shared PTY host: {exc!r}")
-            self._kill(agent, FAULT_CODE)
+            self._end(agent, FAULT_CODE)
 
     def _launch(self, agent: HostedAgent, message: dict[str, object]) -> None:
         if self.closing:
@@ -270,7 +270,7 @@ class Host:
             stdout=agent.stdout,
             log=agent.log,
         )
-        loop.hosted = agent  # type: ignore[attr-defined]
+        loop.owner = agent
         agent.loop = loop
         loop.start(os.getpid())
         self.touched.add(agent)
@@ -280,7 +280,7 @@ class Host:
         if agent is None or agent.loop is None:
             return  # ended already: the broker hears of it in the "ended" message
         if signum == signal.SIGKILL:
-            self._kill(agent, -signal.SIGKILL)
+            self._end(agent, -signal.SIGKILL)
         elif signum in STOP_SIGNALS:
             name = signal.Signals(signum).name  # type: ignore[arg-type]
             self._guarded(agent, agent.loop.core.begin_stop, f"received {name}", time.monotonic())
@@ -297,13 +297,9 @@ class Host:
 
     # ------------------------------------------------------------ ends
 
-    def _kill(self, agent: HostedAgent, code: int) -> None:
-        """End the agent now, as if its wrapper had died: SIGKILL to its program's session."""
-        if agent.loop is not None:
-            agent.loop.proc.signal_session(signal.SIGKILL)
-        self._end(agent, code)
-
     def _end(self, agent: HostedAgent, code: int) -> None:
+        """End the agent (as if its wrapper had exited with ``code``), SIGKILLing what is
+        left of its program's session if the program has not exited."""
         if self.agents.pop(agent.key, None) is None:
             return
         self.touched.discard(agent)

@@ -121,6 +121,8 @@ class Loop:
         #: Seconds of screen-model catching up per :meth:`service` (the shared host
         #: divides one pass's budget among the agents that are behind).
         self.parse_budget = PARSE_BUDGET
+        #: Whose loop this is, for the shared host (its record of the agent); else None.
+        self.owner: object | None = None
 
     def start(self, pid: int) -> None:
         """Watch stdin, the terminal and CMD's exit, and say hello (as worker ``pid``)."""
@@ -188,7 +190,7 @@ class Loop:
             return core.exit_code
         finally:
             try:
-                os.set_blocking(1, True)
+                os.set_blocking(self.stdout, True)
             except OSError:
                 pass  # stdout is already closed: nothing left to restore
             signal.set_wakeup_fd(-1)

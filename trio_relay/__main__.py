@@ -1,5 +1,5 @@
 """``python -m trio_relay`` is the ``trio-relay`` command."""
 
-from trio_relay.cli.main import main
+from trio_relay.entry import run_trio_relay
 
-main()
+run_trio_relay()

@@ -1,0 +1,114 @@
+"""What our processes leave out of memory (trio_relay.lean_imports), and that nothing they
+use goes missing. install() changes a whole process, so it runs in child processes here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from trio_relay import lean_imports
+
+
+def run_python(code: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_after_install_trio_and_msgspec_import_without_openssl_and_tls_still_works() -> None:
+    out = run_python(
+        """
+        from trio_relay import lean_imports
+        lean_imports.install()
+        import sys, hashlib, hmac, secrets
+        import trio, trio_websocket, msgspec
+        print(sorted(m for m in ("_ssl", "_hashlib", "idna.core") if sys.modules.get(m)))
+        print(type(msgspec.inspect).__name__, type(msgspec.toml).__name__)
+        print(hashlib.sha256(b"abc").hexdigest()[:16], hmac.new(b"k", b"m", "sha256").hexdigest()[:8])
+        print(len(secrets.token_urlsafe(32)), hmac.compare_digest(b"a", b"a"))
+        context = trio._ssl._stdlib_ssl.create_default_context()  # the first use imports ssl
+        import ssl
+        from ssl import SSLContext
+        print(isinstance(context, ssl.SSLContext), SSLContext is ssl.SSLContext, "_ssl" in sys.modules)
+        print(msgspec.inspect.type_info(int))
+        """
+    )
+    assert out.splitlines() == [
+        "[]",
+        "DeferredModule DeferredModule",
+        "ba7816bf8f01cfea b60090e3",  # SHA-256 of "abc"; HMAC-SHA-256 of "m" under "k"
+        "43 True",
+        "True True True",
+        "IntType(gt=None, ge=None, lt=None, le=None, multiple_of=None)",
+    ]
+
+
+def test_install_leaves_alone_what_is_imported_already() -> None:
+    out = run_python(
+        """
+        import hashlib, ssl, sys
+        from trio_relay import lean_imports
+        lean_imports.install()
+        print(sys.modules["_hashlib"] is not None, type(sys.modules["ssl"]).__name__)
+        """
+    )
+    assert out.split() == ["True", "module"]
+
+
+def test_a_deferred_module_that_fails_raises_at_each_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "lean_probe_broken.py").write_text("raise ImportError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lean_probe_broken", raising=False)
+    try:
+        assert lean_imports.defer("lean_probe_broken")
+        import lean_probe_broken  # type: ignore[import-not-found]  # binds the stand-in
+
+        for _ in range(2):
+            with pytest.raises(ImportError, match="broken on purpose"):
+                lean_probe_broken.anything  # noqa: B018
+        assert sys.modules["lean_probe_broken"] is lean_probe_broken
+    finally:
+        sys.modules.pop("lean_probe_broken", None)
+
+
+def test_a_deferred_module_loads_once_and_then_is_the_real_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "lean_probe_counter.py").write_text(
+        "import builtins\nbuiltins.lean_probe_loads = getattr(builtins, 'lean_probe_loads', 0) + 1\n"
+        "VALUE = 42\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert lean_imports.defer("lean_probe_counter")
+        import builtins
+
+        import lean_probe_counter  # type: ignore[import-not-found]
+
+        assert not hasattr(builtins, "lean_probe_loads")  # nothing ran yet
+        assert lean_probe_counter.VALUE == 42
+        assert lean_probe_counter.VALUE == 42
+        real = sys.modules["lean_probe_counter"]
+        assert real is not lean_probe_counter and real.VALUE == 42
+        assert builtins.lean_probe_loads == 1  # type: ignore[attr-defined]
+    finally:
+        sys.modules.pop("lean_probe_counter", None)
+        monkeypatch.delattr("builtins.lean_probe_loads", raising=False)
+
+
+def test_a_module_that_cannot_be_found_is_not_deferred() -> None:
+    assert not lean_imports.defer("no_such_module_for_lean_imports")
+    assert "no_such_module_for_lean_imports" not in sys.modules
+    with pytest.raises(ModuleNotFoundError):
+        import no_such_module_for_lean_imports  # type: ignore[import-not-found]  # noqa: F401

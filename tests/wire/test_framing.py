@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import trio
 import trio.testing
@@ -70,6 +72,50 @@ async def test_read_lines_yields_the_final_line_without_newline_at_eof() -> None
     await send.aclose()
     batches = [batch async for batch in read_lines(receive)]
     assert [line for batch in batches for line in batch] == [b"a", b"b", b"last"]
+
+
+async def test_read_lines_from_a_pipe_in_pieces_until_eof() -> None:
+    read_end, write_end = os.pipe()
+    stream = trio.lowlevel.FdStream(read_end)
+    got: list[bytes | OversizedLine] = []
+
+    async def read_all() -> None:
+        async for batch in read_lines(stream):
+            got.extend(batch)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            for piece in (b"one\ntw", b"o\n", b"last"):
+                os.write(write_end, piece)
+                await trio.testing.wait_all_tasks_blocked()
+            os.close(write_end)
+    await stream.aclose()
+    assert got == [b"one", b"two", b"last"]
+
+
+async def test_closing_a_pipe_wakes_its_waiting_reader_with_closed_resource_error() -> None:
+    read_end, write_end = os.pipe()
+    stream = trio.lowlevel.FdStream(read_end)
+    raised: list[BaseException] = []
+
+    async def read_one() -> None:
+        try:
+            await read_lines(stream).__anext__()
+        except trio.ClosedResourceError as exc:
+            raised.append(exc)
+
+    try:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_one)
+                await trio.testing.wait_all_tasks_blocked()
+                await stream.aclose()
+        assert len(raised) == 1
+        with pytest.raises(trio.ClosedResourceError):  # and a read after the close
+            await read_lines(stream).__anext__()
+    finally:
+        os.close(write_end)
 
 
 def test_max_line_must_be_positive() -> None:

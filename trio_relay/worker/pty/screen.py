@@ -100,18 +100,87 @@ class ListenerError(Exception):
 _PARSE_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError)
 
 
+# The two kinds of sequence an agent CLI's redraws are mostly made of, complete in one
+# chunk: ``CSI [?] params final`` (colours, cursor moves, erasing) and ``OSC 0/1/2 ; text``
+# ended by BEL or ST (the window title). pyte's parser takes every character of a sequence
+# through a generator; these are dispatched as pyte would, and anything else (other
+# intermediates, control characters inside, a sequence cut at the chunk's end) still goes
+# through pyte's parser.
+_SIMPLE_CSI = re.compile(r"\x1b\[(\?)?([0-9;]*)([@-Z`-z])")
+_SIMPLE_OSC = re.compile(r"\x1b\]([012]);([^\x07\x1b\x9c]*)(?:\x07|\x1b\\|\x9c)")
+
+
 class _Stream(pyte.Stream):
     """A pyte stream that survives sequences its screen rejects (pyte calls some handlers
     with keyword arguments they do not take, e.g. ``ESC[?6n``). pyte resets its parser
     before re-raising; this reports the error to ``on_error`` and goes on with the next
     character. Only the exceptions pyte's handlers raise are taken so: an error of the draw
-    listener propagates as :class:`ListenerError`."""
+    listener propagates as :class:`ListenerError`. Simple CSI and OSC title sequences take
+    a shortcut past pyte's per-character parser (see ``_SIMPLE_CSI``), with the same
+    effect."""
 
     csi = {**pyte.Stream.csi, "S": "scroll_up", "T": "scroll_down"}
 
     def __init__(self, screen: _Screen, on_error: Callable[[Exception], None]) -> None:
         super().__init__(screen)
         self.on_error = on_error
+
+    def _initialize_parser(self) -> None:
+        super()._initialize_parser()
+        listener = self.listener
+        assert listener is not None
+        # Bound now, as pyte's parser binds its handlers when it is made.
+        self._csi_handlers = defaultdict(
+            lambda: listener.debug,
+            {final: getattr(listener, name) for final, name in self.csi.items()},
+        )
+        self._set_icon_name, self._set_title = listener.set_icon_name, listener.set_title
+
+    def feed(self, data: str) -> None:
+        """pyte's ``feed``, with the shortcut for simple sequences met in plain text."""
+        draw = self.listener.draw  # type: ignore[union-attr]
+        match_text = self._text_pattern.match
+        match_csi, match_osc = _SIMPLE_CSI.match, _SIMPLE_OSC.match
+        send = self._send_to_parser
+        plain = self._taking_plain_text
+        length = len(data)
+        offset = 0
+        while offset < length:
+            if not plain:
+                plain = send(data[offset])
+                offset += 1
+            elif match := match_text(data, offset):
+                offset = match.end()
+                draw(match.group())
+            elif data[offset] == "\x1b" and (match := match_csi(data, offset)):
+                offset = match.end()
+                self._csi(*match.groups())
+            elif data[offset] == "\x1b" and (match := match_osc(data, offset)):
+                offset = match.end()
+                self._osc(*match.groups())
+            else:
+                plain = False
+        self._taking_plain_text = plain
+
+    def _csi(self, private: str | None, params: str, final: str) -> None:
+        """Dispatch ``CSI [?] params final`` as pyte's parser does: each parameter an
+        integer up to 9999, an empty one 0."""
+        args = [min(int(p or 0), 9999) for p in params.split(";")]
+        try:
+            if private:
+                self._csi_handlers[final](*args, private=True)
+            else:
+                self._csi_handlers[final](*args)
+        except ListenerError:
+            raise
+        except _PARSE_ERRORS as exc:
+            self.on_error(exc)
+
+    def _osc(self, code: str, text: str) -> None:
+        if code in "01":
+            self._set_icon_name(text)
+        if code in "02":
+            self._set_title(text)
 
     def _send_to_parser(self, data: str) -> bool | None:
         try:
@@ -123,6 +192,9 @@ class _Stream(pyte.Stream):
             return self._taking_plain_text
 
 
+#: The cursor's attributes after an SGR, by the attributes before, reverse video, and the SGR's
+#: parameters (see :meth:`_Screen.select_graphic_rendition`).
+_SGR: dict[Any, Any] = {}
 #: The cells :meth:`_Screen._draw_narrow` built, by attributes, then character.
 _CELLS: dict[Any, dict[str, Any]] = {}
 
@@ -194,6 +266,18 @@ class _Screen(pyte.Screen):
     def select_graphic_rendition(self, *attrs: int, private: bool = False) -> None:
         if private:
             return  # CSI ? ... m (xterm's private SGR, Gemini CLI sends it): not an attribute
+        # The new attributes depend only on the old ones, the parameters and the default
+        # character (reverse or not): a redraw sets the same few colours again and again.
+        key = (self.cursor.attrs, pyte.modes.DECSCNM in self.mode, attrs)
+        after = _SGR.get(key)
+        if after is None:
+            self._apply_sgr(attrs)
+            if len(_SGR) >= 512:
+                _SGR.clear()
+            after = _SGR[key] = self.cursor.attrs
+        self.cursor.attrs = after
+
+    def _apply_sgr(self, attrs: tuple[int, ...]) -> None:
         super().select_graphic_rendition(*attrs)  # a 0 also ends dim (the default char's)
         if 2 not in attrs and 22 not in attrs:
             return

@@ -199,6 +199,12 @@ _SGR: dict[Any, Any] = {}
 _CELLS: dict[Any, dict[str, Any]] = {}
 
 
+def _all_one_cell(text: str) -> bool:
+    """Whether pyte gives every character of ``text`` one cell (its ``wcwidth``)."""
+    width = pyte.screens.wcwidth
+    return all(width(char) == 1 for char in text)
+
+
 class _Screen(pyte.Screen):
     """pyte's screen, with a tap on drawn text, dim, ``CSI S``/``CSI T``, the alternate
     screen, xterm's erasing and xterm's resize. Queries are answered by TerminalScreen, so
@@ -457,16 +463,18 @@ class _Screen(pyte.Screen):
             except Exception as exc:
                 raise ListenerError(f"the draw listener failed: {exc!r}") from exc
         text = data.translate(self.g1_charset if self.charset else self.g0_charset)
-        if text.isascii() and text.isprintable() and pyte.modes.IRM not in self.mode:
+        if pyte.modes.IRM not in self.mode and (
+            (text.isascii() and text.isprintable()) or _all_one_cell(text)
+        ):
             self._draw_narrow(text)
         else:
             super().draw(data)
 
     def _draw_narrow(self, text: str) -> None:
-        """pyte's ``draw`` for printable ASCII (every character one cell wide) without
-        insert mode, the same cells and cursor, faster: pyte builds each cell with
-        ``_replace``; here a cell is built once per character and attributes, and shared
-        (cells are immutable)."""
+        """pyte's ``draw`` for text whose every character is one cell wide (printable ASCII,
+        box drawing, spinners, most letters) without insert mode, the same cells and cursor,
+        faster: pyte builds each cell with ``_replace``; here a cell is built once per
+        character and attributes, and shared (cells are immutable)."""
         cursor, columns = self.cursor, self.columns
         wrap = pyte.modes.DECAWM in self.mode
         attrs = cursor.attrs

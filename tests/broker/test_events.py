@@ -129,7 +129,7 @@ async def test_agent_output_past_the_budget_is_dropped_oldest_first_with_a_gap()
     log = EventLog(capacity=64, output_budget=10_000)
     sub = log.subscribe(since=0)
     log.emit(idle(0))
-    for n in range(5):  # 5 x 4,000 characters: only the last two fit the budget
+    for n in range(5):  # 5 x 4 KB of text: only the last two fit the budget
         log.emit(AgentOutput(agent="a", offset=n * 4000, data="x" * 4000))
     log.emit(idle(1))  # no output: costs nothing
     assert log.first_seq == 5
@@ -137,6 +137,16 @@ async def test_agent_output_past_the_budget_is_dropped_oldest_first_with_a_gap()
     first = await sub.__anext__()
     assert isinstance(first, Gap) and (first.first, first.last) == (1, 4)
     assert [(await sub.__anext__()).seq for _ in range(3)] == [5, 6, 7]
+
+
+async def test_the_budget_counts_the_memory_text_takes() -> None:
+    log = EventLog(capacity=64, output_budget=10_000)
+    for n in range(3):  # 3,000 ASCII characters are 3 KB: three fit
+        log.emit(AgentOutput(agent="a", offset=n * 3000, data="x" * 3000))
+    assert len(log.since(0)) == 3
+    for n in range(3):  # 3,000 box drawing characters are 6 KB: one fits
+        log.emit(AgentOutput(agent="a", offset=n * 9000, data="─" * 3000))
+    assert [e.seq for e in log.since(0)] == [6]
 
 
 async def test_one_event_larger_than_the_budget_is_still_kept() -> None:

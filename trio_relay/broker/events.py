@@ -1,8 +1,9 @@
 """The broker event log: sequence numbers, a bounded replay buffer, subscribers.
 
 Events are kept in a ring of fixed capacity, which also holds at most ``output_budget``
-characters of agent output (busy agents fill a ring with 4 KiB output events: without the
-budget 4,096 of them are 16 MiB of text). A subscriber is a cursor into the ring, not a
+bytes of agent output text, as memory counts it (``sys.getsizeof``: a text with a box
+drawing character or a spinner takes two bytes a character). Busy agents fill a ring with
+4 KiB output events: without the budget 4,096 of them are 16 to 32 MiB. A subscriber is a cursor into the ring, not a
 queue: emitting never waits for anyone, costs the same however many subscribers there are,
 and a subscriber that falls behind by more than the ring holds gets one explicit
 :class:`~trio_relay.wire.Gap` naming the events it missed, never a silent hole.
@@ -11,6 +12,7 @@ and a subscriber that falls behind by more than the ring holds gets one explicit
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -22,13 +24,13 @@ from trio_relay.wire import AgentOutput, Event, Gap
 E = TypeVar("E", bound=Event)
 log = logging.getLogger(__name__)
 
-#: Characters of agent output the ring keeps at most (older events are dropped first).
+#: Bytes of agent output text the ring keeps at most (older events are dropped first).
 OUTPUT_BUDGET = 4 * 1024 * 1024
 
 
 class EventLog:
     """Numbered broker events (the first is 1): the last ``capacity`` of them replayable,
-    fewer when their agent output passes ``output_budget`` characters."""
+    fewer when their agent output text takes more than ``output_budget`` bytes."""
 
     def __init__(self, capacity: int = 4096, output_budget: int = OUTPUT_BUDGET) -> None:
         if capacity < 1:
@@ -36,7 +38,7 @@ class EventLog:
         self.capacity = capacity
         self.output_budget = output_budget
         self._ring: list[Event | None] = [None] * capacity
-        self._sizes = [0] * capacity  # output characters of each slot's event
+        self._sizes = [0] * capacity  # bytes of output text of each slot's event
         self._output = 0  # their sum
         self._floor = 1  # the oldest event the budget left in the ring
         self._next = 1
@@ -60,7 +62,7 @@ class EventLog:
         seq = event.seq = self._next
         event.time = time.time()
         slot = seq % self.capacity
-        size = len(event.data) if type(event) is AgentOutput else 0
+        size = sys.getsizeof(event.data) if type(event) is AgentOutput else 0
         self._output += size - self._sizes[slot]
         self._sizes[slot] = size
         self._ring[slot] = event

@@ -70,7 +70,7 @@ class Duration(click.ParamType):
     default=4096,
     type=click.IntRange(min=16),
     help="Events kept for replay (`events --since`), with at most 4 MiB of agent output"
-    " among them; a subscriber further behind gets a gap.",
+    " text (in memory) among them; a subscriber further behind gets a gap.",
 )
 @option_with_default(
     "--retention",

@@ -1,0 +1,74 @@
+"""What our processes' imports cost in RSS, with and without trio_relay.lean_imports.
+
+    .venv/bin/python tools/bench_imports.py [--repeat 3]
+
+Each figure is the RSS of a fresh interpreter (this venv's) after its imports, the median
+of ``--repeat`` processes, and what that adds to a bare interpreter measured in the same
+run. First the modules trio_relay.lean_imports keeps out or defers, each alone; then the
+broker's and the PTY worker's imports (what ``trio-relay up`` and ``python -m
+trio_relay.worker.pty`` import before they start), without and with ``install()``, and
+the ratio of the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+
+PROBE = """
+import sys
+{setup}
+{imports}
+with open("/proc/self/statm") as f:
+    print(int(f.read().split()[1]) * 4096)
+"""
+LEAN = "from trio_relay import lean_imports; lean_imports.install()"
+WORKER = (
+    "from trio_relay.worker.pty import termwidth; termwidth.install()\n"
+    "import trio_relay.worker.pty.worker"
+)
+BROKER = "import trio_relay.cli.main, trio_relay.daemon"
+ALONE = [
+    ("_hashlib (OpenSSL's hashes)", "import _hashlib"),
+    ("ssl, after _hashlib", "import _hashlib, ssl"),
+    ("idna", "import idna"),
+    ("importlib.metadata (trio-websocket)", "import importlib.metadata"),
+    ("click", "import click"),
+    ("msgspec", "import msgspec"),
+    ("trio", "import trio"),
+]
+
+
+def rss_mb(setup: str, imports: str, repeat: int) -> float:
+    code = PROBE.format(setup=setup, imports=imports)
+    runs = [
+        int(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout)
+        for _ in range(repeat)
+    ]
+    return statistics.median(runs) / 2**20  # MiB, as /proc and tools/bench_scale.py count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="processes per figure")
+    args = parser.parse_args()
+    bare = rss_mb("", "", args.repeat)
+    print(f"bare interpreter: {bare:.1f} MB RSS\n")
+    print(f"{'imported alone':<40}{'RSS MB':>8}{'added':>8}")
+    for label, imports in ALONE:
+        mb = rss_mb("", imports, args.repeat)
+        print(f"{label:<40}{mb:>8.1f}{mb - bare:>+8.1f}")
+    print(f"\n{'process':<22}{'as imported':>13}{'lean_imports':>14}{'saved':>8}{'ratio':>8}")
+    for label, imports in (("broker (trio-relay up)", BROKER), ("PTY worker", WORKER)):
+        plain, lean = rss_mb("", imports, args.repeat), rss_mb(LEAN, imports, args.repeat)
+        print(
+            f"{label:<22}{plain:>10.1f} MB{lean:>11.1f} MB{plain - lean:>8.1f}{lean / plain:>7.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

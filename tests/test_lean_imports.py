@@ -31,7 +31,7 @@ def test_after_install_trio_and_msgspec_import_without_openssl_and_tls_still_wor
         lean_imports.install()
         import sys, hashlib, hmac, secrets
         import trio, trio_websocket, msgspec
-        print(sorted(m for m in ("_ssl", "_hashlib", "idna.core") if sys.modules.get(m)))
+        print(sorted(m for m in ("_ssl", "_hashlib") if sys.modules.get(m)))
         print(type(msgspec.inspect).__name__, type(msgspec.toml).__name__)
         print(hashlib.sha256(b"abc").hexdigest()[:16], hmac.new(b"k", b"m", "sha256").hexdigest()[:8])
         print(len(secrets.token_urlsafe(32)), hmac.compare_digest(b"a", b"a"))
@@ -105,6 +105,32 @@ def test_a_deferred_module_loads_once_and_then_is_the_real_one(
     finally:
         sys.modules.pop("lean_probe_counter", None)
         monkeypatch.delattr("builtins.lean_probe_loads", raising=False)
+
+
+def test_a_deferred_module_may_read_another_while_it_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "lean_probe_first.py").write_text(
+        "import lean_probe_second\nVALUE = lean_probe_second.VALUE + 1\n"
+    )
+    (tmp_path / "lean_probe_second.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert lean_imports.defer("lean_probe_first") and lean_imports.defer("lean_probe_second")
+        import lean_probe_first  # type: ignore[import-not-found]
+
+        assert lean_probe_first.VALUE == 2  # no deadlock on the loading lock
+    finally:
+        sys.modules.pop("lean_probe_first", None)
+        sys.modules.pop("lean_probe_second", None)
+
+
+def test_packages_are_not_deferred(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "lean_probe_package").mkdir()
+    (tmp_path / "lean_probe_package" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert not lean_imports.defer("lean_probe_package")
+    assert "lean_probe_package" not in sys.modules
 
 
 def test_a_module_that_cannot_be_found_is_not_deferred() -> None:

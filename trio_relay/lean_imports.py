@@ -9,11 +9,14 @@ the whole process, which a library must not do to its host.
   WebSocket key per connection and an agent's token per request, a few bytes each. Loading
   OpenSSL's libcrypto costs a process 3.5 MB of RSS.
 - **Deferred until first used:** :mod:`ssl` (Trio and trio-websocket import it for TLS,
-  which our processes do not use: the cluster's TLS is libpq's own; another 2 MB), ``idna``
-  (Trio encodes non-ASCII host names with it) and msgspec's ``inspect``, JSON-schema,
-  TOML and YAML modules, which msgspec imports whether used or not. Such a module is bound
-  at once to a stand-in; the first attribute read imports the real one and copies it into
-  the stand-in, so a user of it sees no difference but the delay.
+  which our processes do not use: the cluster's TLS is libpq's own; another 2 MB) and
+  msgspec's ``inspect``, JSON-schema, TOML and YAML modules, which msgspec imports whether
+  used or not. Such a module is bound at once to a stand-in; the first attribute read
+  imports the real module and copies its namespace into the stand-in, so a user of it sees
+  no difference but the delay. Two module objects exist then, the stand-in and the real
+  one (in ``sys.modules``): a name set on one later is not seen on the other, and
+  ``importlib.reload`` of a stand-in fails. A package is never deferred (its submodules
+  could be imported twice).
 
 Measured by ``tools/bench_imports.py`` (each module alone, and the broker's and the PTY
 worker's imports with and without this) and ``tools/bench_scale.py`` (the running broker).
@@ -30,7 +33,6 @@ import types
 
 DEFERRED = (
     "ssl",
-    "idna",
     "msgspec.inspect",
     "msgspec._json_schema",
     "msgspec.toml",
@@ -38,14 +40,14 @@ DEFERRED = (
 )
 """The modules :func:`install` defers."""
 
-_load_lock = _thread.allocate_lock()
+_load_lock = _thread.RLock()  # re-entrant: a module imported may read another stand-in
 
 
 class DeferredModule(types.ModuleType):
     """A stand-in bound in ``sys.modules`` for a module not imported yet.
 
-    Reading any attribute it does not have imports the real module (under a lock, so two
-    threads import it once), puts that in ``sys.modules``, copies its namespace into the
+    Reading any attribute it does not have imports the real module (under a re-entrant
+    lock, so two threads import it once), puts that in ``sys.modules``, copies its namespace into the
     stand-in and answers from it. Raises what the real import raises, leaving the stand-in
     in place so that a later read tries again.
     """
@@ -69,9 +71,9 @@ def _load(stand_in: DeferredModule) -> types.ModuleType:
 
 
 def defer(name: str) -> bool:
-    """Bind ``name`` to a :class:`DeferredModule` unless it is imported already or cannot
-    be found (then nothing changes, and an import of it behaves as before). A submodule's
-    package is not imported. Returns whether it was deferred."""
+    """Bind ``name`` to a :class:`DeferredModule` unless it is imported already, cannot be
+    found or is a package (then nothing changes, and an import of it behaves as before).
+    A submodule's package is not imported. Returns whether it was deferred."""
     if name in sys.modules:
         return False
     package, _, _ = name.rpartition(".")
@@ -86,7 +88,7 @@ def defer(name: str) -> bool:
         )
     else:
         spec = importlib.util.find_spec(name)
-    if spec is None:
+    if spec is None or spec.submodule_search_locations is not None:
         return False
     stand_in = DeferredModule(name)
     stand_in.__spec__ = importlib.machinery.ModuleSpec(name, None)

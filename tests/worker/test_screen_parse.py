@@ -85,6 +85,14 @@ def test_the_shortcut_leaves_the_screen_as_pyte_parser_does(
     assert _state(ours) == _state(theirs)
 
 
+def test_a_parameter_too_long_for_int_is_a_parse_error_as_through_pyte() -> None:
+    ours, theirs = TerminalScreen(4, 20), _pyte_parser_only(TerminalScreen(4, 20))
+    for screen in (ours, theirs):
+        screen.feed("\x1b[" + "1" * 5000 + "mafter")
+    assert ours.parse_errors == theirs.parse_errors == 1
+    assert ours.lines()[0] == theirs.lines()[0] == "after"
+
+
 def test_the_shortcut_is_taken() -> None:
     screen = TerminalScreen(4, 20)
     sent: list[str] = []

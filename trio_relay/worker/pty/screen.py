@@ -165,8 +165,8 @@ class _Stream(pyte.Stream):
     def _csi(self, private: str | None, params: str, final: str) -> None:
         """Dispatch ``CSI [?] params final`` as pyte's parser does: each parameter an
         integer up to 9999, an empty one 0."""
-        args = [min(int(p or 0), 9999) for p in params.split(";")]
         try:
+            args = [min(int(p or 0), 9999) for p in params.split(";")]
             if private:
                 self._csi_handlers[final](*args, private=True)
             else:
@@ -274,6 +274,9 @@ class _Screen(pyte.Screen):
             return  # CSI ? ... m (xterm's private SGR, Gemini CLI sends it): not an attribute
         # The new attributes depend only on the old ones, the parameters and the default
         # character (reverse or not): a redraw sets the same few colours again and again.
+        if len(attrs) > 16:  # not a colour a redraw repeats: not worth keeping
+            self._apply_sgr(attrs)
+            return
         key = (self.cursor.attrs, pyte.modes.DECSCNM in self.mode, attrs)
         after = _SGR.get(key)
         if after is None:

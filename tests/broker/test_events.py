@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from trio_relay.broker.events import EventLog
+from trio_relay.broker.events import EventLog, text_bytes
 from trio_relay.wire import AgentIdle, AgentOutput, AgentReady, Gap
 
 
@@ -144,9 +144,10 @@ async def test_the_budget_counts_the_memory_text_takes() -> None:
     for n in range(3):  # 3,000 ASCII characters are 3 KB: three fit
         log.emit(AgentOutput(agent="a", offset=n * 3000, data="x" * 3000))
     assert len(log.since(0)) == 3
-    for n in range(3):  # 3,000 box drawing characters are 6 KB: one fits
+    for n in range(3):  # 3,000 box drawing characters: 6 KB, and 9 KB of UTF-8 once sent
         log.emit(AgentOutput(agent="a", offset=n * 9000, data="─" * 3000))
     assert [e.seq for e in log.since(0)] == [6]
+    assert text_bytes("─" * 3000) > 15_000 and text_bytes("x" * 3000) < 3_100
 
 
 async def test_one_event_larger_than_the_budget_is_still_kept() -> None:

@@ -1,9 +1,10 @@
 """The broker event log: sequence numbers, a bounded replay buffer, subscribers.
 
 Events are kept in a ring of fixed capacity, which also holds at most ``output_budget``
-bytes of agent output text, as memory counts it (``sys.getsizeof``: a text with a box
-drawing character or a spinner takes two bytes a character). Busy agents fill a ring with
-4 KiB output events: without the budget 4,096 of them are 16 to 32 MiB. A subscriber is a cursor into the ring, not a
+bytes of agent output text as memory counts it (:func:`text_bytes`: a text with a box
+drawing character or a spinner takes two bytes a character, and keeps a UTF-8 copy once it
+was sent). Busy agents fill a ring with 4 KiB output events: without the budget 4,096 of
+them are 16 to 48 MiB. A subscriber is a cursor into the ring, not a
 queue: emitting never waits for anyone, costs the same however many subscribers there are,
 and a subscriber that falls behind by more than the ring holds gets one explicit
 :class:`~trio_relay.wire.Gap` naming the events it missed, never a silent hole.
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 
 #: Bytes of agent output text the ring keeps at most (older events are dropped first).
 OUTPUT_BUDGET = 4 * 1024 * 1024
+
+
+def text_bytes(text: str) -> int:
+    """The memory ``text`` takes once it was sent: the string, and the UTF-8 copy CPython
+    keeps in a string that is not ASCII once it was encoded."""
+    return sys.getsizeof(text) + (0 if text.isascii() else len(text.encode()))
 
 
 class EventLog:
@@ -62,7 +69,7 @@ class EventLog:
         seq = event.seq = self._next
         event.time = time.time()
         slot = seq % self.capacity
-        size = sys.getsizeof(event.data) if type(event) is AgentOutput else 0
+        size = text_bytes(event.data) if type(event) is AgentOutput else 0
         self._output += size - self._sizes[slot]
         self._sizes[slot] = size
         self._ring[slot] = event

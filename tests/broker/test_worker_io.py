@@ -98,6 +98,34 @@ async def test_a_sender_cancelled_while_waiting_drops_its_frame_unless_begun() -
     assert len(lines) - 1 < len(frames), "no cancelled frame was dropped"
 
 
+async def test_a_sender_cancelled_after_a_partial_write_still_gets_its_frame_out_whole() -> None:
+    read_fd, write_fd = os.pipe()
+    writer = FrameWriter(write_fd)
+    frame = b"p" * 100_000 + b"\n"  # more than the pipe holds: the first write is partial
+    then = b"next\n"
+    scope = trio.CancelScope()
+
+    async def send() -> None:
+        with scope:
+            await writer.send(frame)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        await trio.testing.wait_all_tasks_blocked()  # begun, the rest queued; run() not started
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(writer.run)
+        nursery.start_soon(writer.send, then)
+        received = bytearray()
+        with trio.fail_after(5):
+            while not received.endswith(then):
+                await trio.lowlevel.wait_readable(read_fd)
+                received.extend(os.read(read_fd, 65536))
+        writer.close()
+    os.close(read_fd)
+    assert bytes(received) == frame + then
+
+
 async def test_frames_beyond_the_bound_are_refused_not_queued() -> None:
     from trio_relay.errors import InputQueueFull
 

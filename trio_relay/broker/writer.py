@@ -62,6 +62,7 @@ class FrameWriter:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._error is not None:
             raise self._closed(self._error)
+        begun = False
         if not self._busy and not self._open.frames:
             try:
                 written = os.write(self._fd, frame)
@@ -72,7 +73,7 @@ class FrameWriter:
                 raise self._closed(exc) from exc
             if written == len(frame):
                 return
-            frame = frame[written:]
+            frame, begun = frame[written:], written > 0
             # Begun: it must be finished whole, so it is queued whatever the bound says.
         elif self.queued + len(frame) > self.max_queued:
             raise self._full(len(frame))
@@ -80,7 +81,7 @@ class FrameWriter:
         try:
             await batch.done.wait()
         except BaseException:
-            if batch is self._open:  # not taken for writing yet: it never reaches the worker
+            if batch is self._open and not begun:  # it never reaches the worker
                 self._dequeue(batch, frame)
             raise
         if batch.error is not None:

@@ -21,8 +21,10 @@ async def read_lines(
     """Yield batches of lines from ``stream`` until end of file.
 
     A final line without a newline is yielded at end of file. Cancellation: cancellable at
-    each read; lines already read and yielded are not read again. Errors: whatever the
-    stream's ``receive_some`` raises (for example ``trio.ClosedResourceError``).
+    each read; lines already read and yielded are not read again. Errors: from a pipe
+    (``trio.lowlevel.FdStream``, read by :func:`receive_when_readable`),
+    ``trio.ClosedResourceError`` once it is closed and the read's other ``OSError``; from any
+    other stream, what its ``receive_some`` raises.
     """
     receive: Callable[[], Awaitable[bytes]]
     if isinstance(stream, trio.lowlevel.FdStream):

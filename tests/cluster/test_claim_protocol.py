@@ -8,8 +8,8 @@ function (one transaction) per step:
 - ``send``: ``insert_delivery`` from either broker, for agent x, y or z (z is registered
   only once some broker spawns it); ``send_again``: a key sent before (the same row);
 - ``claim`` (limit 1, 2 or 100), ``take_in`` (the local engine: a dict per broker, cluster
-  row -> local id, idempotent; a dead letter or failed local copy is queued again, as
-  ``member._take_in`` does; only for agents the broker runs), ``record_taken``
+  row -> local id, idempotent; a dead letter or failed local copy is queued again while
+  its row is open, as ``member._take_in`` does; only for agents the broker runs), ``record_taken``
   (``taken``), and ``claim_take_in_record``: the three in a row, as ``_claim_once`` does,
   then the current local state of each row reported;
 - ``report``: a legal local state change (:data:`DELIVERY_TRANSITIONS`) of a delivery a
@@ -343,7 +343,8 @@ class ClaimProtocol(RuleBasedStateMachine):
     @rule(name=brokers)
     def take_in(self, name: str) -> None:
         """What member._take_in does with each claimed row: into the local engine once, by
-        its cluster id; a dead letter or failed local copy is queued again."""
+        its cluster id; a dead letter or failed local copy is queued again while its row is
+        open (a redelivery), not when the claim predates the report of its end."""
         self.begin(f"take in by {name}")
         self.do_take_in(name)
 
@@ -361,8 +362,8 @@ class ClaimProtocol(RuleBasedStateMachine):
             if local is None:
                 local = b.local[row_id] = f"{name}-{next(b.numbers)}"
                 b.lstate[local] = "queued"
-            elif b.lstate[local] in REDELIVERABLE:
-                b.lstate[local] = "queued"
+            elif b.lstate[local] in REDELIVERABLE and self.rows[row_id].state in sql.OPEN:
+                b.lstate[local] = "queued"  # redelivered; else the claim predates its end
             b.to_record[row_id] = local
             b.tracked[row_id] = local  # mapped at once: its reports may precede `taken`
         b.pending.clear()
@@ -499,10 +500,15 @@ class ClaimProtocol(RuleBasedStateMachine):
         row_id = candidates[index % len(candidates)]
         row = self.rows[row_id]
         self.begin(f"redeliver row {row_id} ({row.state}) via {via}")
+        owner = self.registry.get(row.agent)
         try:
             agent, target = sql.redeliver(self.brokers[via].conn, row_id)
         except ValueError:
             assert row.state not in REDELIVERABLE, row
+            return
+        except LookupError:  # refused, nothing changed: no live broker runs its agent
+            assert row.state in REDELIVERABLE, row
+            assert owner is None or not self.brokers[owner].live, (row, owner)
             return
         assert row.state in REDELIVERABLE, row
         assert agent == row.agent

@@ -315,7 +315,12 @@ class ClusterMember:
 
     async def _take_in(self, item: sql.Claimed) -> str | None:
         """The claimed delivery in the local engine (once, by its cluster id); a dead letter
-        or failed one redelivered is queued again locally. None if the agent went away."""
+        or failed one redelivered is queued again locally. None if the agent went away.
+
+        A local copy that is a dead letter or failed is queued again only while the row is
+        still open in the cluster: its redelivery. Else the claim is older than the report
+        of that end (it was reported while the claim waited), and the end stands.
+        """
         engine = self.broker.delivery_engine
         origin = sql.cluster_id(item.id)
         try:
@@ -324,12 +329,16 @@ class ClusterMember:
             )
             if receipt.state == "taken before":
                 local = await engine.get(receipt.delivery_id)
-                if local.state in ("dead_letter", "failed"):
+                if local.state in ("dead_letter", "failed") and await self._still_open(item.id):
                     await engine.redeliver(receipt.delivery_id)
             return receipt.delivery_id
         except (WorkerNotFound, DeliveryStateError) as exc:
             log.info("cluster: %s not taken in: %s", origin, exc)
             return None
+
+    async def _still_open(self, row_id: int) -> bool:
+        found = await self.db.read(lambda c: sql.get_delivery(c, row_id), "read a delivery")
+        return found is not None and found.state in sql.OPEN
 
     # ------------------------------------------------------------ reports
 

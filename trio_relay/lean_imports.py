@@ -1,8 +1,10 @@
 """Leaving out of our own processes' memory what they import but seldom use.
 
-:func:`install` is called first by our entry points (the ``trio-relay`` command, the broker
-it runs, the PTY worker and the shared PTY host), never on ``import trio_relay``: it changes
-the whole process, which a library must not do to its host.
+:func:`install` is called first by our entry points (the ``trio-relay`` command and the
+broker it runs; ``trio-relay-agent-relay``), never on ``import trio_relay``: it changes the
+whole process, which a library must not do to its host. The PTY worker does not call it: it
+imports neither OpenSSL nor ssl, and the deferral of msgspec's modules saves it no more
+than importing this module costs (``tools/bench_imports.py``).
 
 - **OpenSSL's hashes.** ``_hashlib`` is made unimportable, so :mod:`hashlib` and
   :mod:`hmac` use CPython's own SHA-1, SHA-2, SHA-3, BLAKE2 and MD5. The broker hashes a

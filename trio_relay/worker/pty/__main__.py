@@ -2,10 +2,8 @@
 
 import sys
 
-from trio_relay import lean_imports
 from trio_relay.worker.pty import termwidth
 
-lean_imports.install()  # before msgspec is imported: see lean_imports
 termwidth.install()  # before pyte is imported: see termwidth
 
 if sys.argv[1:2] == ["--shared-host"]:  # the broker's shared PTY host (see host.py)

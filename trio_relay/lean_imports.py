@@ -49,9 +49,9 @@ class DeferredModule(types.ModuleType):
     """A stand-in bound in ``sys.modules`` for a module not imported yet.
 
     Reading any attribute it does not have imports the real module (under a re-entrant
-    lock, so two threads import it once), puts that in ``sys.modules``, copies its namespace into the
-    stand-in and answers from it. Raises what the real import raises, leaving the stand-in
-    in place so that a later read tries again.
+    lock, so two threads import it once), puts that in ``sys.modules``, copies its
+    namespace into the stand-in and answers from it. Raises what the real import raises,
+    leaving the stand-in in place so that a later read tries again.
     """
 
     def __getattr__(self, attr: str) -> object:

@@ -4,7 +4,8 @@
 
 Each figure is the RSS of a fresh interpreter (this venv's) after its imports, the median
 of ``--repeat`` processes, and what that adds to a bare interpreter measured in the same
-run. First the modules trio_relay.lean_imports keeps out or defers, each alone; then the
+run. First some modules alone (those lean_imports keeps out or defers, and the other large
+ones the broker imports, as README's benchmark section cites them); then the
 broker's and the PTY worker's imports (what ``trio-relay up`` and ``python -m
 trio_relay.worker.pty`` import before they start), without and with ``install()``, and
 the ratio of the two.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pyte
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from screen_cells import cells_of
 
 from trio_relay.worker.pty import screen as screen_module
 from trio_relay.worker.pty.screen import TerminalScreen
@@ -54,13 +55,7 @@ def _pyte_draw(self: pyte.Screen, data: str) -> None:
 
 def _state(screen: TerminalScreen) -> tuple[object, ...]:
     inner = screen._screen
-    cells = {
-        (y, x): tuple(char)
-        for y in range(inner.lines)
-        for x, char in inner.buffer[y].items()
-        if x < inner.columns
-    }
-    return cells, inner.cursor.x, inner.cursor.y, tuple(inner.cursor.attrs)
+    return cells_of(screen), inner.cursor.x, inner.cursor.y, tuple(inner.cursor.attrs)
 
 
 @settings(max_examples=200, deadline=None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pyte
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from screen_cells import cells_of
 
 from trio_relay.worker.pty.screen import TerminalScreen
 
@@ -37,14 +38,8 @@ PIECE = st.one_of(CSI, CSI, OSC, TEXT, CONTROL, st.sampled_from(["漢", "e\u0301
 
 def _state(screen: TerminalScreen) -> tuple[object, ...]:
     inner = screen._screen
-    cells = {
-        (y, x): tuple(char)
-        for y in range(inner.lines)
-        for x, char in inner.buffer[y].items()
-        if x < inner.columns
-    }
     return (
-        cells,
+        cells_of(screen),
         (inner.cursor.x, inner.cursor.y, tuple(inner.cursor.attrs)),
         sorted(inner.mode),
         inner.margins,

@@ -8,7 +8,8 @@ run. First some modules alone (those lean_imports keeps out or defers, and the o
 ones the broker imports, as README's benchmark section cites them); then the
 broker's and the PTY worker's imports (what ``trio-relay up`` and ``python -m
 trio_relay.worker.pty`` import before they start), without and with ``install()``, and
-the ratio of the two.
+the ratio of the two. It first compiles trio_relay/'s bytecode, which an installed package
+has (see tools/dev.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import argparse
 import statistics
 import subprocess
 import sys
+
+from dev import compile_bytecode
 
 PROBE = """
 import sys
@@ -27,7 +30,7 @@ with open("/proc/self/statm") as f:
 """
 LEAN = "from trio_relay import lean_imports; lean_imports.install()"
 WORKER = (
-    "from trio_relay.worker.pty import termwidth; termwidth.install()\n"
+    "from trio_relay.worker.pty import process_imports; process_imports.install()\n"
     "import trio_relay.worker.pty.worker"
 )
 BROKER = "import trio_relay.cli.main, trio_relay.daemon"
@@ -57,6 +60,7 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=3, help="processes per figure")
     args = parser.parse_args()
+    compile_bytecode()  # what an installed trio-relay has: see tools/dev.py
     bare = rss_mb("", "", args.repeat)
     print(f"bare interpreter: {bare:.1f} MB RSS\n")
     print(f"{'imported alone':<40}{'RSS MB':>8}{'added':>8}")

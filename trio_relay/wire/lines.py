@@ -8,13 +8,12 @@ Trio stream (:func:`trio_relay.broker.lines.read_lines`); the workers drive one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 DEFAULT_MAX_LINE = 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class OversizedLine:
+class OversizedLine(NamedTuple):
     """A line that exceeded the maximum; ``length`` is how many bytes it had (newline excluded)."""
 
     length: int

@@ -2,9 +2,9 @@
 
 import sys
 
-from trio_relay.worker.pty import termwidth
+from trio_relay.worker.pty import process_imports
 
-termwidth.install()  # before pyte is imported: see termwidth
+process_imports.install()  # before msgspec and pyte are imported: see process_imports
 
 if sys.argv[1:2] == ["--shared-host"]:  # the broker's shared PTY host (see host.py)
     from trio_relay.worker.pty.host import main as host_main

@@ -1,0 +1,49 @@
+"""The PTY worker's process imports what it uses and no more (see process_imports)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import json, sys
+from trio_relay.worker.pty import process_imports, termwidth
+process_imports.install()
+import trio_relay.worker.pty.worker, trio_relay.worker.pty.host
+from trio_relay.wire.codec import encode
+from trio_relay.wire.frames import Deliver, Resize, decode_broker_frame
+frame = decode_broker_frame(encode(Resize(cols=100, rows=30)))
+message = decode_broker_frame(encode(Deliver(delivery_id="d1", sender="me", body="hi")))
+print(json.dumps({
+    "decoded": [type(frame).__name__, frame.cols, frame.rows, message.sender],
+    "kept_out": [m for m in ("typing_extensions", "inspect", "dataclasses") if sys.modules.get(m)],
+    "wcwidth_is_ours": sys.modules["wcwidth"] is termwidth,
+}))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_worker_loads_neither_typing_extensions_nor_inspect() -> None:
+    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "decoded": ["Resize", 100, 30, "me"],
+        "kept_out": [],
+        "wcwidth_is_ours": True,
+    }
+
+
+@pytest.mark.timeout(60)
+def test_typing_extensions_stays_importable_where_it_is_already_loaded() -> None:
+    probe = (
+        "import typing_extensions, sys\n"
+        "from trio_relay.worker.pty import process_imports\n"
+        "process_imports.install()\n"
+        "import typing_extensions as again\n"
+        "print(again is sys.modules['typing_extensions'] is not None)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stdout.strip() == "True", result.stderr

@@ -26,7 +26,9 @@ measures, under the same paced load on both brokers (a snapshot of the next agen
 
 - broker CPU and the wrappers' CPU (utime+stime from /proc, % of one core);
 - snapshot round trip p50/p99, and send → verified p50/p99 (``echo`` seen on the screen);
-- broker RSS, and per agent the wrapper plus the program under it (median over agents).
+- broker RSS, and per agent the wrapper plus the program under it (median over agents),
+  as RSS and as PSS (shared pages, such as the interpreter's and the libraries' code,
+  divided among the processes mapping them: what one more agent costs).
 
 Then, on the same busy broker:
 
@@ -74,8 +76,10 @@ from bench_vs_agent_relay import (
     comm,
     cpu_seconds,
     descendants,
+    pss_mb,
     rss_mb,
 )
+from dev import compile_bytecode
 from measure import git_head, pct
 
 from trio_relay.client import open_client
@@ -293,12 +297,16 @@ async def scale_run(broker: Any, n: int, busy: bool, args: argparse.Namespace) -
     if getattr(broker, "up_options", ()):  # the shared PTY host: one "wrapper" for all
         (host, below), hosted = agents[0], len(children_map().get(agents[0][0], []))
         fig["agents_found"] = hosted
-        fig["wrapper_rss"] = rss_mb(host) / hosted
-        fig["agent_rss"] = (rss_mb(host) + sum(rss_mb(p) for p in below)) / hosted
+        for key, size in (("rss", rss_mb), ("pss", pss_mb)):
+            fig[f"wrapper_{key}"] = size(host) / hosted
+            fig[f"agent_{key}"] = (size(host) + sum(size(p) for p in below)) / hosted
     else:
-        per_agent = [rss_mb(w) + sum(rss_mb(p) for p in below) for w, below in agents]
-        fig["agent_rss"] = statistics.median(per_agent) if per_agent else None
-        fig["wrapper_rss"] = statistics.median(rss_mb(w) for w, _ in agents) if agents else None
+        for key, size in (("rss", rss_mb), ("pss", pss_mb)):
+            per_agent = [size(w) + sum(size(p) for p in below) for w, below in agents]
+            fig[f"agent_{key}"] = statistics.median(per_agent) if per_agent else None
+            fig[f"wrapper_{key}"] = (
+                statistics.median(size(w) for w, _ in agents) if agents else None
+            )
     fig.update(await control_round_trips(broker, names[0], args.round_trips))
     if args.subscribers and isinstance(broker, TrioRelay):
         fig.update(await fan_out(broker, names, args.subscribers, args.window))
@@ -330,6 +338,8 @@ ROWS: list[tuple[str, str, Callable[[Any], float] | None, str]] = [
     ("broker RSS", "broker_rss", None, "MB"),
     ("per agent: wrapper + program", "agent_rss", None, "MB"),
     ("  of which the wrapper", "wrapper_rss", None, "MB"),
+    ("per agent, PSS: wrapper + program", "agent_pss", None, "MB"),
+    ("  of which the wrapper", "wrapper_pss", None, "MB"),
     ("snapshot p50, Unix socket (WebSocket)", "rt_unix", lambda s: pct(s, 0.5), "ms"),
     ("snapshot p50, TCP (WebSocket)", "rt_tcp", lambda s: pct(s, 0.5), "ms"),
     ("snapshot p50, HTTP", "rt_http", lambda s: pct(s, 0.5), "ms"),
@@ -488,6 +498,7 @@ def main() -> None:
     args = parser.parse_args()
     args.agents = sorted({int(x) for x in args.agents.split(",")})
     args.modes = [False, True] if args.busy else [False]
+    compile_bytecode()  # what an installed trio-relay has: see tools/dev.py
     trio.run(main_async, args)
 
 

@@ -67,6 +67,7 @@ from trio_websocket import connect_websocket_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dev import compile_bytecode
 from measure import pct, timed
 
 from trio_relay.client import open_client
@@ -119,6 +120,20 @@ def rss_mb(pid: int) -> float:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def pss_mb(pid: int) -> float:
+    """The process's proportional set size: its private pages plus its share of each page
+    it shares (a library's code, say, counts 1/N in each of the N processes mapping it), so
+    the PSS of N like processes adds up to what they take together. 0.0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
@@ -810,6 +825,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="also print the table as markdown")
     args = parser.parse_args()
     args.agents = sorted({int(x) for x in args.agents.split(",")})
+    compile_bytecode()  # what an installed trio-relay has: see tools/dev.py
     trio.run(main_async, args)
 
 

@@ -13,8 +13,14 @@ Needs only python3 (3.11, 3.12 or 3.13). The venv lives in .venv/ at the reposit
 (another Python version gets .venv-3.X/ beside it) and is reinstalled whenever
 pyproject.toml or requirements.lock changes. It installs exactly the versions pinned in
 requirements.lock, checked against their hashes, so every machine runs what CI ran.
+
+The package is installed editable, so pip compiles none of its bytecode; each command first
+brings trio_relay/'s ``__pycache__`` up to date (a few ms when it is), even where
+PYTHONDONTWRITEBYTECODE is set. Without that, every PTY worker the broker starts compiles
+the worker's source again: about 1.5 MB of RSS and 0.1 s of CPU per agent.
 """
 
+import compileall
 import hashlib
 import os
 import subprocess
@@ -84,6 +90,13 @@ def ensure_venv() -> None:
     STAMP.write_text(wanted)
 
 
+def compile_bytecode() -> None:
+    """Write trio_relay/'s missing or stale .pyc files (this is the venv's Python version:
+    see venv_dir). A file that cannot be written is reported and left to be compiled in
+    memory, as Python would anyway."""
+    compileall.compile_dir(ROOT / "trio_relay", quiet=1)
+
+
 def lock(upgrade: bool) -> None:
     """Resolve pyproject.toml's ranges (with the test and mcp extras) for every supported Python and
     platform, and write the pins with their hashes to requirements.lock. Pins already in the
@@ -127,6 +140,7 @@ def main(argv: list[str]) -> None:
         lock(upgrade=bool(rest))
         return
     ensure_venv()
+    compile_bytecode()
     if command == "up":
         program = [str(BIN / "trio-relay"), "up", *rest]
     elif command == "test":

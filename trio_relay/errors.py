@@ -36,8 +36,10 @@ CLI turns into its exit code, and what a client raises again as :class:`RemoteEr
 from __future__ import annotations
 
 import signal
-from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "AgentExists",

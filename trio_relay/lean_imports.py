@@ -2,9 +2,9 @@
 
 :func:`install` is called first by our entry points (the ``trio-relay`` command and the
 broker it runs; ``trio-relay-agent-relay``), never on ``import trio_relay``: it changes the
-whole process, which a library must not do to its host. The PTY worker does not call it: it
-imports neither OpenSSL nor ssl, and the deferral of msgspec's modules saves it no more
-than importing this module costs (``tools/bench_imports.py``).
+whole process, which a library must not do to its host. The PTY worker imports neither
+OpenSSL nor ssl: it defers only :data:`MSGSPEC_UNUSED` (see
+:mod:`trio_relay.worker.pty.process_imports`).
 
 - **OpenSSL's hashes.** ``_hashlib`` is made unimportable, so :mod:`hashlib` and
   :mod:`hmac` use CPython's own SHA-1, SHA-2, SHA-3, BLAKE2 and MD5. The broker hashes a
@@ -33,13 +33,9 @@ import importlib.util
 import sys
 import types
 
-DEFERRED = (
-    "ssl",
-    "msgspec.inspect",
-    "msgspec._json_schema",
-    "msgspec.toml",
-    "msgspec.yaml",
-)
+MSGSPEC_UNUSED = ("msgspec.inspect", "msgspec._json_schema", "msgspec.toml", "msgspec.yaml")
+"""The modules msgspec imports whether used or not, which ours never use at start."""
+DEFERRED = ("ssl", *MSGSPEC_UNUSED)
 """The modules :func:`install` defers."""
 
 _load_lock = _thread.RLock()  # re-entrant: a module imported may read another stand-in

@@ -21,6 +21,9 @@ print(json.dumps({
     "decoded": [type(frame).__name__, frame.cols, frame.rows, message.sender],
     "kept_out": [m for m in ("typing_extensions", "inspect", "dataclasses") if sys.modules.get(m)],
     "wcwidth_is_ours": sys.modules["wcwidth"] is termwidth,
+    "msgspec_deferred": [
+        type(sys.modules[m]).__name__ for m in ("msgspec.inspect", "msgspec.yaml")
+    ],
 }))
 """
 
@@ -33,6 +36,7 @@ def test_the_worker_loads_neither_typing_extensions_nor_inspect() -> None:
         "decoded": ["Resize", 100, 30, "me"],
         "kept_out": [],
         "wcwidth_is_ours": True,
+        "msgspec_deferred": ["DeferredModule", "DeferredModule"],
     }
 
 

@@ -115,29 +115,27 @@ def descendants(pid: int, kids: dict[int, list[int]] | None = None) -> list[int]
     return out
 
 
-def rss_mb(pid: int) -> float:
+def _kb_field_mb(path: str, field: str) -> float:
+    """A ``Field:   N kB`` line of a /proc file, in MiB; 0.0 if the process is gone."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    return _kb_field_mb(f"/proc/{pid}/status", "VmRSS:")
 
 
 def pss_mb(pid: int) -> float:
     """The process's proportional set size: its private pages plus its share of each page
     it shares (a library's code, say, counts 1/N in each of the N processes mapping it), so
     the PSS of N like processes adds up to what they take together. 0.0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
+    return _kb_field_mb(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -19,6 +19,7 @@ import trio
 
 from trio_relay.broker.process import ExitStatus, WorkerProcess
 from trio_relay.broker.restart import RestartPolicy, RestartTracker
+from trio_relay.broker.screens import LastScreens
 from trio_relay.wire import AgentActivity, Event, Exited, WorkerHello
 
 
@@ -80,6 +81,8 @@ class Agent:
         self.activity_since = time.time()
         #: Why deliveries handed to the worker wait there (None: they are typed as they come).
         self.waiting: str | None = None
+        #: The current run's last snapshots (a new run starts with none).
+        self.screens = LastScreens()
 
     def change_state(self, state: AgentState, *events: Event, reason: str | None = None) -> None:
         """Put the agent in ``state`` (with ``reason`` as its ``last_reason``, if given),

@@ -332,6 +332,30 @@ class Broker:
             name, kind, payload, timeout=self.request_timeout if timeout is None else timeout
         )
 
+    async def snapshot(
+        self, name: str, *, ansi: bool = False, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """What the agent's screen shows: ``{text, rows, cols, cursor, offset}`` (see
+        :class:`~trio_relay.wire.ScreenSnapshot`), with ANSI colours and attributes if
+        ``ansi``. A PTY agent that has drawn nothing and not been resized since its last
+        snapshot is answered from that one (:mod:`.screens`) without a round trip; the
+        payload must not be changed. Otherwise as :meth:`request_worker`, and raises what it
+        raises. Cancellation: a checkpoint either way."""
+        agent = self.supervisor.get(name)
+        screens = agent.screens
+        hello = agent.hello
+        pty = hello is not None and hello.worker == "pty"
+        if pty and self.correlator.is_attached(name):
+            kept = screens.current(ansi)
+            if kept is not None:
+                await trio.lowlevel.checkpoint()
+                return kept
+        token = screens.asking()
+        payload = await self.request_worker(name, "snapshot", {"ansi": ansi}, timeout)
+        if pty and isinstance(payload, dict):
+            screens.keep(ansi, token, payload)
+        return payload
+
     async def write_input(self, name: str, data: str) -> None:
         """Type ``data`` into the agent's terminal; return once the frame is written.
         Raises WorkerNotFound, ChannelClosed, or RequestTimeout if the worker has not read
@@ -343,6 +367,7 @@ class Broker:
         ``agent_resized`` event says so). Raises WorkerNotFound, ChannelClosed,
         RequestTimeout, or ValueError for a size out of range."""
         check_terminal_size(rows, cols)
+        self.supervisor.get(name).screens.resized()
         await self._write(name, "resize", encode(Resize(rows=rows, cols=cols)))
         self.events.emit(AgentResized(agent=name, rows=rows, cols=cols))
 

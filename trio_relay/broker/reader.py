@@ -119,6 +119,7 @@ class FrameReader:
         name = self._agent.name
         emit = self._events.emit
         if type(frame) is Output:
+            self._agent.screens.saw_output(frame)
             emit(AgentOutput(agent=name, offset=frame.offset, data=frame.data))
         elif type(frame) is Ready:
             emit(AgentReady(agent=name))

@@ -25,6 +25,7 @@ from trio_relay.broker.process import WorkerProcess, spawn_process
 from trio_relay.broker.pty_host import PtyHost, hosted_args
 from trio_relay.broker.reader import DeliveryReport, FrameReader, protocol_error
 from trio_relay.broker.restart import RestartTracker
+from trio_relay.broker.screens import LastScreens
 from trio_relay.errors import AgentExists, ChannelClosed, SpawnFailed, WorkerNotFound
 from trio_relay.linux.procfs import process_stat
 from trio_relay.linux.sweep import is_child_session
@@ -229,6 +230,7 @@ class Supervisor:
         exception (a fault of ours) ends the run and the agent, never the caller.
         """
         run = Run(attempt=agent.tracker.attempt, began=trio.current_time())
+        agent.screens = LastScreens()
         agent.change_state("starting")
         proc = await self._start_child(agent, run)
         fault: Exception | None = None

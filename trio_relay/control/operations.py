@@ -172,7 +172,7 @@ class Operations:
             case ResizeOp(name=name, rows=rows, cols=cols):
                 return await broker.resize(name, rows, cols)
             case SnapshotOp(name=name, ansi=ansi, timeout=timeout):
-                return await broker.request_worker(name, "snapshot", {"ansi": ansi}, timeout)
+                return await broker.snapshot(name, ansi=ansi, timeout=timeout)
             case ModeOp():
                 return await self._mode(request, principal)
             case PendingOp(name=name):

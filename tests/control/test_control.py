@@ -16,6 +16,7 @@ from ws_raw import TOKEN, raw, serving
 from trio_relay import Broker
 from trio_relay.broker.delivery import DeliveryPolicy
 from trio_relay.client import open_client
+from trio_relay.control.connection import MAX_REQUESTS_PER_CONNECTION
 from trio_relay.control.server import ControlServer
 from trio_relay.errors import BrokerUnreachable, RemoteError
 from trio_relay.wire import AgentOutput
@@ -159,6 +160,25 @@ async def test_a_client_that_disconnects_mid_request_cancels_it(served: Served) 
     assert served.broker.statistics().cancelled == 1
     async with open_client(served.url, TOKEN) as client:  # the broker carries on
         assert (await client.status()).agents == {"running": 1}
+
+
+async def test_a_connection_with_every_slot_taken_stops_reading(served: Served) -> None:
+    """Requests past the connection's slots wait unread until one ends; none is dropped."""
+    slots = MAX_REQUESTS_PER_CONNECTION
+    await served.broker.spawn("mute", [*REFERENCE_WORKER, "--never-answer", "snapshot"])
+    async with raw(served.url) as ws:
+        for i in range(slots):  # each answered only at its deadline: 1 s, then 2 s
+            timeout = 1 if i == 0 else 2
+            request = {"id": i, "op": "snapshot", "name": "mute", "timeout": timeout}
+            await ws.send_message(json.dumps(request))
+        await wait_until(lambda: served.broker.statistics().pending == slots)
+        await ws.send_message(json.dumps({"id": "status", "op": "status"}))
+        with trio.fail_after(10):
+            first = json.loads(await ws.get_message())
+            second = json.loads(await ws.get_message())
+        assert first["id"] == 0 and first["error"]["code"] == "timeout"
+        assert second["id"] == "status" and second["ok"]  # read once a slot was free
+    await wait_until(lambda: served.broker.statistics().pending == 0)
 
 
 async def test_concurrent_requests_and_a_subscription_on_one_connection(served: Served) -> None:

@@ -77,7 +77,10 @@ class Connection:
             try:
                 while True:
                     message = await self.ws.get_message()
-                    await self._slots.acquire()  # backpressure: stop reading when busy
+                    try:  # a free slot costs no scheduler pass (get_message checkpointed)
+                        self._slots.acquire_nowait()
+                    except trio.WouldBlock:
+                        await self._slots.acquire()  # backpressure: stop reading when busy
                     nursery.start_soon(self._serve, message)
             except ConnectionClosed:
                 pass  # the client left: its requests end with it

@@ -10,6 +10,7 @@ import pytest
 
 PROBE = """
 import json, sys
+KEPT_OUT = ("typing_extensions", "inspect", "dataclasses", "decimal", "uuid", "platform")
 from trio_relay.worker.pty import process_imports, termwidth
 process_imports.install()
 import trio_relay.worker.pty.worker, trio_relay.worker.pty.host
@@ -19,7 +20,7 @@ frame = decode_broker_frame(encode(Resize(cols=100, rows=30)))
 message = decode_broker_frame(encode(Deliver(delivery_id="d1", sender="me", body="hi")))
 print(json.dumps({
     "decoded": [type(frame).__name__, frame.cols, frame.rows, message.sender],
-    "kept_out": [m for m in ("typing_extensions", "inspect", "dataclasses") if sys.modules.get(m)],
+    "kept_out": [m for m in KEPT_OUT if sys.modules.get(m)],
     "wcwidth_is_ours": sys.modules["wcwidth"] is termwidth,
     "msgspec_deferred": [
         type(sys.modules[m]).__name__ for m in ("msgspec.inspect", "msgspec.yaml")
@@ -29,7 +30,7 @@ print(json.dumps({
 
 
 @pytest.mark.timeout(60)
-def test_the_worker_loads_neither_typing_extensions_nor_inspect() -> None:
+def test_the_worker_loads_neither_typing_extensions_nor_inspect_nor_decimal() -> None:
     result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
@@ -51,3 +52,15 @@ def test_typing_extensions_stays_importable_where_it_is_already_loaded() -> None
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.stdout.strip() == "True", result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_decimal_and_uuid_imported_later_are_the_real_ones() -> None:
+    probe = (
+        "from trio_relay.worker.pty import process_imports\n"
+        "process_imports.install()\n"
+        "import decimal, uuid, msgspec\n"
+        "print(decimal.Decimal('1.5') + 1, uuid.UUID(int=1).int, msgspec.json.encode([1]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stdout.strip() == "2.5 1 b'[1]'", result.stderr

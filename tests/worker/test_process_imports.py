@@ -9,18 +9,22 @@ import sys
 import pytest
 
 PROBE = """
-import json, sys
-KEPT_OUT = ("typing_extensions", "inspect", "dataclasses", "decimal", "uuid", "platform")
+import sys
+KEPT_OUT = (
+    "typing_extensions", "inspect", "dataclasses", "decimal", "uuid", "platform", "json"
+)
 from trio_relay.worker.pty import process_imports, termwidth
 process_imports.install()
-import trio_relay.worker.pty.worker, trio_relay.worker.pty.host
+import trio_relay.worker.pty.worker
+kept_out = [m for m in KEPT_OUT if sys.modules.get(m)]
+import json, trio_relay.worker.pty.host  # the shared host, which uses json
 from trio_relay.wire.codec import encode
 from trio_relay.wire.frames import Deliver, Resize, decode_broker_frame
 frame = decode_broker_frame(encode(Resize(cols=100, rows=30)))
 message = decode_broker_frame(encode(Deliver(delivery_id="d1", sender="me", body="hi")))
 print(json.dumps({
     "decoded": [type(frame).__name__, frame.cols, frame.rows, message.sender],
-    "kept_out": [m for m in KEPT_OUT if sys.modules.get(m)],
+    "kept_out": kept_out,
     "wcwidth_is_ours": sys.modules["wcwidth"] is termwidth,
     "msgspec_deferred": [
         type(sys.modules[m]).__name__ for m in ("msgspec.inspect", "msgspec.yaml")
@@ -55,12 +59,13 @@ def test_typing_extensions_stays_importable_where_it_is_already_loaded() -> None
 
 
 @pytest.mark.timeout(60)
-def test_decimal_and_uuid_imported_later_are_the_real_ones() -> None:
+def test_decimal_uuid_and_json_imported_later_are_the_real_ones() -> None:
     probe = (
         "from trio_relay.worker.pty import process_imports\n"
         "process_imports.install()\n"
-        "import decimal, uuid, msgspec\n"
+        "import decimal, uuid, msgspec, json, pyte.screens, sys\n"
         "print(decimal.Decimal('1.5') + 1, uuid.UUID(int=1).int, msgspec.json.encode([1]))\n"
+        "print(json.dumps([2]), pyte.screens.json.dumps([3]), 'json' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    assert result.stdout.strip() == "2.5 1 b'[1]'", result.stderr
+    assert result.stdout.split("\n")[:2] == ["2.5 1 b'[1]'", "[2] [3] True"], result.stderr

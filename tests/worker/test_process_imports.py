@@ -11,7 +11,7 @@ import pytest
 PROBE = """
 import sys
 KEPT_OUT = (
-    "typing_extensions", "inspect", "dataclasses", "decimal", "uuid", "platform", "json"
+    "typing_extensions", "inspect", "dataclasses", "decimal", "uuid", "platform", "json", "copy"
 )
 from trio_relay.worker.pty import process_imports, termwidth
 process_imports.install()
@@ -59,13 +59,16 @@ def test_typing_extensions_stays_importable_where_it_is_already_loaded() -> None
 
 
 @pytest.mark.timeout(60)
-def test_decimal_uuid_and_json_imported_later_are_the_real_ones() -> None:
+def test_what_the_worker_leaves_out_is_real_when_imported_later() -> None:
     probe = (
         "from trio_relay.worker.pty import process_imports\n"
         "process_imports.install()\n"
-        "import decimal, uuid, msgspec, json, pyte.screens, sys\n"
+        "import decimal, uuid, msgspec, json, copy, pyte.screens, sys\n"
         "print(decimal.Decimal('1.5') + 1, uuid.UUID(int=1).int, msgspec.json.encode([1]))\n"
         "print(json.dumps([2]), pyte.screens.json.dumps([3]), 'json' in sys.modules)\n"
+        "print(pyte.screens.copy.copy([4]), copy.copy([5]))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    assert result.stdout.split("\n")[:2] == ["2.5 1 b'[1]'", "[2] [3] True"], result.stderr
+    assert result.stdout.split("\n")[:3] == ["2.5 1 b'[1]'", "[2] [3] True", "[4] [5]"], (
+        result.stderr
+    )

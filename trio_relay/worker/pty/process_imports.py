@@ -16,9 +16,10 @@ Each of its processes (one per agent by default) pays for every module it loads,
   at once, so a later ``import decimal`` or ``import uuid`` gets the real one. msgspec in
   this process then takes no real Decimal or UUID for one (encoding one raises TypeError):
   the worker's frames hold neither. About 0.6 MB;
-- ``json``, which pyte imports for its debugging screen only: pyte is imported with a
-  stand-in that imports the real json on its first attribute read, seen by pyte alone
-  (removed from ``sys.modules`` right after). About 0.13 MB.
+- ``json`` and ``copy`` (with ``weakref``), which pyte imports for its debugging screen
+  and to save the cursor (``DECSC``): pyte is imported with stand-ins that import the real
+  module on their first attribute read, seen by pyte alone (removed from ``sys.modules``
+  right after). About 0.25 MB while no program saves its cursor.
 
 Together with no dataclasses in the modules the worker imports, this is about 2.3 MB of
 RSS per worker (``tools/bench_imports.py``). It affects the whole process, so only
@@ -48,7 +49,7 @@ def install() -> None:
     for name in lean_imports.MSGSPEC_UNUSED:
         lean_imports.defer(name)
     _import_msgspec_with_placeholders()
-    _import_pyte_with_json_on_first_use()
+    _import_pyte_with_stand_ins()
 
 
 def _import_msgspec_with_placeholders() -> None:
@@ -76,12 +77,18 @@ class _OnFirstUse(types.ModuleType):
         return getattr(importlib.import_module(self.__name__), attr)
 
 
-def _import_pyte_with_json_on_first_use() -> None:
-    if "pyte" in sys.modules or "json" in sys.modules:
+#: What pyte imports at once but uses seldom.
+PYTE_SELDOM_USED = ("json", "copy")
+
+
+def _import_pyte_with_stand_ins() -> None:
+    if "pyte" in sys.modules:
         return
-    stand_in = sys.modules["json"] = _OnFirstUse("json")
+    placed = {name: _OnFirstUse(name) for name in PYTE_SELDOM_USED if name not in sys.modules}
+    sys.modules.update(placed)
     try:
         import pyte  # noqa: F401
     finally:
-        if sys.modules.get("json") is stand_in:
-            del sys.modules["json"]
+        for name, stand_in in placed.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]

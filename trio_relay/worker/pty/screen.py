@@ -41,7 +41,6 @@ last one in :attr:`last_parse_error`) and skipped; it never stops the output tha
 
 from __future__ import annotations
 
-import copy
 import re
 from collections import defaultdict
 from collections.abc import Callable
@@ -49,7 +48,7 @@ from typing import Any, NamedTuple
 
 import pyte
 from pyte import graphics
-from pyte.screens import StaticDefaultDict
+from pyte.screens import Cursor, StaticDefaultDict
 
 _QUERY = re.compile(
     r"\x1b\[(?P<dsr>\??[56])n"
@@ -248,7 +247,7 @@ class _Screen(pyte.Screen):
         if self._main is not None:
             return
         if save_cursor:
-            self._saved_cursor = copy.copy(self.cursor)
+            self._saved_cursor = _copied(self.cursor)
         self._main = (self.buffer, self.lines, self.columns)
         self.buffer = defaultdict(lambda: StaticDefaultDict(self.default_char))
         self.dirty.update(range(self.lines))
@@ -724,3 +723,11 @@ def _sgr(char: _Char) -> str:
         if colour is not None:
             codes.append(colour)
     return f"\x1b[{';'.join(codes)}m"
+
+
+def _copied(cursor: Cursor) -> Cursor:
+    """A copy of ``cursor`` (its attributes are an immutable ``Char``), without the copy
+    module, which the worker does not otherwise load (:mod:`.process_imports`)."""
+    saved = Cursor(cursor.x, cursor.y, cursor.attrs)
+    saved.hidden = cursor.hidden
+    return saved

@@ -71,9 +71,12 @@ def _import_msgspec_with_placeholders() -> None:
 
 
 class _OnFirstUse(types.ModuleType):
-    """Imports the module of its name on the first attribute read, and answers from it."""
+    """Imports the module of its name on the first attribute read, and answers from it
+    (AttributeError while it still stands in for that module in ``sys.modules``)."""
 
     def __getattr__(self, attr: str) -> object:
+        if sys.modules.get(self.__name__) is self:
+            raise AttributeError(f"{self.__name__!r} is not imported yet: {attr!r}")
         return getattr(importlib.import_module(self.__name__), attr)
 
 

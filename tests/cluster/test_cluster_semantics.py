@@ -160,6 +160,8 @@ async def test_every_wait_on_one_delivery_ends_with_it(
                 row = sql.parse_cluster_id(receipt.delivery_id)
                 while len(a._waiters.get(row, ())) < 3:  # all three are waiting
                     await trio.sleep(0.01)
-                # Taken in and reported (sent, then verified): one wake each at least.
+                while not await broker_b.pending("bob"):  # b took it in (held): flush it
+                    await trio.sleep(0.01)
+                # Reported (sent, then verified): one wake each at least.
                 await broker_b.flush("bob")
         assert ended == ["verified"] * 3

@@ -53,26 +53,19 @@ def install() -> None:
 
 
 def _import_msgspec_with_placeholders() -> None:
-    if "msgspec" in sys.modules:
-        return
-    placed: dict[str, types.ModuleType] = {}
+    placeholders = {}
     for name, classes in MSGSPEC_READS.items():
-        if name not in sys.modules:
-            module = types.ModuleType(name, "a placeholder while msgspec is imported")
-            for cls in classes:  # SafeUUID.unknown: what msgspec gives a UUID it makes
-                setattr(module, cls, type(cls, (), {"__module__": name, "unknown": None}))
-            placed[name] = sys.modules[name] = module
-    try:
-        import msgspec  # noqa: F401
-    finally:
-        for name, module in placed.items():
-            if sys.modules.get(name) is module:
-                del sys.modules[name]
+        module = placeholders[name] = types.ModuleType(name, "a placeholder for msgspec")
+        for cls in classes:  # SafeUUID.unknown: what msgspec gives a UUID it makes
+            setattr(module, cls, type(cls, (), {"__module__": name, "unknown": None}))
+    _import_with("msgspec", placeholders)
 
 
 class _OnFirstUse(types.ModuleType):
     """Imports the module of its name on the first attribute read, and answers from it
-    (AttributeError while it still stands in for that module in ``sys.modules``)."""
+    (AttributeError while it still stands in for that module in ``sys.modules``). Unlike
+    :class:`trio_relay.lean_imports.DeferredModule` it is never left in ``sys.modules``,
+    so it may stand in for a package (json) too."""
 
     def __getattr__(self, attr: str) -> object:
         if sys.modules.get(self.__name__) is self:
@@ -85,13 +78,19 @@ PYTE_SELDOM_USED = ("json", "copy")
 
 
 def _import_pyte_with_stand_ins() -> None:
-    if "pyte" in sys.modules:
+    _import_with("pyte", {name: _OnFirstUse(name) for name in PYTE_SELDOM_USED})
+
+
+def _import_with(name: str, stand_ins: dict[str, types.ModuleType]) -> None:
+    """Import ``name`` (unless it is imported) with ``stand_ins`` in ``sys.modules`` for the
+    modules not imported yet, and take them out right after: only ``name`` holds them."""
+    if name in sys.modules:
         return
-    placed = {name: _OnFirstUse(name) for name in PYTE_SELDOM_USED if name not in sys.modules}
+    placed = {key: module for key, module in stand_ins.items() if key not in sys.modules}
     sys.modules.update(placed)
     try:
-        import pyte  # noqa: F401
+        importlib.import_module(name)
     finally:
-        for name, stand_in in placed.items():
-            if sys.modules.get(name) is stand_in:
-                del sys.modules[name]
+        for key, module in placed.items():
+            if sys.modules.get(key) is module:
+                del sys.modules[key]

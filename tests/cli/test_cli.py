@@ -165,8 +165,12 @@ def test_the_next_broker_sweeps_what_a_sigkilled_one_left_behind(broker: Relay) 
     broker.invoke("spawn", "sh", "--", "bash", "--norc")
     wait_for(lambda: "bash" in broker.invoke("snapshot", "sh").output)
     # A job in its own process group that ignores SIGHUP (so bash cannot take it along
-    # when the terminal hangs up): only the sweep can end it.
-    broker.invoke("input", "sh", f"(trap '' HUP; exec sleep {marker}) &", "--enter")
+    # when the terminal hangs up): only the sweep can end it. bash ignores SIGHUP too:
+    # else the worker, seeing its stdin end before its own death signal lands, could stop
+    # bash and kill the job with the rest of the session first (its cleanup, not the
+    # sweep, would end it; seen once in a fresh clone's test run).
+    job = f"trap '' HUP; (trap '' HUP; exec sleep {marker}) &"
+    broker.invoke("input", "sh", job, "--enter")
     wait_for(lambda: len(processes_with(marker)) == 1)
     workers = agent_pids(broker)
     os.kill(broker.pid, signal.SIGKILL)  # the worker and bash die with it; the job does not

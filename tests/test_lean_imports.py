@@ -138,3 +138,33 @@ def test_a_module_that_cannot_be_found_is_not_deferred() -> None:
     assert "no_such_module_for_lean_imports" not in sys.modules
     with pytest.raises(ModuleNotFoundError):
         import no_such_module_for_lean_imports  # type: ignore[import-not-found]  # noqa: F401
+
+
+def test_after_install_the_modules_imported_with_stand_ins_are_absent_then_real() -> None:
+    out = run_python(
+        """
+        from trio_relay import lean_imports
+        lean_imports.install()
+        import sys
+        LEFT_OUT = ("importlib.metadata", "email", "zipfile", "typing_extensions", "decimal")
+        print([m for m in LEFT_OUT if m in sys.modules])
+        import trio, trio_websocket, msgspec
+        print(trio_websocket._impl._IS_TRIO_MULTI_ERROR, trio_websocket._impl.version("trio") == trio.__version__)
+        import importlib.metadata, decimal, typing_extensions
+        print(importlib.metadata.version("trio") == trio.__version__, decimal.Decimal("1.5") + 1)
+        print(msgspec.json.encode({"a": [1, "b"]}), msgspec.json.decode(b'{"x": 2.5}'))
+        try:
+            msgspec.json.encode(decimal.Decimal("1"))
+        except TypeError:
+            print("no Decimal")
+        print(type(typing_extensions).__name__, [type(sys.modules[m]).__name__ for m in LEFT_OUT[:2]])
+        """
+    )
+    assert out.splitlines() == [
+        "[]",
+        "False True",  # trio-websocket read Trio's version: the one its metadata holds
+        "True 2.5",
+        "b'{\"a\":[1,\"b\"]}' {'x': 2.5}",
+        "no Decimal",  # msgspec knows the placeholder, not the real Decimal
+        "module ['module', 'module']",
+    ]

@@ -7,8 +7,9 @@ of ``--repeat`` processes, and what that adds to a bare interpreter measured in 
 run. First some modules alone (those lean_imports keeps out or defers, and the other large
 ones the broker imports, as README's benchmark section cites them); then the
 broker's and the PTY worker's imports (what ``trio-relay up`` and ``python -m
-trio_relay.worker.pty`` import before they start), without and with ``install()``, and
-the ratio of the two. It first compiles trio_relay/'s bytecode, which an installed package
+trio_relay.worker.pty`` import before they start), as imported and lean (after
+``lean_imports.install()``, or the worker's ``process_imports.install()``), and the ratio
+of the two. It first compiles trio_relay/'s bytecode, which an installed package
 has (see tools/dev.py).
 """
 
@@ -29,11 +30,13 @@ with open("/proc/self/statm") as f:
     print(int(f.read().split()[1]) * 4096)
 """
 LEAN = "from trio_relay import lean_imports; lean_imports.install()"
-WORKER = (
-    "from trio_relay.worker.pty import process_imports; process_imports.install()\n"
-    "import trio_relay.worker.pty.worker"
-)
 BROKER = "import trio_relay.cli.main, trio_relay.daemon"
+WORKER_LEAN = "from trio_relay.worker.pty import process_imports; process_imports.install()"
+WORKER = "import trio_relay.worker.pty.worker"
+PROCESSES = [  # what each imports, and what it runs first to import lean
+    ("broker (trio-relay up)", LEAN, BROKER),
+    ("PTY worker", WORKER_LEAN, WORKER),
+]
 ALONE = [
     ("_hashlib (OpenSSL's hashes)", "import _hashlib"),
     ("ssl, after _hashlib", "import _hashlib, ssl"),
@@ -67,9 +70,9 @@ def main() -> None:
     for label, imports in ALONE:
         mb = rss_mb("", imports, args.repeat)
         print(f"{label:<40}{mb:>8.1f}{mb - bare:>+8.1f}")
-    print(f"\n{'process':<22}{'as imported':>13}{'lean_imports':>14}{'saved':>8}{'ratio':>8}")
-    for label, imports in (("broker (trio-relay up)", BROKER), ("PTY worker", WORKER)):
-        plain, lean = rss_mb("", imports, args.repeat), rss_mb(LEAN, imports, args.repeat)
+    print(f"\n{'process':<22}{'as imported':>13}{'lean':>14}{'saved':>8}{'ratio':>8}")
+    for label, lean_setup, imports in PROCESSES:
+        plain, lean = rss_mb("", imports, args.repeat), rss_mb(lean_setup, imports, args.repeat)
         print(
             f"{label:<22}{plain:>10.1f} MB{lean:>11.1f} MB{plain - lean:>8.1f}{lean / plain:>7.2f}x"
         )

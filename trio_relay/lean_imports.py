@@ -3,8 +3,8 @@
 :func:`install` is called first by our entry points (the ``trio-relay`` command and the
 broker it runs; ``trio-relay-agent-relay``), never on ``import trio_relay``: it changes the
 whole process, which a library must not do to its host. The PTY worker imports neither
-OpenSSL nor ssl: it defers only :data:`MSGSPEC_UNUSED` (see
-:mod:`trio_relay.worker.pty.process_imports`).
+OpenSSL nor ssl: it uses :func:`defer`, :func:`import_msgspec` and :func:`import_with`
+alone (see :mod:`trio_relay.worker.pty.process_imports`).
 
 - **OpenSSL's hashes.** ``_hashlib`` is made unimportable, so :mod:`hashlib` and
   :mod:`hmac` use CPython's own SHA-1, SHA-2, SHA-3, BLAKE2 and MD5. The broker hashes a
@@ -19,6 +19,12 @@ OpenSSL nor ssl: it defers only :data:`MSGSPEC_UNUSED` (see
   one (in ``sys.modules``): a name set on one later is not seen on the other, and
   ``importlib.reload`` of a stand-in fails. A package is never deferred (its submodules
   could be imported twice).
+- **Imported with stand-ins** (:func:`import_with`: only the importing module sees them):
+  msgspec without ``typing_extensions`` (it then takes ``get_type_hints``, ``Required`` and
+  ``NotRequired`` from ``typing``, which has them since Python 3.11) and with placeholder
+  ``decimal`` and ``uuid`` modules (:func:`import_msgspec`); trio-websocket with an
+  ``importlib.metadata`` that knows Trio's version, all it asks of it (it loads ``email``,
+  ``zipfile`` and ``csv``; 1.5 MB).
 
 Measured by ``tools/bench_imports.py`` (each module alone, and the broker's and the PTY
 worker's imports with and without this) and ``tools/bench_scale.py`` (the running broker).
@@ -37,6 +43,8 @@ MSGSPEC_UNUSED = ("msgspec.inspect", "msgspec._json_schema", "msgspec.toml", "ms
 """The modules msgspec imports whether used or not, which ours never use at start."""
 DEFERRED = ("ssl", *MSGSPEC_UNUSED)
 """The modules :func:`install` defers."""
+MSGSPEC_READS = {"decimal": ("Decimal",), "uuid": ("UUID", "SafeUUID")}
+"""What msgspec's C module reads of these modules when it is imported."""
 
 _load_lock = _thread.RLock()  # re-entrant: a module imported may read another stand-in
 
@@ -95,9 +103,68 @@ def defer(name: str) -> bool:
 
 
 def install() -> None:
-    """Make ``_hashlib`` unimportable and defer :data:`DEFERRED`, each only if nothing
-    imported it yet. Call it before importing Trio, trio-websocket or msgspec."""
+    """Make ``_hashlib`` unimportable, defer :data:`DEFERRED`, and import msgspec
+    (:func:`import_msgspec`) and trio-websocket (with Trio) lean; each only if nothing
+    imported it yet. Call it first."""
     if "_hashlib" not in sys.modules and "hashlib" not in sys.modules:
         sys.modules["_hashlib"] = None  # type: ignore[assignment]
     for name in DEFERRED:
         defer(name)
+    import_msgspec()
+    import_with("trio_websocket", {"importlib.metadata": _TrioVersionOnly("importlib.metadata")})
+
+
+def import_with(name: str, stand_ins: dict[str, types.ModuleType | None]) -> None:
+    """Import ``name`` (unless it is imported) with ``stand_ins`` in ``sys.modules`` for the
+    modules not imported yet (None: an import of it raises ImportError), and take them out
+    right after: only ``name`` holds them, and a later import gets the real module. Raises
+    what importing ``name`` raises."""
+    if name in sys.modules:
+        return
+    placed = {key: module for key, module in stand_ins.items() if key not in sys.modules}
+    sys.modules.update(placed)  # type: ignore[arg-type]
+    try:
+        importlib.import_module(name)
+    finally:
+        for key, module in placed.items():
+            if sys.modules.get(key, ...) is module:
+                del sys.modules[key]
+
+
+def import_msgspec() -> None:
+    """Import msgspec (unless it is imported) without ``typing_extensions``, and with
+    placeholder ``decimal`` and ``uuid`` modules: its C module imports both to know
+    ``Decimal`` and ``UUID`` when it meets them, which our frames and messages never hold.
+    In this process msgspec then encodes no real Decimal or UUID (TypeError) and decodes
+    none; ``import decimal``, ``uuid`` or ``typing_extensions`` later gets the real module.
+    About 0.8 MB (with ``inspect``, which only typing_extensions imported). Raises
+    AttributeError if msgspec reads more of them than :data:`MSGSPEC_READS`."""
+    placeholders: dict[str, types.ModuleType | None] = {"typing_extensions": None}
+    for name, classes in MSGSPEC_READS.items():
+        module = placeholders[name] = types.ModuleType(name, "a placeholder for msgspec")
+        for cls in classes:  # SafeUUID.unknown: what msgspec gives a UUID it makes
+            setattr(module, cls, type(cls, (), {"__module__": name, "unknown": None}))
+    import_with("msgspec", placeholders)
+
+
+class OnFirstUse(types.ModuleType):
+    """A stand-in for :func:`import_with` that imports the module of its name on the first
+    attribute read and answers from it (AttributeError while it still stands in for that
+    module in ``sys.modules``). Unlike :class:`DeferredModule` it is never left in
+    ``sys.modules``, so it may stand in for a package too."""
+
+    def __getattr__(self, attr: str) -> object:
+        if sys.modules.get(self.__name__) is self:
+            raise AttributeError(f"{self.__name__!r} is not imported yet: {attr!r}")
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+class _TrioVersionOnly(OnFirstUse):
+    """``importlib.metadata`` for trio-websocket, which reads Trio's version at import."""
+
+    def version(self, distribution_name: str) -> str:
+        if distribution_name == "trio":
+            import trio
+
+            return trio.__version__  # the version its metadata holds
+        return self.__getattr__("version")(distribution_name)  # type: ignore[no-any-return]

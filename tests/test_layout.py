@@ -39,8 +39,9 @@ ALLOWED: dict[str, set[str]] = {
     "cluster": {"errors", "wire", "broker", "client"},
     "cli": {
         *("errors", "wire", "linux", "state", "address", "client", "profiles", "agent_tools"),
-        *("daemon", "daemonize", "__init__"),
+        *("daemon", "daemonize", "broker_process", "__init__"),
     },
+    "broker_process": {"lean_imports", "errors", "state", "daemon"},
     "__init__": {"errors", "wire", "broker", "client"},
     "entry": {"lean_imports", "cli"},
     "__main__": {"entry"},

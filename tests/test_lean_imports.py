@@ -168,3 +168,18 @@ def test_after_install_the_modules_imported_with_stand_ins_are_absent_then_real(
         "no Decimal",  # msgspec knows the placeholder, not the real Decimal
         "module ['module', 'module']",
     ]
+
+
+def test_the_brokers_program_imports_no_command_line() -> None:
+    """What ``trio-relay up`` execs into (trio_relay.broker_process) imports the broker,
+    not click or the commands' modules: 1.5 MB of RSS (tools/bench_imports.py)."""
+    out = run_python(
+        """
+        from trio_relay import lean_imports
+        lean_imports.install()
+        import sys, trio_relay.broker_process, trio_relay.daemon
+        cli = [m for m in sys.modules if m.split(".")[:2] in (["click"], ["trio_relay", "cli"])]
+        print(sorted(cli), "click.core" in sys.modules)
+        """
+    )
+    assert out.strip() == "[] False"

@@ -5,9 +5,10 @@
 Each figure is the RSS of a fresh interpreter (this venv's) after its imports, the median
 of ``--repeat`` processes, and what that adds to a bare interpreter measured in the same
 run. First some modules alone (those lean_imports keeps out or defers, and the other large
-ones the broker imports, as README's benchmark section cites them); then the
-broker's and the PTY worker's imports (what ``trio-relay up`` and ``python -m
-trio_relay.worker.pty`` import before they start), as imported and lean (after
+ones the broker imports, as README's benchmark section cites them); then what the broker
+(the program ``trio-relay up`` execs into, trio_relay.broker_process), a command such as
+``trio-relay ps`` and the PTY worker (``python -m trio_relay.worker.pty``) import before
+they start, as imported and lean (after
 ``lean_imports.install()``, or the worker's ``process_imports.install()``), and the ratio
 of the two. It first compiles trio_relay/'s bytecode, which an installed package
 has (see tools/dev.py).
@@ -30,11 +31,13 @@ with open("/proc/self/statm") as f:
     print(int(f.read().split()[1]) * 4096)
 """
 LEAN = "from trio_relay import lean_imports; lean_imports.install()"
-BROKER = "import trio_relay.cli.main, trio_relay.daemon"
+BROKER = "import trio_relay.broker_process, trio_relay.daemon"  # what `up` execs into
+COMMAND = "import trio_relay.cli.main"  # any other command: `trio-relay ps`, `send`, ...
 WORKER_LEAN = "from trio_relay.worker.pty import process_imports; process_imports.install()"
 WORKER = "import trio_relay.worker.pty.worker"
 PROCESSES = [  # what each imports, and what it runs first to import lean
     ("broker (trio-relay up)", LEAN, BROKER),
+    ("a command (trio-relay ps)", LEAN, COMMAND),
     ("PTY worker", WORKER_LEAN, WORKER),
 ]
 ALONE = [
@@ -70,11 +73,11 @@ def main() -> None:
     for label, imports in ALONE:
         mb = rss_mb("", imports, args.repeat)
         print(f"{label:<40}{mb:>8.1f}{mb - bare:>+8.1f}")
-    print(f"\n{'process':<22}{'as imported':>13}{'lean':>14}{'saved':>8}{'ratio':>8}")
+    print(f"\n{'process':<26}{'as imported':>13}{'lean':>14}{'saved':>8}{'ratio':>8}")
     for label, lean_setup, imports in PROCESSES:
         plain, lean = rss_mb("", imports, args.repeat), rss_mb(lean_setup, imports, args.repeat)
         print(
-            f"{label:<22}{plain:>10.1f} MB{lean:>11.1f} MB{plain - lean:>8.1f}{lean / plain:>7.2f}x"
+            f"{label:<26}{plain:>10.1f} MB{lean:>11.1f} MB{plain - lean:>8.1f}{lean / plain:>7.2f}x"
         )
 
 

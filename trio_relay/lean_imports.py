@@ -163,8 +163,7 @@ class _TrioVersionOnly(OnFirstUse):
     """``importlib.metadata`` for trio-websocket, which reads Trio's version at import."""
 
     def version(self, distribution_name: str) -> str:
-        if distribution_name == "trio":
-            import trio
-
-            return trio.__version__  # the version its metadata holds
+        trio = sys.modules.get("trio")  # trio-websocket imports Trio first
+        if distribution_name == "trio" and trio is not None:
+            return trio.__version__  # type: ignore[no-any-return]  # what its metadata holds
         return self.__getattr__("version")(distribution_name)  # type: ignore[no-any-return]

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import termios
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -226,6 +227,53 @@ def test_foreground_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert "SIGTERM received" in stderr and "broker stopped" in stderr
     assert not pid_alive(worker)
     assert not (Path(state) / "connection.json").exists()
+
+
+def test_up_becomes_the_broker_with_its_key_in_neither_its_command_line_nor_its_environment(
+    tmp_path: Path,
+) -> None:
+    """`up` checks its options, then execs the broker's own program in the same process
+    (trio_relay.broker_process), which takes the options through a pipe."""
+    state = str(tmp_path / "s")
+    key = f"key-{unique_sleep()}"
+    proc = subprocess.Popen(
+        [*RELAY, "up", "--state-dir", state, "--http", "127.0.0.1:0", "--api-key-env", "K"],
+        env={**CLEAN_ENV, "K": key},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: StateDir(Path(state)).read_connection() is not None)
+        connection = StateDir(Path(state)).read_connection()
+        assert connection is not None and connection.http is not None
+        assert connection.pid == proc.pid  # the process `up` was started as
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"trio_relay.broker_process" in cmdline
+        assert key.encode() not in b" ".join(cmdline)
+        assert key.encode() not in Path(f"/proc/{proc.pid}/environ").read_bytes()
+        request = urllib.request.Request(connection.http + "/api/spawned")
+        request.add_header("X-API-Key", key)  # the key reached the broker
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "broker stopped" in stderr
+
+
+def test_the_brokers_program_run_by_hand_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_relay.broker_process", "--state-dir", "/nonexistent"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "started by `trio-relay up`" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_help_explains_every_command() -> None:

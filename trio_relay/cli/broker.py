@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time
 from typing import Any
 
 import click
-import trio
 
+from trio_relay.broker_process import become_broker, host_port
 from trio_relay.cli import render
 from trio_relay.cli.context import (
     Settings,
@@ -22,7 +21,7 @@ from trio_relay.cli.context import (
     pass_settings,
 )
 from trio_relay.cli.dashboard import HostPort
-from trio_relay.errors import BrokerAlreadyRunning, ClusterUnavailable, StateDirError, StoreError
+from trio_relay.errors import BrokerAlreadyRunning, StateDirError
 from trio_relay.linux.procfs import process_alive
 from trio_relay.state import StateDir
 
@@ -174,7 +173,7 @@ def up(
             f"--history={options['history']}",
             f"--log-max-mb={log_max_mb}",
             *(f"--allow-origin={o}" for o in options["allowed_origins"]),
-            *([f"--http={_host_port(options['http'])}"] if options["http"] else []),
+            *([f"--http={host_port(options['http'])}"] if options["http"] else []),
             *([f"--api-key-env={options['api_key_env']}"] if options["api_key_env"] else []),
             *([f"--on-attention={options['on_attention']}"] if options["on_attention"] else []),
             *([f"--broker-name={options['broker_name']}"] if options["broker_name"] else []),
@@ -186,8 +185,6 @@ def up(
             os.environ["TRIO_RELAY_CLUSTER"] = options["cluster"]
         _start_detached(state, forwarded)
         return
-    from trio_relay.daemon import configure_logging, run_daemon
-
     variable = options.pop("api_key_env")
     if variable is not None:
         key = os.environ.pop(variable, "")  # not passed on to the agents
@@ -199,42 +196,15 @@ def up(
     os.environ.pop("TRIO_RELAY_SHARED_PTY", None)
     if options["broker_name"] is not None and not options["cluster"]:
         raise click.BadParameter("a broker name is for a cluster: give --cluster too")
-    configure_logging(state, verbose, to_stderr=not detached, max_bytes=int(log_max_mb * 1e6))
+    process = {
+        "verbose": verbose,
+        "to_stderr": not detached,
+        "log_max_bytes": int(log_max_mb * 1e6),
+    }
     try:
-        trio.run(functools.partial(run_daemon, state, **options))
-    except StoreError as exc:
-        fail(exc, _store_problem(exc, state))
-    except ClusterUnavailable as exc:
-        fail(exc, f"cannot join the cluster: {exc}")
-    except BrokerAlreadyRunning as exc:
-        fail(exc)
-    except BaseExceptionGroup as group:  # binding the port fails inside the broker's nurseries
-        joining = group.subgroup(ClusterUnavailable)
-        while isinstance(joining, BaseExceptionGroup):
-            joining = joining.exceptions[0]
-        if joining is not None:
-            fail(joining, f"cannot join the cluster: {joining}")
-        bind = group.subgroup(OSError)
-        if bind is None:
-            raise
-        while isinstance(bind, BaseExceptionGroup):
-            bind = bind.exceptions[0]
-        http = f" or {_host_port(options['http'])}" if options["http"] else ""
-        die(f"cannot listen on {options['host']}:{options['port']}{http}: {bind}")
-
-
-def _host_port(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _store_problem(exc: StoreError, state: StateDir) -> str:
-    if "not a database" in exc.error or "malformed" in exc.error:
-        return (
-            f"the store {state.db_path} is corrupt ({exc.error}); move it aside to start"
-            " with an empty store (its deliveries and agents are then forgotten)"
-        )
-    return str(exc)
+        become_broker(str(state.path), {**process, "run": options})
+    except OSError as exc:
+        die(f"cannot start the broker's program ({sys.executable}): {exc}")
 
 
 def _start_detached(state: StateDir, forwarded: list[str]) -> None:

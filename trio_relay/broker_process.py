@@ -28,9 +28,12 @@ USAGE = "usage: started by `trio-relay up` (python -m trio_relay.broker_process 
 
 def become_broker(state_path: str, options: dict[str, Any]) -> NoReturn:
     """Replace this process with the broker's program, which runs :func:`main` with
-    ``options``: ``verbose``, ``to_stderr``, ``log_max_bytes`` and ``run``, the keyword
-    arguments of :func:`trio_relay.daemon.run_daemon` (JSON-serializable). Raises OSError
-    if the program cannot be started (this process then goes on)."""
+    ``options``: ``run`` (the keyword arguments of :func:`trio_relay.daemon.run_daemon`,
+    JSON-serializable, with ``host`` and ``port``), and optionally ``verbose``,
+    ``to_stderr`` and ``log_max_bytes`` (see :func:`trio_relay.daemon.configure_logging`)
+    and ``announce``, lines printed to stdout once the broker listens (``str.format`` with
+    ``url``, ``http`` and ``state``: the SDK of ``trio-relay-agent-relay`` waits for them).
+    Raises OSError if the program cannot be started (this process then goes on)."""
     read_end, write_end = os.pipe()
     try:
         with os.fdopen(write_end, "w") as pipe:  # options are a few hundred bytes: no block
@@ -72,16 +75,24 @@ def main(argv: list[str]) -> None:
     except StateDirError as exc:
         _exit(f"Error: {exc}", 2)
     run = options["run"]
-    if run["http"] is not None:
+    if run.get("http") is not None:
         run["http"] = tuple(run["http"])
-    configure_logging(
-        state,
-        options["verbose"],
-        to_stderr=options["to_stderr"],
-        max_bytes=options["log_max_bytes"],
-    )
+    logging_options = {"to_stderr": options.get("to_stderr", True)}
+    if "log_max_bytes" in options:
+        logging_options["max_bytes"] = options["log_max_bytes"]
+    configure_logging(state, options.get("verbose", False), **logging_options)
+    announce = options.get("announce")
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(functools.partial(run_daemon, state, **run))
+            if announce is not None:
+                connection = state.read_connection()
+                http = connection.http if connection is not None else None
+                print(announce.format(url=url, http=http, state=state.path), flush=True)
+
     try:
-        trio.run(functools.partial(run_daemon, state, **run))
+        trio.run(serve)
     except StoreError as exc:
         _exit(f"Error: {store_problem(exc, state.db_path)}")
     except ClusterUnavailable as exc:
@@ -99,7 +110,7 @@ def main(argv: list[str]) -> None:
             raise
         while isinstance(bind, BaseExceptionGroup):
             bind = bind.exceptions[0]
-        http = f" or {host_port(run['http'])}" if run["http"] else ""
+        http = f" or {host_port(run['http'])}" if run.get("http") else ""
         _exit(f"Error: cannot listen on {run['host']}:{run['port']}{http}: {bind}")
 
 

@@ -11,16 +11,15 @@ an owner key, logging to stderr (the SDK forwards it) and to broker.log.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path
 
 import click
-import trio
 
+from trio_relay.broker_process import become_broker
 from trio_relay.cli.dashboard import DEFAULT_HTTP_HOST
-from trio_relay.errors import BrokerAlreadyRunning, StateDirError
+from trio_relay.errors import StateDirError
 from trio_relay.state import StateDir
 
 KEY_VARIABLE = "RELAY_BROKER_API_KEY"
@@ -57,29 +56,21 @@ def init(
 ) -> None:
     """Start trio-relay with agent-relay's HTTP API until POST /api/shutdown, SIGINT or
     SIGTERM; print the line the SDK waits for once it listens."""
-    from trio_relay.daemon import configure_logging, run_daemon
-
     try:
         state = StateDir.open(state_dir or Path.cwd() / ".agent-relay" / "trio-relay")
     except StateDirError as exc:
         raise click.BadParameter(str(exc), param_hint="--state-dir") from None
-    configure_logging(state, verbose)
     key = os.environ.pop(KEY_VARIABLE, "")  # an owner key: not passed on to the agents
-
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                functools.partial(
-                    run_daemon, state, http=(api_bind, api_port), api_keys=[key] if key else []
-                )
-            )
-            connection = state.read_connection()
-            assert connection is not None and connection.http is not None
-            print(f"[agent-relay] API listening on {connection.http}", flush=True)
-            print(f"[agent-relay] broker {name!r} is trio-relay, state in {state.path}", flush=True)
-
+    quoted = repr(name).replace("{", "{{").replace("}", "}}")  # announce is str.format'ed
+    announce = (
+        "[agent-relay] API listening on {http}\n"
+        f"[agent-relay] broker {quoted} is trio-relay, state in {{state}}"
+    )
+    run = {"host": "127.0.0.1", "port": 0, "http": (api_bind, api_port)}
+    run["api_keys"] = [key] if key else []
+    options = {"verbose": verbose, "run": run, "announce": announce}
     try:
-        trio.run(run)
-    except BrokerAlreadyRunning as exc:
-        click.echo(f"Error: {exc}", err=True)
+        become_broker(str(state.path), options)
+    except OSError as exc:
+        click.echo(f"Error: cannot start the broker's program ({sys.executable}): {exc}", err=True)
         sys.exit(1)

@@ -183,3 +183,24 @@ def test_the_brokers_program_imports_no_command_line() -> None:
         """
     )
     assert out.strip() == "[] False"
+
+
+def test_what_is_imported_on_first_use_works_when_used() -> None:
+    out = run_python(
+        """
+        from trio_relay import lean_imports
+        lean_imports.install()
+        import sys, logging, logging.handlers, shutil
+        print([m for m in ("bz2", "lzma", "pickle") if type(sys.modules.get(m)).__name__ == "module"])
+        import pickle
+        print(sorted(name for name, _ in shutil.get_archive_formats()))
+        record = logging.LogRecord("n", logging.INFO, "p", 1, "hello", None, None)
+        frame = logging.handlers.SocketHandler("localhost", 1).makePickle(record)
+        print(pickle.loads(frame[4:])["msg"], type(sys.modules["pickle"]).__name__)
+        """
+    )
+    assert out.splitlines() == [
+        "[]",  # none of them was loaded by install()
+        "['bztar', 'gztar', 'tar', 'xztar', 'zip']",
+        "hello module",
+    ]

@@ -24,7 +24,10 @@ alone (see :mod:`trio_relay.worker.pty.process_imports`).
   ``NotRequired`` from ``typing``, which has them since Python 3.11) and with placeholder
   ``decimal`` and ``uuid`` modules (:func:`import_msgspec`); trio-websocket with an
   ``importlib.metadata`` that knows Trio's version, all it asks of it (it loads ``email``,
-  ``zipfile`` and ``csv``; 1.5 MB).
+  ``zipfile`` and ``csv``; 1.5 MB); and :data:`ON_FIRST_USE`, with stand-ins that import
+  the real module on first use (:class:`OnFirstUse`): shutil's ``bz2`` and ``lzma`` (for
+  its archives; Trio imports shutil) and logging.handlers' ``pickle`` (for its
+  SocketHandler), 0.6 MB.
 
 Measured by ``tools/bench_imports.py`` (each module alone, and the broker's and the PTY
 worker's imports with and without this) and ``tools/bench_scale.py`` (the running broker).
@@ -45,6 +48,9 @@ DEFERRED = ("ssl", *MSGSPEC_UNUSED)
 """The modules :func:`install` defers."""
 MSGSPEC_READS = {"decimal": ("Decimal",), "uuid": ("UUID", "SafeUUID")}
 """What msgspec's C module reads of these modules when it is imported."""
+ON_FIRST_USE = {"shutil": ("bz2", "lzma"), "logging.handlers": ("pickle",)}
+"""Modules :func:`install` imports with stand-ins for what they import at once but seldom
+use (the archives of shutil, the SocketHandler of logging.handlers)."""
 
 _load_lock = _thread.RLock()  # re-entrant: a module imported may read another stand-in
 
@@ -103,13 +109,15 @@ def defer(name: str) -> bool:
 
 
 def install() -> None:
-    """Make ``_hashlib`` unimportable, defer :data:`DEFERRED`, and import msgspec
-    (:func:`import_msgspec`) and trio-websocket (with Trio) lean; each only if nothing
-    imported it yet. Call it first."""
+    """Make ``_hashlib`` unimportable, defer :data:`DEFERRED`, and import
+    :data:`ON_FIRST_USE`, msgspec (:func:`import_msgspec`) and trio-websocket (with Trio)
+    lean; each only if nothing imported it yet. Call it first."""
     if "_hashlib" not in sys.modules and "hashlib" not in sys.modules:
         sys.modules["_hashlib"] = None  # type: ignore[assignment]
     for name in DEFERRED:
         defer(name)
+    for name, seldom_used in ON_FIRST_USE.items():
+        import_with(name, {module: OnFirstUse(module) for module in seldom_used})
     import_msgspec()
     import_with("trio_websocket", {"importlib.metadata": _TrioVersionOnly("importlib.metadata")})
 

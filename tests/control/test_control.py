@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 from helpers import REFERENCE_WORKER, wait_until
 from trio_websocket import ConnectionClosed, ConnectionRejected
 from ws_raw import TOKEN, raw, serving
@@ -16,7 +17,7 @@ from ws_raw import TOKEN, raw, serving
 from trio_relay import Broker
 from trio_relay.broker.delivery import DeliveryPolicy
 from trio_relay.client import open_client
-from trio_relay.control.connection import MAX_REQUESTS_PER_CONNECTION
+from trio_relay.control.connection import EVENTS_COALESCE, MAX_REQUESTS_PER_CONNECTION
 from trio_relay.control.server import ControlServer
 from trio_relay.errors import BrokerUnreachable, RemoteError
 from trio_relay.wire import AgentOutput
@@ -215,6 +216,36 @@ async def test_a_slow_subscriber_gets_a_gap_and_slows_nobody(served: Served) -> 
                 gaps = [e for e in message.get("events", []) if e["kind"] == "gap"]
                 gap = gaps[0] if gaps else None
         assert gap["first"] <= gap["last"] and gap["last"] < 6000
+
+
+async def test_events_coming_fast_share_a_message_and_one_after_a_quiet_spell_goes_at_once(
+    served: Served, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def received() -> list[str]:
+        with trio.fail_after(10):
+            message = json.loads(await ws.get_message())
+        return [event["data"] for event in message["events"]]
+
+    def emit(data: str) -> None:
+        served.broker.events.emit(AgentOutput(agent="x", offset=0, data=data))
+
+    async with raw(served.url) as ws:
+        assert (await ask(ws, {"id": "s", "op": "subscribe"}))["ok"]
+        start = trio.current_time()
+        emit("first")
+        assert await received() == ["first"]
+        assert trio.current_time() - start < EVENTS_COALESCE  # at once, after a quiet spell
+        await trio.sleep(EVENTS_COALESCE * 0.25)
+        emit("second")  # within the window: held until it ends
+        await trio.sleep(EVENTS_COALESCE * 0.5)
+        emit("third")
+        assert await received() == ["second", "third"]  # one message, at the window's end
+        assert trio.current_time() - start >= EVENTS_COALESCE
+        await trio.sleep(EVENTS_COALESCE * 2)
+        quiet = trio.current_time()
+        emit("fourth")
+        assert await received() == ["fourth"]
+        assert trio.current_time() - quiet < EVENTS_COALESCE
 
 
 async def test_an_agent_token_may_only_act_as_itself(served: Served) -> None:

@@ -41,8 +41,10 @@ log = logging.getLogger(__name__)
 MAX_REQUESTS_PER_CONNECTION = 64
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 16
 EVENTS_PER_MESSAGE = 256
-#: The shortest time between two event messages of one subscription, in seconds.
-EVENTS_COALESCE = 0.005
+#: The shortest time between two event messages of one subscription, in seconds: one frame
+#: of a 60 Hz display. With 50 busy agents the broker's CPU is 15 % lower than at 5 ms
+#: (README, Benchmarks); an event after a quiet spell still goes at once.
+EVENTS_COALESCE = 0.016
 
 _encoder = msgspec.json.Encoder()
 

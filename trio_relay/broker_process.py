@@ -4,7 +4,7 @@ terminal and exit status), which imports the broker and not the command line. cl
 the commands' modules would be 1.5 MB of the broker's RSS for nothing
 (``tools/bench_imports.py``).
 
-The options travel as JSON through a pipe the new program inherits, not in its argv,
+The options travel as JSON in a memory file the new program inherits, not in its argv,
 where ``ps`` shows them to anyone: an API key or a cluster URL's password may be among
 them. Its command line, ``python -m trio_relay.broker_process --state-dir DIR
 --options-fd N``, says which broker it is. Run by hand, it refuses with a usage error.
@@ -34,15 +34,14 @@ def become_broker(state_path: str, options: dict[str, Any]) -> NoReturn:
     and ``announce``, lines printed to stdout once the broker listens (``str.format`` with
     ``url``, ``http`` and ``state``: the SDK of ``trio-relay-agent-relay`` waits for them).
     Raises OSError if the program cannot be started (this process then goes on)."""
-    read_end, write_end = os.pipe()
+    options_fd = os.memfd_create("trio-relay-options", 0)  # inheritable: no MFD_CLOEXEC
     try:
-        with os.fdopen(write_end, "w") as pipe:  # options are a few hundred bytes: no block
-            json.dump(options, pipe)
-        os.set_inheritable(read_end, True)
+        os.write(options_fd, json.dumps(options).encode())  # a memory file: any size, no block
+        os.lseek(options_fd, 0, os.SEEK_SET)
         argv = [sys.executable, "-m", __name__, "--state-dir", state_path]
-        os.execv(sys.executable, [*argv, "--options-fd", str(read_end)])
+        os.execv(sys.executable, [*argv, "--options-fd", str(options_fd)])
     finally:
-        os.close(read_end)  # reached only if execv failed
+        os.close(options_fd)  # reached only if execv failed
 
 
 def main(argv: list[str]) -> None:
@@ -53,8 +52,8 @@ def main(argv: list[str]) -> None:
     if len(argv) != 4 or argv[0] != "--state-dir" or argv[2] != "--options-fd":
         _exit(USAGE, 2)
     try:
-        with os.fdopen(int(argv[3])) as pipe:
-            options = json.load(pipe)
+        with os.fdopen(int(argv[3])) as options_file:
+            options = json.load(options_file)
     except (OSError, ValueError) as exc:
         _exit(f"{USAGE}: cannot read the options: {exc}", 2)
     lean_imports.install()  # before the broker's imports

@@ -233,7 +233,7 @@ def test_up_becomes_the_broker_with_its_key_in_neither_its_command_line_nor_its_
     tmp_path: Path,
 ) -> None:
     """`up` checks its options, then execs the broker's own program in the same process
-    (trio_relay.broker_process), which takes the options through a pipe."""
+    (trio_relay.broker_process), which takes the options from an inherited memory file."""
     state = str(tmp_path / "s")
     key = f"key-{unique_sleep()}"
     proc = subprocess.Popen(

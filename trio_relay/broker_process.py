@@ -7,7 +7,8 @@ the commands' modules would be 1.5 MB of the broker's RSS for nothing
 The options travel as JSON in a memory file the new program inherits, not in its argv,
 where ``ps`` shows them to anyone: an API key or a cluster URL's password may be among
 them. Its command line, ``python -m trio_relay.broker_process --state-dir DIR
---options-fd N``, says which broker it is. Run by hand, it refuses with a usage error.
+--options-fd N`` (``-P``: the working directory is not on its ``sys.path``), says which
+broker it is. Run by hand, it refuses with a usage error.
 
 This module imports only the standard library at the top: :func:`main` imports the
 broker after :func:`trio_relay.lean_imports.install`.
@@ -33,12 +34,15 @@ def become_broker(state_path: str, options: dict[str, Any]) -> NoReturn:
     ``to_stderr`` and ``log_max_bytes`` (see :func:`trio_relay.daemon.configure_logging`)
     and ``announce``, lines printed to stdout once the broker listens (``str.format`` with
     ``url``, ``http`` and ``state``: the SDK of ``trio-relay-agent-relay`` waits for them).
-    Raises OSError if the program cannot be started (this process then goes on)."""
+    Raises OSError (or ValueError, with no ``sys.executable``) if the program cannot be
+    started; this process then goes on."""
     options_fd = os.memfd_create("trio-relay-options", 0)  # inheritable: no MFD_CLOEXEC
     try:
         os.write(options_fd, json.dumps(options).encode())  # a memory file: any size, no block
         os.lseek(options_fd, 0, os.SEEK_SET)
-        argv = [sys.executable, "-m", __name__, "--state-dir", state_path]
+        # -P: the working directory is not put on sys.path, where a trio.py of the user's
+        # would be imported instead of Trio (the console scripts put their bin/ there).
+        argv = [sys.executable, "-P", "-m", __name__, "--state-dir", state_path]
         os.execv(sys.executable, [*argv, "--options-fd", str(options_fd)])
     finally:
         os.close(options_fd)  # reached only if execv failed
@@ -81,17 +85,10 @@ def main(argv: list[str]) -> None:
         logging_options["max_bytes"] = options["log_max_bytes"]
     configure_logging(state, options.get("verbose", False), **logging_options)
     announce = options.get("announce")
-
-    async def serve() -> None:
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(functools.partial(run_daemon, state, **run))
-            if announce is not None:
-                connection = state.read_connection()
-                http = connection.http if connection is not None else None
-                print(announce.format(url=url, http=http, state=state.path), flush=True)
-
+    if announce is not None:  # run_daemon's task_status: no nursery, so its errors come bare
+        run["task_status"] = _Announcer(announce, state)
     try:
-        trio.run(serve)
+        trio.run(functools.partial(run_daemon, state, **run))
     except StoreError as exc:
         _exit(f"Error: {store_problem(exc, state.db_path)}")
     except ClusterUnavailable as exc:
@@ -111,6 +108,18 @@ def main(argv: list[str]) -> None:
             bind = bind.exceptions[0]
         http = f" or {host_port(run['http'])}" if run.get("http") else ""
         _exit(f"Error: cannot listen on {run['host']}:{run['port']}{http}: {bind}")
+
+
+class _Announcer:
+    """Prints ``announce`` once the broker listens (what ``task_status.started`` is told)."""
+
+    def __init__(self, announce: str, state: Any) -> None:
+        self._announce, self._state = announce, state
+
+    def started(self, url: str) -> None:
+        connection = self._state.read_connection()
+        http = connection.http if connection is not None else None
+        print(self._announce.format(url=url, http=http, state=self._state.path), flush=True)
 
 
 def store_problem(exc: Any, db_path: os.PathLike[str]) -> str:

@@ -129,6 +129,7 @@ def test_up_twice_on_one_state_directory_is_refused(broker: Relay) -> None:
     assert again.returncode == 1 and f"pid {broker.pid}" in again.stderr
     foreground = relay("up", "--state-dir", broker.state)
     assert foreground.returncode == 1 and f"pid {broker.pid}" in foreground.stderr
+    assert "Traceback" not in again.stderr + foreground.stderr
 
 
 def test_down_leaves_no_process_behind(broker: Relay) -> None:
@@ -263,6 +264,34 @@ def test_up_becomes_the_broker_with_its_key_in_neither_its_command_line_nor_its_
             proc.kill()
             proc.wait()
     assert proc.returncode == 0 and "broker stopped" in stderr
+
+
+def test_the_brokers_program_does_not_import_from_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    """`python -m` would put the working directory first on sys.path; a project's own
+    trio.py must not be imported as Trio by the broker `trio-relay up` starts there."""
+    (tmp_path / "trio.py").write_text("raise SystemExit('the working directory was imported')\n")
+    state = str(tmp_path / "s")
+    console_script = str(Path(sys.executable).parent / "trio-relay")  # as a user runs it
+    proc = subprocess.Popen(
+        [console_script, "up", "--state-dir", state],
+        cwd=tmp_path,
+        env=CLEAN_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: proc.poll() is not None or StateDir(Path(state)).read_connection())
+        assert proc.poll() is None  # the broker runs
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "working directory was imported" not in stderr
 
 
 def test_the_brokers_program_run_by_hand_is_a_usage_error() -> None:

@@ -71,6 +71,6 @@ def init(
     options = {"verbose": verbose, "run": run, "announce": announce}
     try:
         become_broker(str(state.path), options)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         click.echo(f"Error: cannot start the broker's program ({sys.executable}): {exc}", err=True)
         sys.exit(1)

@@ -203,7 +203,7 @@ def up(
     }
     try:
         become_broker(str(state.path), {**process, "run": options})
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         die(f"cannot start the broker's program ({sys.executable}): {exc}")
 
 

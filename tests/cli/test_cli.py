@@ -204,26 +204,41 @@ def test_send_hold_pending_and_flush_through_the_cli(broker: Relay) -> None:
     assert missing.exit_code == 1 and "Error:" in missing.output
 
 
-def test_foreground_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    state = str(tmp_path / "s")
+@contextmanager
+def foreground_up(
+    *args: str, command: list[str] = RELAY, env: dict[str, str] = CLEAN_ENV, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """`up ARGS` in the foreground, its stderr piped; killed at the end unless stopped."""
     proc = subprocess.Popen(
-        [*RELAY, "up", "--state-dir", state],
-        env=CLEAN_ENV,
+        [*command, "up", *args],
+        cwd=cwd,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        wait_for(lambda: StateDir(Path(state)).read_connection() is not None)
-        r = Relay(state)
-        r.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
-        worker = agent_pids(r)[0]
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def stop(proc: subprocess.Popen[str], signum: int) -> str:
+    """Signal ``proc`` and return its stderr once it exits."""
+    proc.send_signal(signum)
+    return proc.communicate(timeout=30)[1]
+
+
+def test_foreground_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    state = str(tmp_path / "s")
+    with foreground_up("--state-dir", state) as proc:
+        wait_for(lambda: StateDir(Path(state)).read_connection() is not None)
+        r = Relay(state)
+        r.invoke("spawn", "w", "--native", "--", *REFERENCE_WORKER)
+        worker = agent_pids(r)[0]
+        stderr = stop(proc, signal.SIGTERM)
     assert proc.returncode == 0
     assert "SIGTERM received" in stderr and "broker stopped" in stderr
     assert not pid_alive(worker)
@@ -237,14 +252,8 @@ def test_up_becomes_the_broker_with_its_key_in_neither_its_command_line_nor_its_
     (trio_relay.broker_process), which takes the options from an inherited memory file."""
     state = str(tmp_path / "s")
     key = f"key-{unique_sleep()}"
-    proc = subprocess.Popen(
-        [*RELAY, "up", "--state-dir", state, "--http", "127.0.0.1:0", "--api-key-env", "K"],
-        env={**CLEAN_ENV, "K": key},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    options = ("--state-dir", state, "--http", "127.0.0.1:0", "--api-key-env", "K")
+    with foreground_up(*options, env={**CLEAN_ENV, "K": key}) as proc:
         wait_for(lambda: StateDir(Path(state)).read_connection() is not None)
         connection = StateDir(Path(state)).read_connection()
         assert connection is not None and connection.http is not None
@@ -257,12 +266,7 @@ def test_up_becomes_the_broker_with_its_key_in_neither_its_command_line_nor_its_
         request.add_header("X-API-Key", key)  # the key reached the broker
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stderr = stop(proc, signal.SIGINT)
     assert proc.returncode == 0 and "broker stopped" in stderr
 
 
@@ -274,23 +278,10 @@ def test_the_brokers_program_does_not_import_from_the_working_directory(
     (tmp_path / "trio.py").write_text("raise SystemExit('the working directory was imported')\n")
     state = str(tmp_path / "s")
     console_script = str(Path(sys.executable).parent / "trio-relay")  # as a user runs it
-    proc = subprocess.Popen(
-        [console_script, "up", "--state-dir", state],
-        cwd=tmp_path,
-        env=CLEAN_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with foreground_up("--state-dir", state, command=[console_script], cwd=tmp_path) as proc:
         wait_for(lambda: proc.poll() is not None or StateDir(Path(state)).read_connection())
         assert proc.poll() is None  # the broker runs
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stderr = stop(proc, signal.SIGINT)
     assert proc.returncode == 0 and "working directory was imported" not in stderr
 
 

@@ -6,7 +6,7 @@ the commands' modules would be 1.5 MB of the broker's RSS for nothing
 
 The options travel as JSON in a memory file the new program inherits, not in its argv,
 where ``ps`` shows them to anyone: an API key or a cluster URL's password may be among
-them. Its command line, ``python -m trio_relay.broker_process --state-dir DIR
+them. Its command line, ``python -P -m trio_relay.broker_process --state-dir DIR
 --options-fd N`` (``-P``: the working directory is not on its ``sys.path``), says which
 broker it is. Run by hand, it refuses with a usage error.
 

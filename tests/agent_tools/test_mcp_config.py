@@ -18,7 +18,7 @@ from trio_relay.profiles.mcp_config import (
     remove,
 )
 
-SERVER = {"command": sys.executable, "args": ["-m", "trio_relay", "mcp"]}
+SERVER = {"command": sys.executable, "args": ["-P", "-m", "trio_relay", "mcp"]}
 
 
 def test_claude_gets_a_plugin_directory(tmp_path: Path) -> None:

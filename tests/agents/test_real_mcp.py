@@ -71,7 +71,7 @@ def check_listing(cli: Cli, shown: str) -> None:
         assert entry["enabled"], entry
         transport = entry["transport"]
         assert transport["command"] == sys.executable
-        assert transport["args"] == ["-m", "trio_relay", "mcp"]
+        assert transport["args"] == ["-P", "-m", "trio_relay", "mcp"]
         assert transport["env_vars"] == list(VARIABLES)
     else:  # it starts the server once the folder is trusted
         assert re.search(r"✓ trio-relay: .*trio_relay mcp \(stdio\) - Connected", shown), shown

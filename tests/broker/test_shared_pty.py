@@ -64,6 +64,10 @@ async def screen_shows(broker: Broker, name: str, text: str) -> None:
 
 def test_only_the_pty_worker_runs_in_the_host() -> None:
     assert hosted_args([*PTY, "--rows", "30", "--", "bash"]) == ["--rows", "30", "--", "bash"]
+    safe_path = [sys.executable, "-P", *PTY[1:], "--", "bash"]  # what `spawn` builds
+    assert hosted_args(safe_path) == ["--", "bash"]
+    assert hosted_args([sys.executable, "-P"]) is None
+    assert hosted_args([*PTY]) is None
     assert hosted_args(REFERENCE_WORKER) is None
     assert hosted_args(["bash"]) is None
     assert hosted_args([*PTY, "--shared-host", "--control-fd", "3"]) is None

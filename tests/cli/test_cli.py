@@ -285,6 +285,20 @@ def test_the_brokers_program_does_not_import_from_the_working_directory(
     assert proc.returncode == 0 and "working directory was imported" not in stderr
 
 
+def test_a_pty_agent_starts_in_a_project_whose_modules_shadow_the_stdlib(
+    broker: Relay, tmp_path: Path
+) -> None:
+    """The PTY worker starts in the agent's working directory; with ``python -m`` alone a
+    project's own ``fcntl.py`` or ``copy.py`` there would be imported instead (-P)."""
+    for name in ("fcntl.py", "copy.py", "trio_relay.py"):
+        (tmp_path / name).write_text("raise SystemExit('the project was imported')\n")
+    assert (
+        broker.invoke("spawn", "sh", "--cwd", str(tmp_path), "--", "bash", "--norc").exit_code == 0
+    )
+    assert broker.invoke("input", "sh", "echo $((6*7)) in $PWD", "--enter").exit_code == 0
+    wait_for(lambda: f"42 in {tmp_path}" in broker.invoke("snapshot", "sh").output)
+
+
 def test_the_brokers_program_run_by_hand_is_a_usage_error() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "trio_relay.broker_process", "--state-dir", "/nonexistent"],

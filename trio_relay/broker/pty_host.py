@@ -54,14 +54,12 @@ _MAX_MESSAGE = 65536
 
 def hosted_args(argv: Sequence[str]) -> list[str] | None:
     """The PTY worker's own arguments if ``argv`` runs it with the broker's Python
-    (``PYTHON -m trio_relay.worker.pty ARGS...``), else None."""
-    if (
-        len(argv) > 3
-        and argv[0] == sys.executable  # another Python's worker runs as a child of its own
-        and list(argv[1:3]) == ["-m", WORKER_MODULE]
-        and argv[3] != "--shared-host"
-    ):
-        return list(argv[3:])
+    (``PYTHON [-P] -m trio_relay.worker.pty ARGS...``), else None."""
+    if len(argv) < 2 or argv[0] != sys.executable:  # another Python's runs as its own child
+        return None
+    rest = list(argv[2:] if argv[1] == "-P" else argv[1:])
+    if rest[:2] == ["-m", WORKER_MODULE] and rest[2:3] != ["--shared-host"] and rest[2:]:
+        return rest[2:]
     return None
 
 
@@ -309,6 +307,7 @@ class PtyHost:
             popen = subprocess.Popen(
                 [
                     sys.executable,
+                    "-P",  # not the working directory on sys.path (it is / here anyway)
                     "-m",
                     WORKER_MODULE,
                     "--shared-host",

@@ -63,10 +63,13 @@ log = logging.getLogger(__name__)
 def pty_command(
     command: list[str], rows: int, cols: int, profile: Profile | None = None
 ) -> list[str]:
-    """The argv that runs ``command`` under the PTY worker (with ``profile``, as JSON)."""
+    """The argv that runs ``command`` under the PTY worker (with ``profile``, as JSON). With
+    ``-P``: the agent's working directory, where the worker starts, is not on its
+    ``sys.path``, so a project's ``types.py`` or ``fcntl.py`` is not imported instead."""
     chosen = ["--profile", encode_profile(profile)] if profile is not None else []
     return [
         sys.executable,
+        "-P",
         "-m",
         "trio_relay.worker.pty",
         *chosen,

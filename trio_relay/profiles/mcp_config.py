@@ -47,8 +47,9 @@ PREAMBLE = (
 
 
 def server_command() -> list[str]:
-    """How the CLI starts the server: this Python, so the same installation."""
-    return [sys.executable, "-m", "trio_relay", "mcp"]
+    """How the CLI starts the server: this Python, so the same installation, with ``-P``
+    (the agent's working directory, where its CLI starts the server, not on sys.path)."""
+    return [sys.executable, "-P", "-m", "trio_relay", "mcp"]
 
 
 @dataclass

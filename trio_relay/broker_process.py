@@ -24,7 +24,10 @@ from typing import Any, NoReturn
 
 from trio_relay import lean_imports
 
-USAGE = "usage: started by `trio-relay up` (python -m trio_relay.broker_process --options-fd N)"
+USAGE = (
+    "usage: this is the broker's own program, started by `trio-relay up`"
+    " (python -P -m trio_relay.broker_process --state-dir DIR --options-fd N); run that instead"
+)
 
 
 def become_broker(state_path: str, options: dict[str, Any]) -> NoReturn:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trio_relay.broker.events import EventLog, text_bytes
-from trio_relay.wire import AgentIdle, AgentOutput, AgentReady, Gap
+from trio_relay.broker.packed_output import PackedOutput
+from trio_relay.wire import AgentIdle, AgentOutput, AgentReady, Event, Gap
 
 
 def idle(n: int) -> AgentIdle:
@@ -166,3 +169,118 @@ async def test_the_budget_counts_what_the_ring_overwrote() -> None:
     for n in range(8):
         log.emit(idle(n))  # the ring turns over: no output left in it
     assert log.first_seq == 25 and len(log.since(0)) == 4
+
+
+def redraw(n: int) -> str:
+    """An agent CLI's redraw: cursor moves, colours, a spinner and a box, as they come."""
+    spinner = "⠋⠙⠹⠸⠼⠴⠦⠧"[n % 8]
+    return (
+        f"\x1b[?2026h\x1b[{n % 40 + 1};1H\x1b[38;5;208m{spinner}\x1b[0m Thinking… ({n} s)"
+        f"\x1b[2;1H╭{'─' * 70}╮\x1b[3;1H│ > \x1b[1mfix the tests\x1b[0m 🙂{' ' * 50}│"
+        "\x1b[?2026l"
+    )
+
+
+async def test_older_output_is_kept_compressed_and_replays_as_it_was_emitted() -> None:
+    log = EventLog(capacity=4096, hot_budget=64_000)
+    emitted: list[Event] = []
+    for n in range(2000):
+        emitted.append(log.emit(AgentOutput(agent=f"a{n % 3}", offset=n, data=redraw(n))))
+        if n % 100 == 0:
+            emitted.append(log.emit(idle(n)))
+    as_strings = sum(text_bytes(e.data) for e in emitted if isinstance(e, AgentOutput))
+    assert as_strings > 1_000_000 and log.output_bytes < as_strings / 10
+    assert log.since(0) == emitted  # every field: seq, time, agent, offset and the text
+    late = log.subscribe(since=0)  # a subscriber reading from the start gets the same
+    assert late.ready(5000) == emitted
+    assert isinstance(log._ring[1], PackedOutput)  # the test did pack
+
+
+def out(n: int) -> AgentOutput:
+    return AgentOutput(agent="a", offset=n * 10, data="x" * 10)  # 59 bytes as a string
+
+
+async def test_a_block_the_ring_turns_over_goes_whole_with_a_gap() -> None:
+    log = EventLog(capacity=8, hot_budget=200)
+    for event in (out(1), idle(2), out(3), out(4), out(5)):  # 236 bytes: pack 1, 3 and 4
+        log.emit(event)
+    block = log._ring[1]
+    assert isinstance(block, PackedOutput) and list(block.seqs) == [1, 3, 4]
+    sub = log.subscribe(since=0)
+    for n in range(6, 10):  # event 9 takes event 1's slot: its block goes whole
+        log.emit(idle(n))
+    first = await sub.__anext__()
+    assert isinstance(first, Gap) and (first.first, first.last) == (1, 4)
+    assert [e.seq for e in sub.ready(10)] == [5, 6, 7, 8, 9]
+    for n in range(8):  # the ring turns over: no output left in it
+        log.emit(idle(n))
+    assert log.output_bytes == 0 and len(log.since(0)) == 8
+
+
+async def test_the_newest_event_stays_even_when_its_block_is_past_the_budget() -> None:
+    log = EventLog(capacity=8, output_budget=100, hot_budget=100)
+    for event in (out(1), idle(2), out(3)):  # 118 bytes: 1 and 3 are packed
+        log.emit(event)
+    assert log._ring[3] is log._ring[1] and [e.seq for e in log.since(0)] == [1, 2, 3]
+    log.emit(out(4))
+    assert [e.seq for e in log.since(0)] == [4]
+
+
+async def test_the_budget_counts_blocks_and_drops_the_oldest_whole() -> None:
+    log = EventLog(capacity=64, output_budget=3_000, hot_budget=1)
+    for n in range(20):  # each a block of its own, with its arrays some 570 bytes: 5 fit
+        log.emit(AgentOutput(agent="a", offset=n, data=f"{n**17:x}" * 20))
+    assert [e.seq for e in log.since(0)] == [16, 17, 18, 19, 20]
+    assert log.output_bytes <= 3_000
+
+
+TEXT = st.text(st.sampled_from("ab \x1b[m─⠋🙂\n"), max_size=200)
+OPS = st.lists(st.one_of(TEXT, st.none(), st.integers(1, 40)), max_size=120)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    capacity=st.integers(1, 24),
+    output_budget=st.integers(0, 3_000),
+    hot_budget=st.integers(0, 1_500),
+    ops=OPS,
+)
+def test_the_ring_replays_an_unbroken_tail_of_what_was_emitted(
+    capacity: int, output_budget: int, hot_budget: int, ops: list[str | int | None]
+) -> None:
+    """Whatever is emitted (text: an output event; None: another event) and whenever a
+    subscriber reads (a number: up to that many events), the log keeps the newest events
+    unbroken and equal to what was emitted, within its budget, and a subscriber gets each
+    event once, in order, or a gap naming exactly those it missed."""
+    log = EventLog(capacity=capacity, output_budget=output_budget, hot_budget=hot_budget)
+    emitted: list[Event] = []
+    sub = log.subscribe(since=0)
+    read: list[int] = []
+    for op in ops:
+        if isinstance(op, int):
+            for event in sub.ready(op):
+                if isinstance(event, Gap):
+                    read.extend(range(event.first, event.last + 1))
+                    assert event.last < log.first_seq
+                else:
+                    assert event == emitted[event.seq - 1]
+                    read.append(event.seq)
+            assert read == list(range(1, len(read) + 1))
+            continue
+        if op is None:
+            emitted.append(log.emit(idle(len(emitted))))
+        else:
+            emitted.append(log.emit(AgentOutput(agent="a", offset=len(emitted), data=op)))
+        retained = log.since(0)
+        assert retained == emitted[log.first_seq - 1 :]
+        assert 1 <= len(retained) <= capacity
+        output = sum(isinstance(e, AgentOutput) for e in retained)
+        if log.output_bytes > output_budget:  # then only the newest event's holder is left
+            newest = log._ring[log.last_seq % capacity]
+            assert all(
+                log._ring[e.seq % capacity] is newest
+                for e in retained
+                if isinstance(e, AgentOutput)
+            ), (output, log.output_bytes)
+        if output == 0:
+            assert log.output_bytes == 0

@@ -1,13 +1,18 @@
 """The broker event log: sequence numbers, a bounded replay buffer, subscribers.
 
 Events are kept in a ring of fixed capacity, which also holds at most ``output_budget``
-bytes of agent output text as memory counts it (:func:`text_bytes`: a text with a box
-drawing character or a spinner takes two bytes a character, and keeps a UTF-8 copy once it
-was sent). Busy agents fill a ring with 4 KiB output events: without the budget 4,096 of
-them are 16 to 48 MiB. A subscriber is a cursor into the ring, not a
-queue: emitting never waits for anyone, costs the same however many subscribers there are,
-and a subscriber that falls behind by more than the ring holds gets one explicit
-:class:`~trio_relay.wire.Gap` naming the events it missed, never a silent hole.
+bytes of agent output as memory counts it. The newest output, up to ``hot_budget`` bytes,
+is kept as the events themselves (:func:`text_bytes`: a text with a box drawing character
+or a spinner takes two bytes a character, and keeps a UTF-8 copy once it was sent); older
+output is packed into compressed blocks (:class:`~trio_relay.broker.packed_output.PackedOutput`),
+which give back equal events when a subscriber reads that far back, and are dropped whole,
+oldest first. Busy agents fill a ring with output events: 4,096 of 4 KiB each would be 16
+to 48 MiB as strings, and an agent CLI's output packs to a tenth of its size or less.
+
+A subscriber is a cursor into the ring, not a queue: emitting never waits for anyone, costs
+the same however many subscribers there are, and a subscriber that falls behind by more
+than the ring holds gets one explicit :class:`~trio_relay.wire.Gap` naming the events it
+missed, never a silent hole.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from typing import TypeVar
 
 import trio
 
+from trio_relay.broker.packed_output import PackedOutput
 from trio_relay.wire import AgentOutput, Event, Gap
 
 E = TypeVar("E", bound=Event)
 log = logging.getLogger(__name__)
 
-#: Bytes of agent output text the ring keeps at most (older events are dropped first).
+#: Bytes of memory the ring's agent output takes at most (older events are dropped first).
 OUTPUT_BUDGET = 4 * 1024 * 1024
+#: Bytes of the newest output kept as events; older output is packed (half of it at a time).
+HOT_BUDGET = 256 * 1024
 
 
 def text_bytes(text: str) -> int:
@@ -37,16 +45,29 @@ def text_bytes(text: str) -> int:
 
 class EventLog:
     """Numbered broker events (the first is 1): the last ``capacity`` of them replayable,
-    fewer when their agent output text takes more than ``output_budget`` bytes."""
+    fewer when their agent output takes more than ``output_budget`` bytes. Output past the
+    newest ``hot_budget`` bytes is kept compressed."""
 
-    def __init__(self, capacity: int = 4096, output_budget: int = OUTPUT_BUDGET) -> None:
+    def __init__(
+        self,
+        capacity: int = 4096,
+        output_budget: int = OUTPUT_BUDGET,
+        hot_budget: int = HOT_BUDGET,
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be positive")
         self.capacity = capacity
         self.output_budget = output_budget
-        self._ring: list[Event | None] = [None] * capacity
-        self._sizes = [0] * capacity  # bytes of output text of each slot's event
+        self.hot_budget = hot_budget
+        # A slot holds its event, or the block its output event was packed into.
+        self._ring: list[Event | PackedOutput | None] = [None] * capacity
+        # Bytes of output each slot holds: an event's text, or a block's size on its first
+        # slot (a block's other slots hold 0).
+        self._sizes = [0] * capacity
         self._output = 0  # their sum
+        self._hot = 0  # the part of it that is events, not blocks
+        self._packed_to = 1  # the output events below it are packed (or gone)
+        self._texts: list[tuple[PackedOutput, bytes]] = []  # the last blocks read, unpacked
         self._floor = 1  # the oldest event the budget left in the ring
         self._next = 1
         self._lot = trio.lowlevel.ParkingLot()
@@ -63,17 +84,28 @@ class EventLog:
         """The oldest sequence number still replayable."""
         return max(self._floor, self._next - self.capacity)
 
+    @property
+    def output_bytes(self) -> int:
+        """The memory the retained agent output takes, blocks and events, in bytes."""
+        return self._output
+
     def emit(self, event: E) -> E:
         """Number, timestamp and record ``event``, and wake subscribers. Never blocks, and
         never raises: a listener that fails is logged and counted (``listener_failures``)."""
         seq = event.seq = self._next
         event.time = time.time()
         slot = seq % self.capacity
+        overwritten = self._ring[slot]
+        if overwritten is not None:
+            self._drop(slot, overwritten)
         size = text_bytes(event.data) if type(event) is AgentOutput else 0
-        self._output += size - self._sizes[slot]
         self._sizes[slot] = size
+        self._output += size
+        self._hot += size
         self._ring[slot] = event
         self._next = seq + 1
+        if self._hot > self.hot_budget:
+            self._pack()
         if self._output > self.output_budget:
             self._trim()
         for listener in self._listeners:
@@ -85,17 +117,67 @@ class EventLog:
         self._lot.unpark_all()
         return event
 
-    def _trim(self) -> None:
-        """Drop the oldest events until the output they hold fits the budget (the newest
-        event stays, whatever its size)."""
-        seq = self.first_seq
-        while self._output > self.output_budget and seq < self._next - 1:
-            slot = seq % self.capacity
-            self._output -= self._sizes[slot]
+    def _pack(self) -> None:
+        """Pack the oldest output events still events into one block, until at most half
+        the hot budget is left as events."""
+        ring, sizes, capacity = self._ring, self._sizes, self.capacity
+        seq = max(self._packed_to, self.first_seq)
+        events: list[AgentOutput] = []
+        packed = 0
+        goal = self._hot - self.hot_budget // 2
+        while packed < goal and seq < self._next:
+            event = ring[seq % capacity]
+            if type(event) is AgentOutput:
+                events.append(event)
+                packed += sizes[seq % capacity]
+            seq += 1
+        self._packed_to = seq
+        if not events:
+            return
+        block = PackedOutput(events)
+        for event in events:
+            ring[event.seq % capacity] = block
+            sizes[event.seq % capacity] = 0
+        sizes[block.first % capacity] = block.size
+        self._hot -= packed
+        self._output += block.size - packed
+
+    def _drop(self, slot: int, item: Event | PackedOutput) -> None:
+        """Forget what ``slot`` holds: its event, or the whole block it is part of (the
+        events the block spans are then no longer replayable)."""
+        if type(item) is PackedOutput:
+            capacity = self.capacity
+            for seq in item.seqs:
+                if self._ring[seq % capacity] is item:
+                    self._ring[seq % capacity] = None
+            self._sizes[item.first % capacity] = 0
+            self._output -= item.size
+            self._floor = max(self._floor, item.last + 1)
+        else:
+            size = self._sizes[slot]
+            self._output -= size
+            self._hot -= size
             self._sizes[slot] = 0
             self._ring[slot] = None
-            seq += 1
-        self._floor = seq
+
+    def _trim(self) -> None:
+        """Drop the oldest events and blocks until the output they hold fits the budget
+        (the newest event stays, whatever its size)."""
+        seq = self.first_seq
+        newest = self._next - 1
+        while self._output > self.output_budget and seq < newest:
+            slot = seq % self.capacity
+            item = self._ring[slot]
+            if type(item) is PackedOutput:
+                if item.last >= newest:
+                    break
+                self._drop(slot, item)
+                seq = item.last + 1
+            else:
+                if item is not None:
+                    self._drop(slot, item)
+                seq += 1
+        self._floor = max(self._floor, seq)
 
     def listen(self, listener: Callable[[Event], None]) -> None:
         """Call ``listener(event)`` synchronously inside every :meth:`emit`, so it sees every
@@ -104,9 +186,21 @@ class EventLog:
         self._listeners.append(listener)
 
     def _at(self, seq: int) -> Event:
-        event = self._ring[seq % self.capacity]
-        assert event is not None and event.seq == seq
-        return event
+        item = self._ring[seq % self.capacity]
+        if type(item) is PackedOutput:
+            return item.event(seq, self._text_of(item))
+        assert item is not None and item.seq == seq
+        return item
+
+    def _text_of(self, block: PackedOutput) -> bytes:
+        """The block's text, unpacked once for the reads that follow (the last two blocks
+        read are kept: subscribers read in order, and there may be two far behind)."""
+        for kept, text in self._texts:
+            if kept is block:
+                return text
+        text = block.text()
+        self._texts = [(block, text), *self._texts[:1]]
+        return text
 
     def since(self, seq: int) -> list[Event]:
         """The retained events numbered above ``seq``, oldest first (no gap marker)."""

@@ -114,7 +114,8 @@ class EventLog:
             except Exception:  # a listener's bug must not stop the emitter, or the others
                 self.listener_failures += 1
                 log.exception("event listener %r failed on %r", listener, event)
-        self._lot.unpark_all()
+        if self._lot:  # mostly no one: a subscriber sending or coalescing is not parked
+            self._lot.unpark_all()
         return event
 
     def _pack(self) -> None:

@@ -22,7 +22,7 @@ from trio_relay.broker.events import EventLog
 from trio_relay.store import sql
 from trio_relay.store.engine import Store
 from trio_relay.store.sql import DeliveryInfo
-from trio_relay.wire import Event
+from trio_relay.wire import AgentOutput, Event
 
 
 class DeliveryEngine:
@@ -181,8 +181,10 @@ class DeliveryEngine:
     # ------------------------------------------------------------ hooks (synchronous)
 
     def on_event(self, event: Event) -> None:
-        """The event-log listener: agent runs start and end."""
-        lifecycle.on_event(self._core, event)
+        """The event-log listener: agent runs start and end (output, most events, is
+        not looked at)."""
+        if type(event) is not AgentOutput:
+            lifecycle.on_event(self._core, event)
 
     def on_report(self, agent: str, frame: reports.Report) -> None:
         """The supervisor's delivery-report hook: commit the worker's report, then announce.

@@ -190,17 +190,20 @@ def test_what_is_imported_on_first_use_works_when_used() -> None:
         """
         from trio_relay import lean_imports
         lean_imports.install()
-        import sys, logging, logging.handlers, shutil
-        print([m for m in ("bz2", "lzma", "pickle") if m in sys.modules])  # no stand-in either
+        import sys, logging, logging.handlers, shutil, trio
+        print([m for m in ("bz2", "lzma", "pickle", "idna") if m in sys.modules])  # no stand-in either
         import pickle
         print(sorted(name for name, _ in shutil.get_archive_formats()))
         record = logging.LogRecord("n", logging.INFO, "p", 1, "hello", None, None)
         frame = logging.handlers.SocketHandler("localhost", 1).makePickle(record)
         print(pickle.loads(frame[4:])["msg"], type(sys.modules["pickle"]).__name__)
+        from trio._socket import _idna  # what trio.socket.getaddrinfo encodes a host with
+        print(_idna.encode("bücher.example", uts46=True), type(sys.modules["idna"]).__name__)
         """
     )
     assert out.splitlines() == [
         "[]",  # none of them was loaded by install()
         "['bztar', 'gztar', 'tar', 'xztar', 'zip']",
         "hello module",
+        "b'xn--bcher-kva.example' module",
     ]

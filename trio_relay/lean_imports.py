@@ -26,8 +26,8 @@ alone (see :mod:`trio_relay.worker.pty.process_imports`).
   ``importlib.metadata`` that knows Trio's version, all it asks of it (it loads ``email``,
   ``zipfile`` and ``csv``; 1.5 MB); and :data:`ON_FIRST_USE`, with stand-ins that import
   the real module on first use (:class:`OnFirstUse`): shutil's ``bz2`` and ``lzma`` (for
-  its archives; Trio imports shutil) and logging.handlers' ``pickle`` (for its
-  SocketHandler), 0.6 MB.
+  its archives; Trio imports shutil), logging.handlers' ``pickle`` (for its
+  SocketHandler), 0.6 MB, and Trio's ``idna`` (for host names that are not ASCII), 0.2 MB.
 
 Measured by ``tools/bench_imports.py`` (each module alone, and the broker's and the PTY
 worker's imports with and without this) and ``tools/bench_scale.py`` (the running broker).
@@ -48,9 +48,10 @@ DEFERRED = ("ssl", *MSGSPEC_UNUSED)
 """The modules :func:`install` defers."""
 MSGSPEC_READS = {"decimal": ("Decimal",), "uuid": ("UUID", "SafeUUID")}
 """What msgspec's C module reads of these modules when it is imported."""
-ON_FIRST_USE = {"shutil": ("bz2", "lzma"), "logging.handlers": ("pickle",)}
+ON_FIRST_USE = {"shutil": ("bz2", "lzma"), "logging.handlers": ("pickle",), "trio": ("idna",)}
 """Modules :func:`install` imports with stand-ins for what they import at once but seldom
-use (the archives of shutil, the SocketHandler of logging.handlers)."""
+use (the archives of shutil, the SocketHandler of logging.handlers, Trio's encoding of a
+host name that is not ASCII)."""
 
 _load_lock = _thread.RLock()  # re-entrant: a module imported may read another stand-in
 

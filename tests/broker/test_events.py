@@ -194,24 +194,33 @@ async def test_older_output_is_kept_compressed_and_replays_as_it_was_emitted() -
     late = log.subscribe(since=0)  # a subscriber reading from the start gets the same
     assert late.ready(5000) == emitted
     assert isinstance(log._ring[1], PackedOutput)  # the test did pack
+    log._texts.clear()  # finding the newest event of a kind (a subscription's replay end)
+    last_idle = max(e.seq for e in emitted if isinstance(e, AgentIdle))
+    assert log.newest(0, lambda e: isinstance(e, AgentIdle)) == last_idle
+    assert log.newest(0, lambda e: e.seq == 3) == 3 and log._texts == []  # unpacks nothing
 
 
 def out(n: int) -> AgentOutput:
     return AgentOutput(agent="a", offset=n * 10, data="x" * 10)  # 59 bytes as a string
 
 
-async def test_a_block_the_ring_turns_over_goes_whole_with_a_gap() -> None:
+async def test_the_ring_turns_over_a_block_one_event_at_a_time() -> None:
     log = EventLog(capacity=8, hot_budget=200)
-    for event in (out(1), idle(2), out(3), out(4), out(5)):  # 236 bytes: pack 1, 3 and 4
-        log.emit(event)
-    block = log._ring[1]
+    emitted = [log.emit(e) for e in (out(1), idle(2), out(3), out(4), out(5))]  # 236 bytes:
+    block = log._ring[1]  # 1, 3 and 4 are packed
     assert isinstance(block, PackedOutput) and list(block.seqs) == [1, 3, 4]
+    held = log.output_bytes
     sub = log.subscribe(since=0)
-    for n in range(6, 10):  # event 9 takes event 1's slot: its block goes whole
+    for n in range(6, 10):  # event 9 takes event 1's place: 3 and 4 are still there
         log.emit(idle(n))
     first = await sub.__anext__()
-    assert isinstance(first, Gap) and (first.first, first.last) == (1, 4)
-    assert [e.seq for e in sub.ready(10)] == [5, 6, 7, 8, 9]
+    assert isinstance(first, Gap) and (first.first, first.last) == (1, 1)
+    assert [await sub.__anext__() for _ in range(4)] == emitted[1:]
+    assert [e.seq for e in log.since(0)] == [2, 3, 4, 5, 6, 7, 8, 9]
+    assert log.output_bytes == held  # the block is held until its last event goes
+    for n in range(3):  # 10, 11 and 12 take the places of 2, 3 and 4: the block goes
+        log.emit(idle(n))
+    assert log.output_bytes == held - block.size
     for n in range(8):  # the ring turns over: no output left in it
         log.emit(idle(n))
     assert log.output_bytes == 0 and len(log.since(0)) == 8
@@ -284,3 +293,15 @@ def test_the_ring_replays_an_unbroken_tail_of_what_was_emitted(
             ), (output, log.output_bytes)
         if output == 0:
             assert log.output_bytes == 0
+        # what the ring holds is what it counts: its events' text, and each block once
+        blocks = {id(item): item for item in log._ring if isinstance(item, PackedOutput)}
+        hot = sum(text_bytes(item.data) for item in log._ring if isinstance(item, AgentOutput))
+        assert (log._hot, log.output_bytes) == (hot, hot + sum(b.size for b in blocks.values()))
+        assert sum(log._sizes) == log.output_bytes
+        assert all(log.first_seq <= b.last for b in blocks.values())
+        for since in (0, len(emitted) // 2):
+            newest_output = max(
+                (e.seq for e in retained if isinstance(e, AgentOutput) and e.seq > since),
+                default=0,
+            )
+            assert log.newest(since, lambda e: isinstance(e, AgentOutput)) == newest_output

@@ -5,8 +5,9 @@ bytes of agent output as memory counts it. The newest output, up to ``hot_budget
 is kept as the events themselves (:func:`text_bytes`: a text with a box drawing character
 or a spinner takes two bytes a character, and keeps a UTF-8 copy once it was sent); older
 output is packed into compressed blocks (:class:`~trio_relay.broker.packed_output.PackedOutput`),
-which give back equal events when a subscriber reads that far back, and are dropped whole,
-oldest first. Busy agents fill a ring with output events: 4,096 of 4 KiB each would be 16
+which give back equal events when a subscriber reads that far back. The ring turning over
+takes a block's events one at a time (its memory goes with the last); the budget drops the
+oldest blocks whole. Busy agents fill a ring with output events: 4,096 of 4 KiB each would be 16
 to 48 MiB as strings, and an agent CLI's output packs to a tenth of its size or less.
 
 A subscriber is a cursor into the ring, not a queue: emitting never waits for anyone, costs
@@ -61,7 +62,7 @@ class EventLog:
         self.hot_budget = hot_budget
         # A slot holds its event, or the block its output event was packed into.
         self._ring: list[Event | PackedOutput | None] = [None] * capacity
-        # Bytes of output each slot holds: an event's text, or a block's size on its first
+        # Bytes of output each slot holds: an event's text, or a block's size on its last
         # slot (a block's other slots hold 0).
         self._sizes = [0] * capacity
         self._output = 0  # their sum
@@ -95,9 +96,8 @@ class EventLog:
         seq = event.seq = self._next
         event.time = time.time()
         slot = seq % self.capacity
-        overwritten = self._ring[slot]
-        if overwritten is not None:
-            self._drop(slot, overwritten)
+        if self._ring[slot] is not None:
+            self._forget(slot)  # what the ring turns over
         size = text_bytes(event.data) if type(event) is AgentOutput else 0
         self._sizes[slot] = size
         self._output += size
@@ -139,44 +139,41 @@ class EventLog:
         for event in events:
             ring[event.seq % capacity] = block
             sizes[event.seq % capacity] = 0
-        sizes[block.first % capacity] = block.size
+        sizes[block.last % capacity] = block.size  # freed with the block's last event
         self._hot -= packed
         self._output += block.size - packed
 
-    def _drop(self, slot: int, item: Event | PackedOutput) -> None:
-        """Forget what ``slot`` holds: its event, or the whole block it is part of (the
-        events the block spans are then no longer replayable)."""
-        if type(item) is PackedOutput:
-            capacity = self.capacity
-            for seq in item.seqs:
-                if self._ring[seq % capacity] is item:
-                    self._ring[seq % capacity] = None
-            self._sizes[item.first % capacity] = 0
-            self._output -= item.size
-            self._floor = max(self._floor, item.last + 1)
-        else:
-            size = self._sizes[slot]
+    def _forget(self, slot: int) -> None:
+        """Forget what ``slot`` holds: its event, or its place in a block (whose memory is
+        given back with its last event's place)."""
+        size = self._sizes[slot]
+        if size:
             self._output -= size
-            self._hot -= size
+            item = self._ring[slot]
+            if type(item) is PackedOutput:
+                self._texts = [kept for kept in self._texts if kept[0] is not item]
+            else:
+                self._hot -= size
             self._sizes[slot] = 0
-            self._ring[slot] = None
+        self._ring[slot] = None
 
     def _trim(self) -> None:
-        """Drop the oldest events and blocks until the output they hold fits the budget
-        (the newest event stays, whatever its size)."""
+        """Drop the oldest events and blocks (whole) until the output they hold fits the
+        budget (the newest event stays, whatever its size)."""
         seq = self.first_seq
         newest = self._next - 1
+        capacity = self.capacity
         while self._output > self.output_budget and seq < newest:
-            slot = seq % self.capacity
-            item = self._ring[slot]
+            item = self._ring[seq % capacity]
             if type(item) is PackedOutput:
                 if item.last >= newest:
                     break
-                self._drop(slot, item)
+                for packed in item.seqs:
+                    if packed >= seq:
+                        self._forget(packed % capacity)
                 seq = item.last + 1
             else:
-                if item is not None:
-                    self._drop(slot, item)
+                self._forget(seq % capacity)
                 seq += 1
         self._floor = max(self._floor, seq)
 
@@ -202,6 +199,19 @@ class EventLog:
         text = block.text()
         self._texts = [(block, text), *self._texts[:1]]
         return text
+
+    def newest(self, since: int, wanted: Callable[[Event], bool]) -> int:
+        """The sequence number of the newest retained event above ``since`` that ``wanted``
+        passes (0: none), unpacking nothing: ``wanted`` sees a packed output event without
+        its text (``data`` empty), so it may judge an event by its kind and agent only."""
+        for seq in range(self._next - 1, max(since, self.first_seq - 1), -1):
+            item = self._ring[seq % self.capacity]
+            if type(item) is PackedOutput:
+                item = item.header(seq)
+            assert item is not None
+            if wanted(item):
+                return seq
+        return 0
 
     def since(self, seq: int) -> list[Event]:
         """The retained events numbered above ``seq``, oldest first (no gap marker)."""

@@ -71,14 +71,26 @@ class PackedOutput:
     def event(self, seq: int, text: bytes) -> AgentOutput:
         """A new event equal to the one numbered ``seq`` when it was packed; ``text`` is
         :meth:`text`. Raises KeyError if ``seq`` is not in the block."""
+        i = self._index(seq)
+        start = self._ends[i - 1] if i else 0
+        return self._event(i, text[start : self._ends[i]].decode())
+
+    def header(self, seq: int) -> AgentOutput:
+        """The event numbered ``seq`` without its text (``data`` empty), unpacking nothing.
+        Raises KeyError if ``seq`` is not in the block."""
+        return self._event(self._index(seq), "")
+
+    def _index(self, seq: int) -> int:
         i = bisect_left(self._seqs, seq)
         if i == len(self._seqs) or self._seqs[i] != seq:
             raise KeyError(seq)
-        start = self._ends[i - 1] if i else 0
+        return i
+
+    def _event(self, i: int, data: str) -> AgentOutput:
         return AgentOutput(
-            seq=seq,
+            seq=self._seqs[i],
             time=self._times[i],
             agent=self._agents[i],
             offset=self._offsets[i],
-            data=text[start : self._ends[i]].decode(),
+            data=data,
         )

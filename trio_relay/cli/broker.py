@@ -68,8 +68,9 @@ class Duration(click.ParamType):
     "--event-buffer",
     default=4096,
     type=click.IntRange(min=16),
-    help="Events kept for replay (`events --since`), with at most 4 MiB of agent output"
-    " text (in memory) among them; a subscriber further behind gets a gap.",
+    help="Events kept for replay (`events --since`), their agent output taking at most"
+    " 4 MiB of memory (older output is kept compressed); a subscriber further behind gets"
+    " a gap.",
 )
 @option_with_default(
     "--retention",

@@ -226,7 +226,7 @@ def _replay_end(events: EventLog, op: SubscribeOp, wanted: Callable[[Event], boo
     """The newest event of the replay that passes the filters (0: none)."""
     if op.since is None:
         return 0
-    return next((e.seq for e in reversed(events.since(op.since)) if wanted(e)), 0)
+    return events.newest(op.since, wanted)  # wanted looks at kinds and agents only
 
 
 def _failure(request_id: ControlId | None, exc: Exception) -> ControlAnswer:

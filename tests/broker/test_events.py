@@ -264,9 +264,20 @@ def test_the_ring_replays_an_unbroken_tail_of_what_was_emitted(
     log = EventLog(capacity=capacity, output_budget=output_budget, hot_budget=hot_budget)
     emitted: list[Event] = []
     sub = log.subscribe(since=0)
+    picky = log.subscribe(since=0, wanted=lambda e: isinstance(e, AgentIdle))
     read: list[int] = []
+    picked: set[int] = set()  # what the picky one got, or was told it missed
     for op in ops:
         if isinstance(op, int):
+            for event in picky.ready(op):
+                if isinstance(event, Gap):
+                    picked.update(range(event.first, event.last + 1))
+                else:
+                    assert isinstance(event, AgentIdle) and event == emitted[event.seq - 1]
+                    assert event.seq not in picked
+                    picked.add(event.seq)
+            idle_seen = {e.seq for e in emitted[: picky.cursor - 1] if isinstance(e, AgentIdle)}
+            assert idle_seen <= picked
             for event in sub.ready(op):
                 if isinstance(event, Gap):
                     read.extend(range(event.first, event.last + 1))
@@ -305,3 +316,37 @@ def test_the_ring_replays_an_unbroken_tail_of_what_was_emitted(
                 default=0,
             )
             assert log.newest(since, lambda e: isinstance(e, AgentOutput)) == newest_output
+
+
+async def test_a_filtered_subscription_waits_for_what_it_wants_and_unpacks_nothing(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    log = EventLog(capacity=64, hot_budget=100)  # output is packed as it comes
+    quiet = log.subscribe(since=0, wanted=lambda e: not isinstance(e, AgentOutput))
+    emitted = [log.emit(out(n) if n % 3 else idle(n)) for n in range(12)]
+    assert isinstance(log._ring[2], PackedOutput)
+    assert quiet.ready(100) == [e for e in emitted if isinstance(e, AgentIdle)]
+    assert log._texts == []  # no output was unpacked to be filtered out
+    got: list[Event] = []
+
+    async def follow() -> None:
+        got.append(await quiet.__anext__())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow)
+        await trio.sleep(1)
+        log.emit(out(13))  # not wanted: the subscriber goes on waiting
+        await trio.sleep(1)
+        assert got == []
+        wanted = log.emit(idle(14))
+    assert got == [wanted]
+
+
+async def test_a_filtered_subscription_is_told_of_a_gap() -> None:
+    log = EventLog(capacity=4)
+    none = log.subscribe(since=0, wanted=lambda e: False)
+    for n in range(6):
+        log.emit(idle(n))
+    gap = none.ready(10)
+    assert len(gap) == 1 and isinstance(gap[0], Gap) and (gap[0].first, gap[0].last) == (1, 2)
+    assert none.ready(10) == [] and none.cursor == 7

@@ -217,9 +217,14 @@ class EventLog:
         """The retained events numbered above ``seq``, oldest first (no gap marker)."""
         return [self._at(s) for s in range(max(seq + 1, self.first_seq), self._next)]
 
-    def subscribe(self, since: int | None = None) -> Subscription:
-        """Events numbered above ``since``; with ``since=None``, only events emitted from now."""
-        return Subscription(self, self._next if since is None else since + 1)
+    def subscribe(
+        self, since: int | None = None, wanted: Callable[[Event], bool] | None = None
+    ) -> Subscription:
+        """Events numbered above ``since``; with ``since=None``, only events emitted from now.
+        With ``wanted``, only the events it passes, and every gap: it must judge an event
+        by its kind and agent (it sees packed output without its text, so a subscription
+        that does not want output unpacks none)."""
+        return Subscription(self, self._next if since is None else since + 1, wanted)
 
     async def wait_for(self, predicate: Callable[[Event], bool], *, since: int = 0) -> Event:
         """The first event above ``since`` for which ``predicate`` is true, waiting if needed.
@@ -241,9 +246,12 @@ class Subscription:
     Each ``__anext__`` is a checkpoint. It never ends by itself; cancel the task reading it.
     """
 
-    def __init__(self, log: EventLog, cursor: int) -> None:
+    def __init__(
+        self, log: EventLog, cursor: int, wanted: Callable[[Event], bool] | None = None
+    ) -> None:
         self._log = log
         self.cursor = max(cursor, 1)
+        self._wanted = wanted
 
     def __aiter__(self) -> Subscription:
         return self
@@ -251,18 +259,17 @@ class Subscription:
     async def __anext__(self) -> Event:
         log = self._log
         if self.cursor >= log._next:
-            while self.cursor >= log._next:
-                await log._lot.park()
+            await self._park()
         else:
             await trio.lowlevel.checkpoint()
-        first = log.first_seq
-        if self.cursor < first:
-            gap = Gap(first=self.cursor, last=first - 1, time=time.time())
-            self.cursor = first
-            return gap
-        event = log._at(self.cursor)
-        self.cursor += 1
-        return event
+        while not (taken := self.ready(1)):  # none it wants: wait for more
+            await self._park()
+        return taken[0]
+
+    async def _park(self) -> None:
+        log = self._log
+        while self.cursor >= log._next:
+            await log._lot.park()
 
     def ready(self, limit: int) -> list[Event]:
         """Up to ``limit`` events that are already there, without waiting (and without a
@@ -273,7 +280,23 @@ class Subscription:
         if self.cursor < first and self.cursor < log._next:
             out.append(Gap(first=self.cursor, last=first - 1, time=time.time()))
             self.cursor = first
-        end = min(log._next, self.cursor + limit - len(out))
-        out.extend(log._at(seq) for seq in range(self.cursor, end))
-        self.cursor = max(self.cursor, end)
+        wanted = self._wanted
+        if wanted is None:
+            end = min(log._next, self.cursor + limit - len(out))
+            out.extend(log._at(seq) for seq in range(self.cursor, end))
+            self.cursor = max(self.cursor, end)
+            return out
+        ring, capacity = log._ring, log.capacity
+        seq = self.cursor
+        while len(out) < limit and seq < log._next:
+            item = ring[seq % capacity]
+            if type(item) is PackedOutput:
+                if wanted(item.header(seq)):
+                    out.append(log._at(seq))
+            else:
+                assert item is not None
+                if wanted(item):
+                    out.append(item)
+            seq += 1
+        self.cursor = seq
         return out

@@ -154,15 +154,16 @@ class Connection:
                 " this connection"
             ) from None
         try:
-            wanted = event_filter(self.principal.agent or op.agent, op.kinds)
+            agent = self.principal.agent or op.agent
+            wanted = event_filter(agent, op.kinds)
             events = (
                 self.operations.cluster_member("events --cluster").events
                 if op.cluster
                 else self.operations.broker.events
             )
-            stream = events.subscribe(
-                op.since
-            )  # fixed now: no event falls between answer and stream
+            filtered = agent is not None or bool(op.kinds)
+            # fixed now: no event falls between the answer and the stream
+            stream = events.subscribe(op.since, wanted if filtered else None)
             scope = trio.CancelScope()
             self.subscriptions[op.id] = (scope, stream)
             result = {"last_seq": events.last_seq, "replay_end": _replay_end(events, op, wanted)}
@@ -172,14 +173,13 @@ class Connection:
             self._slots.release()
             raise
         assert self._nursery is not None
-        self._nursery.start_soon(self._forward, op.id, scope, stream, wanted)
+        self._nursery.start_soon(self._forward, op.id, scope, stream)
 
     async def _forward(
         self,
         subscription: ControlId,
         scope: trio.CancelScope,
         stream: Subscription,
-        wanted: Callable[[Event], bool],
     ) -> None:
         try:
             with scope:
@@ -192,11 +192,9 @@ class Connection:
                     wait = sent + EVENTS_COALESCE - trio.current_time()
                     if wait > 0:
                         await trio.sleep(wait)
-                    ready = [event, *stream.ready(EVENTS_PER_MESSAGE - 1)]
-                    batch: Any = [e for e in ready if wanted(e)]
-                    if batch:
-                        await self.send(ControlEvents(id=subscription, events=batch))
-                        sent = trio.current_time()
+                    batch: Any = [event, *stream.ready(EVENTS_PER_MESSAGE - 1)]  # all wanted
+                    await self.send(ControlEvents(id=subscription, events=batch))
+                    sent = trio.current_time()
         finally:
             self.subscriptions.pop(subscription, None)
             self._slots.release()

@@ -312,6 +312,8 @@ class Supervisor:
                 if _is_cancelled(exc) and not nursery.cancel_scope.cancel_called:
                     run.cancelled = True
                     agent.request_stop("broker shutdown")
+                    if not run.attached:  # a hello from now on is too late
+                        run.failure = endings.no_hello(proc, run, agent)
                 raise
             finally:
                 try:
@@ -360,9 +362,9 @@ class Supervisor:
                     or agent.stop_requested
                 )
             )
-        if run.attached or run.failure is not None or agent.stop_requested:
+        if run.attached or run.failure is not None:
             return
-        if proc.has_exited or run.eof:
+        if not agent.stop_requested and (proc.has_exited or run.eof):
             # Its last words on stderr, and its exit status when the end of its stdout
             # came first, belong in the reason.
             with trio.move_on_after(0.5):
@@ -376,6 +378,8 @@ class Supervisor:
         ``agent_spawned`` precedes every event of the run."""
         run.hello = hello
         proc.poke()
+        if run.failure is not None:  # too late: the spawn gave up on it (released, timed out)
+            return
         if hello.protocol != PROTOCOL_VERSION:
             run.failure = (
                 f"speaks worker protocol {hello.protocol}; this broker speaks {PROTOCOL_VERSION}"

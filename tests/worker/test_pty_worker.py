@@ -7,6 +7,7 @@ session (the ``relay`` fixture), besides the suite-wide check on worker processe
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import signal
 import struct
@@ -453,6 +454,38 @@ async def test_a_killed_worker_takes_its_program_along() -> None:
         with trio.fail_after(10):
             await proc.wait()
         await wait_until(lambda: not pid_alive(hello.program_pid))  # PR_SET_PDEATHSIG
+
+
+# ---------------------------------------------------------------- its priority
+
+
+def autogroup_nice(pid: int) -> int | None:
+    """The nice value of ``pid``'s session's autogroup; None on a kernel without them."""
+    try:
+        with open(f"/proc/{pid}/autogroup") as f:
+            return int(f.read().split()[-1])
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.parametrize("nice", [None, 0, 5])
+async def test_the_worker_runs_below_its_program(nice: int | None) -> None:
+    """So that many busy agents cannot starve the broker: the worker's nice value, and its
+    session's autogroup's (CPU time is shared by session first where autogroups are on),
+    go up by --nice (default 10); its program keeps the broker's priority."""
+    step = 10 if nice is None else nice
+    options = {} if nice is None else {"nice": nice}
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    async with open_broker() as broker:
+        relay = Relay(broker)
+        program = await relay.spawn("n", "cat", ready=False, **options)
+        worker = broker.agent("n").pid
+        assert worker is not None
+        assert os.getpriority(os.PRIO_PROCESS, worker) == min(19, ours + step)
+        assert os.getpriority(os.PRIO_PROCESS, program) == ours
+        if autogroup_nice(worker) is not None:  # both lead sessions: new groups, at 0
+            assert autogroup_nice(worker) == step
+            assert autogroup_nice(program) == 0
 
 
 # ---------------------------------------------------------------- what the worker costs

@@ -45,6 +45,8 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     enter_delay: float | None = None  # None: the profile's
     # stopping
     kill_grace: float = 1.0
+    # the worker's own CPU priority, below its program's (see .priority)
+    nice: int = 10
 
     @property
     def agent_profile(self) -> Profile:
@@ -98,6 +100,13 @@ def _count(text: str) -> int:
     value = int(text)
     if value < 1:
         raise ValueError("must be a positive integer")
+    return value
+
+
+def _nice(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 19:
+        raise ValueError("must be in 0..19")
     return value
 
 
@@ -171,6 +180,12 @@ OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "kill_grace",
         _positive,
         "seconds between SIGHUP and SIGKILL when stopping CMD (default 1)",
+    ),
+    "--nice": (
+        "nice",
+        _nice,
+        "run the worker this much below CMD: its own nice value and its session's"
+        " autogroup's go up by it, CMD's stay (0..19, default 10; 0: as CMD)",
     ),
 }
 

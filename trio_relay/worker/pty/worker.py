@@ -60,6 +60,7 @@ from collections.abc import Callable
 from trio_relay.linux.procfs import reads_terminal
 from trio_relay.worker.pty.core import PtyCore
 from trio_relay.worker.pty.options import USAGE, UsageError, help_text, parse_args
+from trio_relay.worker.pty.priority import step_aside
 from trio_relay.worker.pty.process import PtyProcess
 
 READ_SIZE = 4096
@@ -412,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         log(f"cannot run {exc.filename!r}: {exc.strerror}")
         return 127
+    problem = step_aside(options.nice)  # after the spawn: CMD keeps its priority
+    if problem is not None:
+        log(problem)
     try:
         return Loop(PtyCore(options), proc).run()
     except BaseException:

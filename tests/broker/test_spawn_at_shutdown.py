@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import trio
-from helpers import REFERENCE_WORKER, pid_alive, wait_until
+from helpers import pid_alive, wait_until
 
 from trio_relay import SpawnFailed, open_broker
 from trio_relay.wire import AgentSpawned, SpawnFailedEvent
@@ -30,7 +30,7 @@ async def test_spawns_in_flight_at_a_shutdown_fail_with_a_reason() -> None:
 
     async def spawn(name: str) -> None:
         with pytest.raises(SpawnFailed) as info:
-            await broker.spawn(name, [*REFERENCE_WORKER, "--no-hello"], hello_timeout=30)
+            await broker.spawn(name, LATE_HELLO, hello_timeout=30)
         failures[name] = info.value
 
     with trio.fail_after(20):

@@ -161,6 +161,27 @@ async def test_a_fault_anywhere_in_supervision_ends_only_that_agent(
         assert await broker.request_worker("faulty", "ping", {"data": 1}) == {"data": 1}
 
 
+async def test_a_fault_on_the_frame_after_the_hello_fails_the_spawn_with_its_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reference worker writes its hello and ``ready`` at once: the run attaches, and
+    the fault routing ``ready`` ends it before the spawn was told it started."""
+    real_route = trio_relay.broker.reader.FrameReader._route
+
+    def route(self, frame):  # type: ignore[no-untyped-def]
+        if self._agent.name == "faulty":
+            raise Fault("route")
+        return real_route(self, frame)
+
+    monkeypatch.setattr(trio_relay.broker.reader.FrameReader, "_route", route)
+    async with open_broker() as broker:
+        with trio.fail_after(20), pytest.raises(SpawnFailed, match="supervisor error"):
+            await broker.spawn("faulty", REFERENCE_WORKER)
+        (end,) = terminal_events(broker, "faulty")
+        assert isinstance(end, AgentExited) and "supervisor error" in end.reason
+        assert broker.agent("faulty").state == "failed"
+
+
 # ---------------------------------------------------------------- a wrapper's claims
 
 

@@ -154,3 +154,8 @@ class Run:
     ended: bool = False
     #: Cancelled from outside (a broker shutdown, or a spawn whose caller gave up).
     cancelled: bool = False
+    #: The spawn stopped waiting for the hello (released or cancelled; a timeout sets
+    #: ``failure``): a hello from now on is too late.
+    gave_up: bool = False
+    #: The spawn's caller was told it started (``task_status.started``).
+    reported: bool = False

@@ -223,7 +223,8 @@ class Supervisor:
     async def _run_once(self, agent: Agent, task_status: trio.TaskStatus[Agent] | None) -> None:
         """Run the agent's child once, from spawn to reaped, and end the run with its one
         terminal event (which also decides what comes next: see :mod:`.endings`).
-        Raises SpawnFailed if it never said hello.
+        Raises SpawnFailed if it never said hello, or (``task_status``) if the run ended
+        before the spawn was told it started.
 
         Cancellation: the child is stopped and reaped under a shield before Cancelled
         propagates, and the exit is reported as intended (a broker shutdown). Any other
@@ -250,6 +251,8 @@ class Supervisor:
                 endings.end_by_fault(agent, proc, run, fault, self._correlator)
         if not run.attached:
             raise SpawnFailed(agent.name, run.failure or f"internal error: {fault!r}")
+        if task_status is not None and not run.reported:  # it ended before the spawn returned
+            raise SpawnFailed(agent.name, agent.last_reason or f"internal error: {fault!r}")
 
     async def _start_child(self, agent: Agent, run: Run) -> WorkerProcess:
         """Spawn the run's child (or, with the shared PTY host, start its PTY worker
@@ -301,6 +304,7 @@ class Supervisor:
                 if run.attached:
                     if task_status is not None:
                         task_status.started(agent)
+                        run.reported = True
                     await proc.wait_until(
                         lambda: proc.has_exited or run.eof or agent.stop_requested
                     )
@@ -312,8 +316,7 @@ class Supervisor:
                 if _is_cancelled(exc) and not nursery.cancel_scope.cancel_called:
                     run.cancelled = True
                     agent.request_stop("broker shutdown")
-                    if not run.attached:  # a hello from now on is too late
-                        run.failure = endings.no_hello(proc, run, agent)
+                    run.gave_up = not run.attached  # a hello from now on is too late
                 raise
             finally:
                 try:
@@ -364,11 +367,16 @@ class Supervisor:
             )
         if run.attached or run.failure is not None:
             return
-        if not agent.stop_requested and (proc.has_exited or run.eof):
+        if agent.stop_requested:
+            run.gave_up = True  # released: the run ends with no_hello's reason
+            return
+        if proc.has_exited or run.eof:
             # Its last words on stderr, and its exit status when the end of its stdout
             # came first, belong in the reason.
             with trio.move_on_after(0.5):
                 await proc.wait_until(lambda: proc.stderr_closed and proc.has_exited)
+            if run.attached or run.failure is not None:
+                return
         run.failure = endings.no_hello(proc, run, agent)
 
     def _accept_hello(
@@ -378,14 +386,14 @@ class Supervisor:
         ``agent_spawned`` precedes every event of the run."""
         run.hello = hello
         proc.poke()
-        if run.failure is not None:  # too late: the spawn gave up on it (released, timed out)
-            return
-        if hello.protocol != PROTOCOL_VERSION:
+        # Too late if the spawn gave up on it (released, cancelled, timed out): the run is
+        # not attached, though its program's session is still noted, to be killed with it.
+        late = run.gave_up or run.failure is not None
+        if not late and hello.protocol != PROTOCOL_VERSION:
             run.failure = (
                 f"speaks worker protocol {hello.protocol}; this broker speaks {PROTOCOL_VERSION}"
             )
             return
-        agent.hello = hello
         if hello.program_pid is not None:
             if is_child_session(proc.pid, hello.program_pid):
                 proc.program_session = hello.program_pid
@@ -402,6 +410,9 @@ class Supervisor:
                     f" killed with it)",
                     b"",
                 )
+        if late:
+            return
+        agent.hello = hello
         self._correlator.attach(agent.name, proc.writer.send)
         run.attached = True
         agent.started_at = time.time()

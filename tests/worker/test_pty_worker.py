@@ -484,7 +484,8 @@ async def test_the_worker_runs_below_its_program(nice: int | None) -> None:
         assert os.getpriority(os.PRIO_PROCESS, worker) == min(19, ours + step)
         assert os.getpriority(os.PRIO_PROCESS, program) == ours
         if autogroup_nice(worker) is not None:  # both lead sessions: new groups, at 0
-            assert autogroup_nice(worker) == step
+            # (retried while the kernel's once-per-100-ms limit refuses it, as non-root)
+            await wait_until(lambda: autogroup_nice(worker) == step)
             assert autogroup_nice(program) == 0
 
 

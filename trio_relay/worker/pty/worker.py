@@ -60,7 +60,7 @@ from collections.abc import Callable
 from trio_relay.linux.procfs import reads_terminal
 from trio_relay.worker.pty.core import PtyCore
 from trio_relay.worker.pty.options import USAGE, UsageError, help_text, parse_args
-from trio_relay.worker.pty.priority import step_aside
+from trio_relay.worker.pty.priority import StepAside
 from trio_relay.worker.pty.process import PtyProcess
 
 READ_SIZE = 4096
@@ -172,8 +172,9 @@ class Loop:
     def _register(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
         self.selector.register(fd, events, (self, callback))
 
-    def run(self) -> int:
-        """Serve until CMD has exited and been reported; return the worker's exit code."""
+    def run(self, aside: StepAside | None = None) -> int:
+        """Serve until CMD has exited and been reported; return the worker's exit code.
+        ``aside``: the worker's lowering of its priority, retried here while it waits."""
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
@@ -184,9 +185,17 @@ class Loop:
             self.selector.register(wake_r, selectors.EVENT_READ, on_signal)
             self.start(os.getpid())
             while core.exit_code is None:
-                for key, mask in self.selector.select(self._timeout()):
+                timeout = self._timeout()
+                if aside is not None and aside.next_try is not None:
+                    wait = max(0.0, aside.next_try - time.monotonic())
+                    timeout = wait if timeout is None else min(timeout, wait)
+                for key, mask in self.selector.select(timeout):
                     key.data[1](mask)
                 self.service()
+                if aside is not None and aside.next_try is not None:
+                    now = time.monotonic()
+                    if now >= aside.next_try:
+                        aside.retry(now)
             self._final_flush(wake_r)
             return core.exit_code
         finally:
@@ -413,11 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         log(f"cannot run {exc.filename!r}: {exc.strerror}")
         return 127
-    problem = step_aside(options.nice)  # after the spawn: CMD keeps its priority
-    if problem is not None:
-        log(problem)
+    aside = StepAside(options.nice, log)
+    aside.begin(time.monotonic())  # after the spawn: CMD keeps its priority
     try:
-        return Loop(PtyCore(options), proc).run()
+        return Loop(PtyCore(options), proc).run(aside)
     except BaseException:
         proc.signal_session(signal.SIGKILL)  # a fault of ours must not leave CMD behind
         raise

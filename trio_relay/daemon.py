@@ -13,10 +13,10 @@ from typing import Any
 
 import trio
 
-from trio_relay.address import UNIX_SCHEME
 from trio_relay.broker.attention import run_attention_hook
 from trio_relay.broker.broker import DEFAULT_RETENTION, Broker, open_broker
 from trio_relay.broker.supervisor import DEFAULT_HISTORY
+from trio_relay.client import UNIX_SCHEME
 from trio_relay.control.server import ControlServer
 from trio_relay.profiles.catalog import Catalog, user_profile_dirs
 from trio_relay.state import StateDir

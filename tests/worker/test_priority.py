@@ -56,7 +56,7 @@ def test_a_refused_change_is_tried_again_until_it_is_taken(
     aside.retry(now)
     tries = 1
     while aside.next_try is not None:
-        assert 0.1 <= aside.next_try - now <= 0.4  # its own pace, in the kernel's 100 ms
+        assert 0.1 <= aside.next_try - now < 0.41  # its own pace: 100 to 400 ms
         now = aside.next_try
         aside.retry(now)
         tries += 1

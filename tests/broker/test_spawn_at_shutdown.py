@@ -1,5 +1,6 @@
-"""Spawns that end before their worker said hello: released (as at a broker shutdown) or
-timed out, with the hello coming late, while the broker stops the worker. Real processes."""
+"""Spawns that end before their worker said hello: released (as at a broker shutdown), timed
+out or cancelled, with the hello coming late, while the broker stops the worker. Real
+processes."""
 
 from __future__ import annotations
 

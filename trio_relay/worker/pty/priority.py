@@ -44,6 +44,7 @@ class StepAside:
         self._pause = 0.1 + (os.getpid() % 7) * 0.05
 
     def begin(self, now: float) -> None:
+        """Lower the nice value now, and try the autogroup's (see :meth:`retry`)."""
         if self.nice <= 0:
             return
         try:

@@ -41,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
         *("errors", "wire", "linux", "state", "address", "client", "profiles", "agent_tools"),
         *("daemon", "daemonize", "broker_process", "__init__"),
     },
-    "broker_process": {"lean_imports", "errors", "state", "daemon"},
+    "broker_process": {"lean_imports", "errors", "linux", "state", "daemon"},
     "__init__": {"errors", "wire", "broker", "client"},
     "entry": {"lean_imports", "cli"},
     "__main__": {"entry"},

@@ -54,6 +54,7 @@ def venv_dir() -> Path:
 VENV = venv_dir()
 BIN = VENV / "bin"
 STAMP = VENV / ".installed-from"
+BROKER_IMPORTS = "import trio_relay.broker_process, trio_relay.daemon"
 
 
 def pip(*args: str) -> None:
@@ -87,14 +88,18 @@ def ensure_venv() -> None:
     )
     pip("install", "--require-hashes", "-r", str(LOCK))
     pip("install", "--no-deps", "-e", str(ROOT))
+    # The broker runs with -OO (see trio_relay.broker_process): importing what it imports
+    # once that way writes their .opt-2.pyc files, as its first start would.
+    subprocess.run([str(BIN / "python"), "-OO", "-c", BROKER_IMPORTS], check=True)
     STAMP.write_text(wanted)
 
 
 def compile_bytecode() -> None:
-    """Write trio_relay/'s missing or stale .pyc files (this is the venv's Python version:
-    see venv_dir). A file that cannot be written is reported and left to be compiled in
-    memory, as Python would anyway."""
-    compileall.compile_dir(ROOT / "trio_relay", quiet=1)
+    """Write trio_relay/'s missing or stale .pyc files, as an installed package has them,
+    and their ``-OO`` ones, which the broker's first start would write (this is the venv's
+    Python version: see venv_dir). A file that cannot be written is reported and left to
+    be compiled in memory, as Python would anyway."""
+    compileall.compile_dir(ROOT / "trio_relay", quiet=1, optimize=[0, 2])
 
 
 def lock(upgrade: bool) -> None:

@@ -260,6 +260,7 @@ def test_up_becomes_the_broker_with_its_key_in_neither_its_command_line_nor_its_
         assert connection.pid == proc.pid  # the process `up` was started as
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
         assert b"trio_relay.broker_process" in cmdline
+        assert b"-OO" in cmdline  # no docstrings in its memory
         assert key.encode() not in b" ".join(cmdline)
         assert key.encode() not in Path(f"/proc/{proc.pid}/environ").read_bytes()
         request = urllib.request.Request(connection.http + "/api/spawned")

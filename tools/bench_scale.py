@@ -441,6 +441,8 @@ async def main_async(args: argparse.Namespace) -> None:
         for fig in load_runs(args.table_from):
             results.setdefault((fig["system"], fig["n"], fig["busy"]), []).append(fig)
         args.repeat = 0
+        args.agents = sorted({n for _, n, _ in results})  # every column the file holds
+        args.modes = sorted({busy for _, _, busy in results})
     for rep in range(args.repeat):
         for n in args.agents:
             for busy in args.modes:

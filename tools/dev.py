@@ -89,8 +89,10 @@ def ensure_venv() -> None:
     pip("install", "--require-hashes", "-r", str(LOCK))
     pip("install", "--no-deps", "-e", str(ROOT))
     # The broker runs with -OO (see trio_relay.broker_process): importing what it imports
-    # once that way writes their .opt-2.pyc files, as its first start would.
-    subprocess.run([str(BIN / "python"), "-OO", "-c", BROKER_IMPORTS], check=True)
+    # once that way writes their .opt-2.pyc files, as its first start would (whatever
+    # PYTHONDONTWRITEBYTECODE says: compile_bytecode writes trio_relay's anyway).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([str(BIN / "python"), "-OO", "-c", BROKER_IMPORTS], check=True, env=env)
     STAMP.write_text(wanted)
 
 

@@ -350,3 +350,56 @@ async def test_a_filtered_subscription_is_told_of_a_gap() -> None:
     gap = none.ready(10)
     assert len(gap) == 1 and isinstance(gap[0], Gap) and (gap[0].first, gap[0].last) == (1, 2)
     assert none.ready(10) == [] and none.cursor == 7
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts the scheduler's steps of each task."""
+
+    def __init__(self) -> None:
+        self.steps: dict[trio.lowlevel.Task, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task] = self.steps.get(task, 0) + 1
+
+
+async def test_a_waiting_filtered_subscription_is_not_woken_by_what_it_does_not_want(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # An agent's own subscription, while other agents are busy: their output must cost it
+    # no wake-up, and must not push it off the ring (no gap) however much of it comes.
+    log = EventLog(capacity=8)
+    mine = log.subscribe(wanted=lambda e: getattr(e, "agent", None) == "mine")
+    steps = _Steps()
+    got: list[Event] = []
+
+    async def follow() -> None:
+        got.append(await mine.__anext__())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow)
+        await trio.sleep(1)  # it is waiting
+        (task,) = (t for t in nursery.child_tasks)
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for n in range(100):  # twelve times what the ring holds
+                log.emit(AgentOutput(agent="busy", offset=n, data="."))
+                await trio.sleep(0.01)
+            assert steps.steps.get(task, 0) == 0
+            assert mine.cursor == log.last_seq + 1  # caught up, without running
+            wanted = log.emit(AgentIdle(agent="mine"))
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+    assert got == [wanted]  # no gap before it
+    assert log._waiting == {}  # no longer waiting
+
+
+async def test_a_cancelled_wait_of_a_filtered_subscription_leaves_no_trace(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    log = EventLog()
+    picky = log.subscribe(wanted=lambda e: False)
+    with trio.move_on_after(1):
+        await picky.__anext__()
+    assert log._waiting == {}
+    log.emit(idle(1))  # nothing waits to be woken, and nothing fails
+    assert picky.ready(10) == [] and picky.cursor == 2

@@ -18,7 +18,7 @@ from typing import NoReturn
 import trio
 
 from trio_relay.broker.events import EventLog
-from trio_relay.wire import AgentActivity, Gap
+from trio_relay.wire import AgentActivity, Event, Gap
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ HOOK_TIMEOUT = 30.0
 async def run_attention_hook(events: EventLog, command: str) -> NoReturn:
     """Run ``command`` for every change to ``attention`` from now on, until cancelled.
     Cancellation kills the hook running then (its whole session)."""
-    async for event in events.subscribe():  # from now on
+    # from now on; woken only by activity changes (and gaps)
+    async for event in events.subscribe(None, _is_activity):
         if isinstance(event, Gap):
             log.warning(
                 "attention hook fell behind: events %d-%d not seen", event.first, event.last
@@ -36,6 +37,10 @@ async def run_attention_hook(events: EventLog, command: str) -> NoReturn:
         elif isinstance(event, AgentActivity) and event.to == "attention":
             await _run_once(command, event)
     raise AssertionError("an event subscription never ends")  # pragma: no cover
+
+
+def _is_activity(event: Event) -> bool:
+    return type(event) is AgentActivity
 
 
 async def _run_once(command: str, event: AgentActivity) -> None:

@@ -10,10 +10,12 @@ takes a block's events one at a time (its memory goes with the last); the budget
 oldest blocks whole. Busy agents fill a ring with output events: 4,096 of 4 KiB each would be 16
 to 48 MiB as strings, and an agent CLI's output packs to a tenth of its size or less.
 
-A subscriber is a cursor into the ring, not a queue: emitting never waits for anyone, costs
-the same however many subscribers there are, and a subscriber that falls behind by more
-than the ring holds gets one explicit :class:`~trio_relay.wire.Gap` naming the events it
-missed, never a silent hole.
+A subscriber is a cursor into the ring, not a queue: emitting never waits for anyone, and a
+subscriber that falls behind by more than the ring holds gets one explicit
+:class:`~trio_relay.wire.Gap` naming the events it missed, never a silent hole. A waiting
+subscriber with a filter is woken only by an event it wants: emitting asks each such filter
+(a call, not a wake-up of its task), and moves the cursor of those that do not want it past
+it. So an agent's own subscription is not woken by every other agent's output.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class EventLog:
         self._texts: list[tuple[PackedOutput, bytes]] = []  # the last blocks read, unpacked
         self._floor = 1  # the oldest event the budget left in the ring
         self._next = 1
-        self._lot = trio.lowlevel.ParkingLot()
+        self._lot = trio.lowlevel.ParkingLot()  # waiting subscribers without a filter
+        self._waiting: dict[Subscription, None] = {}  # waiting subscribers with one
         self._listeners: list[Callable[[Event], None]] = []
         self.listener_failures = 0
 
@@ -116,6 +119,12 @@ class EventLog:
                 log.exception("event listener %r failed on %r", listener, event)
         if self._lot:  # mostly no one: a subscriber sending or coalescing is not parked
             self._lot.unpark_all()
+        for waiting in self._waiting:
+            if waiting.cursor == seq:  # it has taken every event before this one
+                if waiting._wanted(event):  # type: ignore[misc]
+                    waiting._lot.unpark_all()
+                else:
+                    waiting.cursor = seq + 1
         return event
 
     def _pack(self) -> None:
@@ -252,6 +261,9 @@ class Subscription:
         self._log = log
         self.cursor = max(cursor, 1)
         self._wanted = wanted
+        # Without a filter it waits with every other; with one, alone, woken by emit only
+        # for an event it wants.
+        self._lot = log._lot if wanted is None else trio.lowlevel.ParkingLot()
 
     def __aiter__(self) -> Subscription:
         return self
@@ -268,8 +280,16 @@ class Subscription:
 
     async def _park(self) -> None:
         log = self._log
-        while self.cursor >= log._next:
-            await log._lot.park()
+        if self._wanted is None:
+            while self.cursor >= log._next:
+                await self._lot.park()
+            return
+        log._waiting[self] = None
+        try:
+            while self.cursor >= log._next:  # emit moves the cursor past what it does not want
+                await self._lot.park()
+        finally:
+            del log._waiting[self]
 
     def ready(self, limit: int) -> list[Event]:
         """Up to ``limit`` events that are already there, without waiting (and without a

@@ -297,10 +297,11 @@ async def serve_events(websocket: WebSocket, site: Site) -> None:
 
 async def _stream(websocket: WebSocket, site: Site, agent: str | None, since: int) -> None:
     broker = site.server.operations.broker
-    wanted = event_filter(agent, None)
     events = broker.events
     ahead = since > events.last_seq  # numbered by another run of the broker: all it holds
-    stream = events.subscribe(events.first_seq - 1 if ahead else since)
+    # an agent's stream is not woken by other agents' events
+    wanted = event_filter(agent, None) if agent is not None else None
+    stream = events.subscribe(events.first_seq - 1 if ahead else since, wanted)
     await websocket.accept()
     gap = {
         "kind": "replay_gap",
@@ -315,8 +316,6 @@ async def _stream(websocket: WebSocket, site: Site, agent: str | None, since: in
     async for first in stream:
         frames: list[dict[str, Any]] = []
         for event in [first, *stream.ready(BATCH - 1)]:
-            if not wanted(event):
-                continue
             if isinstance(event, AgentSpawned):
                 argv[event.agent] = event.argv
             if isinstance(event, DeliveryQueuedEvent) and not event.redelivery:

@@ -674,6 +674,46 @@ async def test_heavy_output_does_not_stall_requests_or_output_frames() -> None:
         assert gaps[int(len(gaps) * 0.95)] < 0.3, gaps
 
 
+class _BehindCore:
+    """A screen model that never catches up: counts the slices it is fed."""
+
+    backlogged = True
+
+    def __init__(self) -> None:
+        self.slices = 0
+
+    def parse_slice(self, now: float) -> None:
+        self.slices += 1
+
+
+def test_a_parse_pass_ends_after_one_slice_once_a_frame_waits_on_stdin() -> None:
+    # While a flood waits for the screen model, a snapshot request must not wait for the
+    # rest of the pass's budget: the pass ends at the first slice once stdin has a frame.
+    from trio_relay.worker.pty.worker import Loop
+
+    stdin, broker = os.pipe()
+    core = _BehindCore()
+    loop = Loop(core, proc=None, stdin=stdin, stdout=-1)  # type: ignore[arg-type]
+    try:
+        loop.stdin_watched = True  # as start() leaves it
+        loop.parse_budget = 0.02
+        loop._parse()
+        alone = core.slices
+        assert alone > 1  # nothing waits: it parses for the whole budget
+        os.write(broker, encode(Snapshot(request_id="s")))
+        core.slices = 0
+        loop._parse()
+        assert core.slices == 1
+        loop.stdin_watched = False  # no longer read (end of file): it does not count
+        core.slices = 0
+        loop._parse()
+        assert core.slices > 1
+    finally:
+        loop.selector.close()
+        os.close(stdin)
+        os.close(broker)
+
+
 # ---------------------------------------------------------------- injection details
 
 

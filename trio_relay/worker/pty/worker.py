@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import selectors
 import signal
 import sys
@@ -73,7 +74,8 @@ STDOUT_HIGH_WATER = 128 * 1024
 FINAL_FLUSH_SECONDS = 5.0
 FINAL_FLUSH_STOPPING_SECONDS = 1.0
 # The screen model is fed in slices within this time budget per pass of the loop, so that
-# input, requests and deadlines are served between slices.
+# input, requests and deadlines are served between slices. A pass also ends early, after a
+# slice, once a frame from the broker waits on stdin (a snapshot is not kept waiting).
 PARSE_BUDGET = 0.010
 
 
@@ -117,6 +119,7 @@ class Loop:
         self.stdout_watched = False
         self.stdout_broken = False
         self.stdin_watched = False
+        self._stdin_poll: select.poll | None = None  # whether a frame waits, made once
         self.pidfd_watched = False
         self.master_events = 0  # what the selector watches the master for
         #: Seconds of screen-model catching up per :meth:`service` (the shared host
@@ -223,13 +226,22 @@ class Loop:
 
     def _parse(self) -> None:
         """Let the screen model catch up, in slices, for at most :attr:`parse_budget`
-        seconds (at least one slice)."""
-        start = time.monotonic()
+        seconds (at least one slice), or until a frame waits on stdin."""
+        start = now = time.monotonic()
         while self.core.backlogged:
-            now = time.monotonic()
-            if now - start >= self.parse_budget:
-                return
             self.core.parse_slice(now)
+            now = time.monotonic()
+            if now - start >= self.parse_budget or self._stdin_waits():
+                return
+
+    def _stdin_waits(self) -> bool:
+        """Whether stdin (still watched) has a frame to read, asked without waiting."""
+        if not self.stdin_watched:
+            return False
+        if self._stdin_poll is None:
+            self._stdin_poll = select.poll()
+            self._stdin_poll.register(self.stdin, select.POLLIN)
+        return bool(self._stdin_poll.poll(0))
 
     def _carry_out(self) -> None:
         """Do what the core asked for: signals and sizes, input for the terminal, log lines,

@@ -44,6 +44,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import pyte
@@ -68,6 +69,8 @@ BACKGROUND = "rgb:0000/0000/0000"
 BRACKETED_PASTE = 2004 << 5  # how pyte stores private mode 2004 in Screen.mode
 _ALTERNATE = frozenset({47, 1047, 1049})  # the alternate screen; 1049 saves the cursor too
 
+_COLUMNS = list(range(1024))  # a row's first columns, to compare its cells' order with
+_CELL_TEXT = itemgetter(0)  # a cell's character (``_Char.data``)
 _FG_CODES = {name: code for code, name in {**graphics.FG_ANSI, **graphics.FG_AIXTERM}.items()}
 _BG_CODES = {name: code for code, name in {**graphics.BG_ANSI, **graphics.BG_AIXTERM}.items()}
 _HEX = re.compile(r"[0-9a-fA-F]{6}\Z")
@@ -637,6 +640,12 @@ class TerminalScreen:
             line = buffer[y]
             if not line:
                 out.append("")
+                continue
+            written = len(line)
+            if written <= width and list(line) == _COLUMNS[:written]:
+                # The row was written from its first column on, left to right (most rows):
+                # its cells in order are the text, joined without a Python loop.
+                out.append("".join(map(_CELL_TEXT, line.values())).rstrip())
                 continue
             # Only the cells written are visited (a cell never written is a blank); a wide
             # character's stub cell holds "": joining skips it. pyte may write outside the

@@ -1,0 +1,226 @@
+"""What relaying a busy workload's frames costs at the least, in Trio and in a plain loop.
+
+    .venv/bin/python tools/bench_floor.py [--agents 6] [--rate 28] [--seconds 20] [--repeat 3]
+
+The broker's CPU with busy agents (``tools/bench_scale.py --busy``) is mostly the work of
+taking each worker's frames and forwarding them to a watching client. This measures the
+floor of that work, without the broker: ``--agents`` writer processes each write
+``--rate`` output frames a second (about what one ``spinner_tui.py`` agent sends: its
+redraws at 20 Hz and its bursts) to a pipe of their own, and one relay reads them,
+decodes each frame, and sends what came to a watcher over a Unix socket at most every
+16 ms, as one JSON message. Two relays, one after the other, on the same writers:
+
+- ``trio``: a Trio task per pipe (``wait_readable``, ``os.read``) and one forwarding task
+  that sleeps out the 16 ms, the broker's shape with nothing else;
+- ``selectors``: one plain ``selectors`` loop doing the same, the baseline.
+
+Prints each relay's CPU as a percentage of a core (least of ``--repeat`` runs), the frames
+and messages it relayed, and the ratio of the two. What Trio adds is its scheduler's work
+per wake-up, which a broker on Trio pays whatever it does with the frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import msgspec
+import trio
+
+COALESCE = 0.016
+WRITER = r"""
+import json, os, random, sys, time
+rate, seconds = float(sys.argv[1]), float(sys.argv[2])
+random.seed(os.getpid())
+end = time.monotonic() + seconds
+n = 0
+while time.monotonic() < end:
+    data = "\x1b[2;1H\x1b[38;5;39m" + "x" * random.randint(60, 1500) + "\x1b[0m"
+    line = json.dumps({"kind": "output", "offset": n, "data": data}) + "\n"
+    os.write(1, line.encode())
+    n += len(data)
+    time.sleep(random.expovariate(rate))
+"""
+
+WATCHER = """
+import socket, sys
+sock = socket.socket(fileno=int(sys.argv[1]))
+while sock.recv(1 << 16):
+    pass
+"""
+
+
+class Output(msgspec.Struct, tag="output", tag_field="kind"):
+    offset: int
+    data: str
+
+
+class Event(msgspec.Struct):
+    agent: str
+    offset: int
+    data: str
+
+
+decoder = msgspec.json.Decoder(Output)
+encoder = msgspec.json.Encoder()
+
+
+def cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def start_writers(agents: int, rate: float, seconds: float) -> list[subprocess.Popen[bytes]]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(rate), str(seconds)], stdout=subprocess.PIPE
+        )
+        for _ in range(agents)
+    ]
+
+
+def start_watcher() -> tuple[socket.socket, subprocess.Popen[bytes]]:
+    ours, theirs = socket.socketpair()
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", WATCHER, str(theirs.fileno())],
+        pass_fds=[theirs.fileno()],
+    )
+    theirs.close()
+    return ours, watcher
+
+
+def relay_trio(pipes: list[int], sock: socket.socket, seconds: float) -> tuple[int, int]:
+    counts = [0, 0]
+
+    async def main() -> None:
+        pending: list[Event] = []
+        lot = trio.lowlevel.ParkingLot()
+        tsock = trio.socket.from_stdlib_socket(sock)
+
+        async def read(name: str, fd: int) -> None:
+            os.set_blocking(fd, False)
+            rest = b""
+            while True:
+                await trio.lowlevel.wait_readable(fd)
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return
+                *lines, rest = (rest + chunk).split(b"\n")
+                for line in lines:
+                    frame = decoder.decode(line)
+                    pending.append(Event(name, frame.offset, frame.data))
+                    counts[0] += 1
+                lot.unpark_all()
+
+        async def forward() -> None:
+            sent = -1.0
+            while True:
+                while not pending:
+                    await lot.park()
+                wait = sent + COALESCE - trio.current_time()
+                if wait > 0:
+                    await trio.sleep(wait)
+                batch = pending[:]
+                pending.clear()
+                await tsock.send(encoder.encode(batch))
+                counts[1] += 1
+                sent = trio.current_time()
+
+        with trio.move_on_after(seconds):
+            async with trio.open_nursery() as nursery:
+                for i, fd in enumerate(pipes):
+                    nursery.start_soon(read, f"a{i}", fd)
+                nursery.start_soon(forward)
+
+    trio.run(main)
+    return counts[0], counts[1]
+
+
+def relay_selectors(pipes: list[int], sock: socket.socket, seconds: float) -> tuple[int, int]:
+    frames = messages = 0
+    pending: list[Event] = []
+    rests = {fd: b"" for fd in pipes}
+    names = {fd: f"a{i}" for i, fd in enumerate(pipes)}
+    sel = selectors.DefaultSelector()
+    for fd in pipes:
+        sel.register(fd, selectors.EVENT_READ)
+    end = time.monotonic() + seconds
+    sent = -1.0
+    while (now := time.monotonic()) < end:
+        timeout = end - now
+        if pending:
+            timeout = min(timeout, max(0.0, sent + COALESCE - now))
+        for key, _ in sel.select(timeout):
+            fd = key.fd
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                sel.unregister(fd)
+                continue
+            *lines, rests[fd] = (rests[fd] + chunk).split(b"\n")
+            for line in lines:
+                frame = decoder.decode(line)
+                pending.append(Event(names[fd], frame.offset, frame.data))
+                frames += 1
+        now = time.monotonic()
+        if pending and now >= sent + COALESCE:
+            sock.send(encoder.encode(pending))
+            pending.clear()
+            messages += 1
+            sent = now
+    sel.close()
+    return frames, messages
+
+
+def run_once(
+    relay: Callable[[list[int], socket.socket, float], tuple[int, int]], args: argparse.Namespace
+) -> tuple[float, int, int]:
+    writers = start_writers(args.agents, args.rate, args.seconds + 2)
+    sock, watcher = start_watcher()
+    try:
+        time.sleep(0.5)  # the writers' interpreters start
+        pipes = [w.stdout.fileno() for w in writers if w.stdout is not None]
+        before = cpu()
+        frames, messages = relay(pipes, sock, args.seconds)
+        used = cpu() - before
+    finally:
+        sock.close()
+        for w in writers:
+            w.kill()
+            w.wait()
+        watcher.wait(timeout=10)
+    return 100 * used / args.seconds, frames, messages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--agents", type=int, default=6, help="writer processes")
+    parser.add_argument("--rate", type=float, default=28.0, help="frames a second per writer")
+    parser.add_argument("--seconds", type=float, default=20.0, help="of relaying per run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each (least CPU shown)")
+    args = parser.parse_args()
+    results: dict[str, list[tuple[float, int, int]]] = {"trio": [], "selectors": []}
+    for _ in range(args.repeat):  # alternating, so drift affects both
+        results["trio"].append(run_once(relay_trio, args))
+        results["selectors"].append(run_once(relay_selectors, args))
+    print(f"{args.agents} writers x {args.rate:g} frames/s, {args.seconds:g} s per run")
+    print(f"{'relay':<12}{'CPU %':>8}{'frames/s':>10}{'messages/s':>12}")
+    best = {}
+    for name, runs in results.items():
+        cpu_pct, frames, messages = min(runs)
+        best[name] = cpu_pct
+        print(
+            f"{name:<12}{cpu_pct:>8.2f}{frames / args.seconds:>10.0f}{messages / args.seconds:>12.0f}"
+        )
+    print(f"ratio: trio {best['trio'] / best['selectors']:.2f}x the plain loop's CPU")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,5 @@
 """The screen's own drawing of ASCII text makes the same cells and cursor as pyte's, and its
-rows read as every cell reads."""
+rows, plain and with ANSI attributes, read as every cell reads."""
 
 from __future__ import annotations
 
@@ -75,6 +75,30 @@ def test_drawing_matches_pyte(pieces: list[str], cols: int) -> None:
         for y in range(inner.lines)
     ]
     assert ours.lines() == every_cell
+    assert ours.ansi_text() == _ansi_of_every_cell(inner)
+
+
+def _ansi_of_every_cell(inner: pyte.Screen) -> str:
+    """The ANSI rendering read cell by cell: an SGR at each change of attributes, a reset
+    at the end of a row that changed them, trailing blank cells left out."""
+    blank = inner.default_char
+    rows = []
+    for y in range(inner.lines):
+        row = [inner.buffer[y][x] for x in range(inner.columns)]
+        while row and row[-1] == blank:
+            row.pop()
+        parts, current = [], tuple(blank[1:])
+        for cell in row:
+            if cell.data == "":  # the stub after a wide character
+                continue
+            if tuple(cell[1:]) != current:
+                parts.append(screen_module._sgr(cell))
+                current = tuple(cell[1:])
+            parts.append(cell.data)
+        if current != tuple(blank[1:]):
+            parts.append("\x1b[0m")
+        rows.append("".join(parts))
+    return "\n".join(rows)
 
 
 def test_the_cell_cache_is_bounded() -> None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Callable
+from itertools import groupby
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -666,20 +667,28 @@ class TerminalScreen:
         screen = self._screen
         out: list[str] = []
         blank = screen.default_char
+        plain = _style(blank)
+        width = screen.columns
         for y in range(screen.lines):
             line = screen.buffer[y]
-            last = max((x for x, ch in line.items() if ch != blank), default=-1)
+            written = len(line)
+            if written <= width and list(line) == _COLUMNS[:written]:
+                cells = list(line.values())  # written left to right from the first column
+            else:
+                last = max((x for x, ch in line.items() if ch != blank), default=-1)
+                cells = [line[x] for x in range(min(last + 1, width))]
+            while cells and cells[-1] == blank:
+                cells.pop()
             parts: list[str] = []
-            current = blank
-            for x in range(min(last + 1, screen.columns)):
-                char = line[x]
-                if char.data == "":  # the stub cell after a wide character
-                    continue
-                if _style(char) != _style(current):
-                    parts.append(_sgr(char))
-                    current = char
-                parts.append(char.data)
-            if _style(current) != _style(blank):
+            current = plain
+            # runs of cells of one style (the stub cells after wide characters left out)
+            for style, run in groupby(filter(_CELL_TEXT, cells), _style):
+                same = list(run)
+                if style != current:
+                    parts.append(_sgr(same[0]))
+                    current = style
+                parts.append("".join(map(_CELL_TEXT, same)))
+            if current != plain:
                 parts.append("\x1b[0m")
             out.append("".join(parts))
         return "\n".join(out)
@@ -700,8 +709,8 @@ def _check_size(rows: int, cols: int) -> None:
         raise ValueError(f"terminal size {rows}x{cols} is below 1x1")
 
 
-def _style(char: _Char) -> tuple[Any, ...]:
-    return char[1:]
+#: A cell's attributes, all but its character: ``_style(cell)`` is ``cell[1:]``.
+_style: Callable[[_Char], tuple[Any, ...]] = itemgetter(slice(1, None))
 
 
 def _colour(value: str, codes: dict[str, int], extended: int) -> str | None:

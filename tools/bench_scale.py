@@ -40,7 +40,7 @@ Then, on the same busy broker:
   ``trio-relay events`` and a dashboard watch), while deliveries run every 0.1 s and one
   more connection subscribes to all agents' output and never reads. Each subscriber's lag is
   its receipt time minus the event's own time; the table gives the worst subscriber's p99,
-  and whether the broker kept answering (the snapshot p99 meanwhile).
+  the broker's CPU meanwhile, and whether it kept answering (the snapshot p99 meanwhile).
 
 Every process started here is killed on the way out. The machine is small and shared:
 compare figures from the same run only, and read the spread of ``--repeat`` runs.
@@ -250,12 +250,14 @@ async def fan_out(broker: TrioRelay, names: list[str], subscribers: int, seconds
         for i in range(subscribers):
             await nursery.start(watcher, i)
         await nursery.start(stalled)
-        until = time.perf_counter() + seconds
+        start, cpu_before = time.perf_counter(), cpu_seconds(broker.broker_pid)
+        until = start + seconds
         async with trio.open_nursery() as load:
             load.start_soon(
                 paced, 0.05, until, lambda i: broker.snapshot(names[i % len(names)]), snaps
             )
             load.start_soon(paced, 0.1, until, lambda i: broker.deliver("c0", f"fan {i}"), sends)
+        cpu = 100 * (cpu_seconds(broker.broker_pid) - cpu_before) / (time.perf_counter() - start)
         await trio.sleep(0.5)  # the last events reach the watchers
         nursery.cancel_scope.cancel()
     per_sub = [pct(x, 0.99) for x in lags if x]
@@ -264,6 +266,7 @@ async def fan_out(broker: TrioRelay, names: list[str], subscribers: int, seconds
         "fan_lag_p99_median": statistics.median(per_sub) if per_sub else None,
         "fan_events": sum(len(x) for x in lags),
         "fan_gaps": gaps[0],
+        "fan_broker_cpu": cpu,
         "fan_snapshot": snaps,
         "fan_delivery": sends,
     }
@@ -345,6 +348,7 @@ ROWS: list[tuple[str, str, Callable[[Any], float] | None, str]] = [
     ("snapshot p50, HTTP", "rt_http", lambda s: pct(s, 0.5), "ms"),
     ("fan-out: worst subscriber's lag p99", "fan_lag_p99_worst", None, "ms"),
     ("fan-out: median subscriber's lag p99", "fan_lag_p99_median", None, "ms"),
+    ("fan-out: broker CPU meanwhile", "fan_broker_cpu", None, "%"),
     ("fan-out: snapshot p99 meanwhile", "fan_snapshot", lambda s: pct(s, 0.99), "ms"),
     ("fan-out: send → verified p99 meanwhile", "fan_delivery", lambda s: pct(s, 0.99), "ms"),
 ]

@@ -403,3 +403,57 @@ async def test_a_cancelled_wait_of_a_filtered_subscription_leaves_no_trace(
     assert log._waiting == {}
     log.emit(idle(1))  # nothing waits to be woken, and nothing fails
     assert picky.ready(10) == [] and picky.cursor == 2
+
+
+async def test_a_listener_that_emits_does_not_strand_a_waiting_filtered_subscription(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    log = EventLog()
+    mine = log.subscribe(wanted=lambda e: getattr(e, "agent", None) == "mine")
+
+    def answer(event: Event) -> None:  # emits while the first event is being emitted
+        if getattr(event, "agent", None) == "busy":
+            log.emit(AgentIdle(agent="mine"))
+
+    log.listen(answer)
+    got: list[Event] = []
+
+    async def follow() -> None:
+        got.append(await mine.__anext__())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow)
+        await trio.sleep(1)
+        log.emit(AgentOutput(agent="busy", offset=0, data="."))
+    assert [(type(e), e.seq) for e in got] == [(AgentIdle, 2)]
+
+
+async def test_a_failing_filter_stops_neither_emit_nor_the_others_and_reaches_its_reader(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    log = EventLog()
+
+    def broken(event: Event) -> bool:
+        raise RuntimeError("a filter's bug")
+
+    bad = log.subscribe(wanted=broken)
+    good = log.subscribe(wanted=lambda e: isinstance(e, AgentIdle))
+    errors: list[BaseException] = []
+    got: list[Event] = []
+
+    async def read_bad() -> None:
+        try:
+            await bad.__anext__()
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    async def read_good() -> None:
+        got.append(await good.__anext__())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_bad)
+        nursery.start_soon(read_good)
+        await trio.sleep(1)
+        emitted = log.emit(idle(1))  # does not raise
+    assert got == [emitted]
+    assert [str(e) for e in errors] == ["a filter's bug"]

@@ -111,6 +111,18 @@ class EventLog:
             self._pack()
         if self._output > self.output_budget:
             self._trim()
+        # Before the listeners, which may emit in turn: a waiting filtered subscription is
+        # judged on this event before the next.
+        for waiting in self._waiting:
+            if waiting.cursor == seq:  # it has taken every event before this one
+                try:
+                    wanted = waiting._wanted(event)  # type: ignore[misc]
+                except Exception:  # its filter's bug: woken, its task meets it in ready()
+                    wanted = True
+                if wanted:
+                    waiting._lot.unpark_all()
+                else:
+                    waiting.cursor = seq + 1
         for listener in self._listeners:
             try:
                 listener(event)
@@ -119,12 +131,6 @@ class EventLog:
                 log.exception("event listener %r failed on %r", listener, event)
         if self._lot:  # mostly no one: a subscriber sending or coalescing is not parked
             self._lot.unpark_all()
-        for waiting in self._waiting:
-            if waiting.cursor == seq:  # it has taken every event before this one
-                if waiting._wanted(event):  # type: ignore[misc]
-                    waiting._lot.unpark_all()
-                else:
-                    waiting.cursor = seq + 1
         return event
 
     def _pack(self) -> None:
@@ -253,6 +259,7 @@ class Subscription:
     """An async iterator over the log from a cursor. Create with :meth:`EventLog.subscribe`.
 
     Each ``__anext__`` is a checkpoint. It never ends by itself; cancel the task reading it.
+    One task reads a subscription at a time. An error of its filter is raised to that task.
     """
 
     def __init__(
@@ -289,7 +296,7 @@ class Subscription:
             while self.cursor >= log._next:  # emit moves the cursor past what it does not want
                 await self._lot.park()
         finally:
-            del log._waiting[self]
+            log._waiting.pop(self, None)
 
     def ready(self, limit: int) -> list[Event]:
         """Up to ``limit`` events that are already there, without waiting (and without a

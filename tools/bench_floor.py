@@ -8,15 +8,17 @@ floor of that work, without the broker: ``--agents`` writer processes each write
 ``--rate`` output frames a second (about what one ``spinner_tui.py`` agent sends: its
 redraws at 20 Hz and its bursts) to a pipe of their own, and one relay reads them,
 decodes each frame, and sends what came to a watcher over a Unix socket at most every
-16 ms, as one JSON message. Two relays, one after the other, on the same writers:
+16 ms, as one JSON message. Three relays, one after the other, on fresh writers each:
 
 - ``trio``: a Trio task per pipe (``wait_readable``, ``os.read``) and one forwarding task
   that sleeps out the 16 ms, the broker's shape with nothing else;
-- ``selectors``: one plain ``selectors`` loop doing the same, the baseline.
+- ``trio+thread``: one thread reading every pipe with a ``selectors`` loop, handing Trio
+  what it read at most every 16 ms, and one Trio task sending each hand-over;
+- ``selectors``: one plain ``selectors`` loop doing it all, the baseline.
 
 Prints each relay's CPU as a percentage of a core (least of ``--repeat`` runs), the frames
-and messages it relayed, and the ratio of the two. What Trio adds is its scheduler's work
-per wake-up, which a broker on Trio pays whatever it does with the frames.
+and messages it relayed, and the ratios to the baseline. What Trio adds is its scheduler's
+work per wake-up, which a broker on Trio pays whatever it does with the frames.
 """
 
 from __future__ import annotations

@@ -145,9 +145,53 @@ def relay_trio(pipes: list[int], sock: socket.socket, seconds: float) -> tuple[i
     return counts[0], counts[1]
 
 
+def pump(
+    pipes: list[int],
+    hand_over: Callable[[list[Event]], None],
+    *,
+    until: float | None = None,
+    stop: int | None = None,
+) -> int:
+    """Read every pipe with one ``selectors`` loop, decode each frame, and hand what came
+    to ``hand_over`` at most every 16 ms, until ``until`` (``time.monotonic()``) or until
+    ``stop`` is readable. Returns the frames read."""
+    frames = 0
+    pending: list[Event] = []
+    rests = {fd: b"" for fd in pipes}
+    names = {fd: f"a{i}" for i, fd in enumerate(pipes)}
+    sent = -1.0
+    with selectors.DefaultSelector() as sel:
+        for fd in pipes if stop is None else [*pipes, stop]:
+            sel.register(fd, selectors.EVENT_READ)
+        while until is None or (now := time.monotonic()) < until:
+            timeout = None if until is None else until - now
+            if pending:
+                due = max(0.0, sent + COALESCE - time.monotonic())
+                timeout = due if timeout is None else min(timeout, due)
+            for key, _ in sel.select(timeout):
+                fd = key.fd
+                if fd == stop:
+                    return frames
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    sel.unregister(fd)
+                    continue
+                *lines, rests[fd] = (rests[fd] + chunk).split(b"\n")
+                for line in lines:
+                    frame = decoder.decode(line)
+                    pending.append(Event(names[fd], frame.offset, frame.data))
+                    frames += 1
+            now = time.monotonic()
+            if pending and now >= sent + COALESCE:
+                hand_over(pending)
+                pending = []
+                sent = now
+    return frames
+
+
 def relay_thread(pipes: list[int], sock: socket.socket, seconds: float) -> tuple[int, int]:
-    """One thread reads every pipe with a selectors loop and hands what it read to Trio at
-    most every 16 ms (``run_sync_soon``); one Trio task sends each hand-over."""
+    """One thread reads every pipe (:func:`pump`) and hands what it read to Trio at most
+    every 16 ms (``run_sync_soon``); one Trio task sends each hand-over."""
     counts = [0, 0]
 
     async def main() -> None:
@@ -155,42 +199,11 @@ def relay_thread(pipes: list[int], sock: socket.socket, seconds: float) -> tuple
         handed: list[list[Event]] = []
         lot = trio.lowlevel.ParkingLot()
         tsock = trio.socket.from_stdlib_socket(sock)
-        stop_r, stop_w = os.pipe()
 
         def take(batch: list[Event]) -> None:  # in Trio's thread, no task
             counts[0] += len(batch)
             handed.append(batch)
             lot.unpark_all()
-
-        def read_all() -> None:
-            pending: list[Event] = []
-            rests = {fd: b"" for fd in pipes}
-            names = {fd: f"a{i}" for i, fd in enumerate(pipes)}
-            sel = selectors.DefaultSelector()
-            for fd in [*pipes, stop_r]:
-                sel.register(fd, selectors.EVENT_READ)
-            sent = -1.0
-            while True:
-                timeout = None
-                if pending:
-                    timeout = max(0.0, sent + COALESCE - time.monotonic())
-                for key, _ in sel.select(timeout):
-                    fd = key.fd
-                    if fd == stop_r:
-                        return
-                    chunk = os.read(fd, 65536)
-                    if not chunk:
-                        sel.unregister(fd)
-                        continue
-                    *lines, rests[fd] = (rests[fd] + chunk).split(b"\n")
-                    for line in lines:
-                        frame = decoder.decode(line)
-                        pending.append(Event(names[fd], frame.offset, frame.data))
-                now = time.monotonic()
-                if pending and now >= sent + COALESCE:
-                    token.run_sync_soon(take, pending)
-                    pending = []
-                    sent = now
 
         async def forward() -> None:
             while True:
@@ -201,6 +214,14 @@ def relay_thread(pipes: list[int], sock: socket.socket, seconds: float) -> tuple
                 await tsock.send(encoder.encode(batch))
                 counts[1] += 1
 
+        stop_r, stop_w = os.pipe()
+
+        def read_all() -> None:  # in the thread
+            try:
+                pump(pipes, partial(token.run_sync_soon, take), stop=stop_r)
+            finally:
+                os.close(stop_r)
+
         try:
             with trio.move_on_after(seconds):
                 async with trio.open_nursery() as nursery:
@@ -209,45 +230,23 @@ def relay_thread(pipes: list[int], sock: socket.socket, seconds: float) -> tuple
                         partial(trio.to_thread.run_sync, read_all, abandon_on_cancel=True)
                     )
         finally:
-            os.write(stop_w, b"x")
+            os.write(stop_w, b"x")  # the abandoned thread returns at its next select
+            os.close(stop_w)
 
     trio.run(main)
     return counts[0], counts[1]
 
 
 def relay_selectors(pipes: list[int], sock: socket.socket, seconds: float) -> tuple[int, int]:
-    frames = messages = 0
-    pending: list[Event] = []
-    rests = {fd: b"" for fd in pipes}
-    names = {fd: f"a{i}" for i, fd in enumerate(pipes)}
-    sel = selectors.DefaultSelector()
-    for fd in pipes:
-        sel.register(fd, selectors.EVENT_READ)
-    end = time.monotonic() + seconds
-    sent = -1.0
-    while (now := time.monotonic()) < end:
-        timeout = end - now
-        if pending:
-            timeout = min(timeout, max(0.0, sent + COALESCE - now))
-        for key, _ in sel.select(timeout):
-            fd = key.fd
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                sel.unregister(fd)
-                continue
-            *lines, rests[fd] = (rests[fd] + chunk).split(b"\n")
-            for line in lines:
-                frame = decoder.decode(line)
-                pending.append(Event(names[fd], frame.offset, frame.data))
-                frames += 1
-        now = time.monotonic()
-        if pending and now >= sent + COALESCE:
-            sock.send(encoder.encode(pending))
-            pending.clear()
-            messages += 1
-            sent = now
-    sel.close()
-    return frames, messages
+    """One plain loop (:func:`pump`) that sends each hand-over itself."""
+    messages = [0]
+
+    def send(batch: list[Event]) -> None:
+        sock.send(encoder.encode(batch))
+        messages[0] += 1
+
+    frames = pump(pipes, send, until=time.monotonic() + seconds)
+    return frames, messages[0]
 
 
 def run_once(
